@@ -1,0 +1,2 @@
+pub mod causal;
+pub mod shard;
