@@ -1,2 +1,3 @@
 pub mod causal;
 pub mod shard;
+pub mod store;

@@ -1,0 +1,40 @@
+//! Key encoding in the single sled tree.
+
+pub const RECORD: u8 = b'r';
+pub const LOG: u8 = b'l';
+pub const META: u8 = b'm';
+
+pub fn record(key: &str) -> Vec<u8> {
+    let mut k = Vec::with_capacity(1 + key.len());
+    k.push(RECORD);
+    k.extend_from_slice(key.as_bytes());
+    k
+}
+
+/// `l <origin> 0x00 <seq big-endian>`: entries of one origin sort by seq.
+pub fn log(origin: &str, seq: u64) -> Vec<u8> {
+    let mut k = log_prefix(origin);
+    k.extend_from_slice(&seq.to_be_bytes());
+    k
+}
+
+pub fn log_prefix(origin: &str) -> Vec<u8> {
+    let mut k = Vec::with_capacity(2 + origin.len() + 8);
+    k.push(LOG);
+    k.extend_from_slice(origin.as_bytes());
+    k.push(0);
+    k
+}
+
+pub fn meta(name: &str) -> Vec<u8> {
+    let mut k = vec![META];
+    k.extend_from_slice(name.as_bytes());
+    k
+}
+
+pub fn applied(origin: &str) -> Vec<u8> {
+    meta(&format!("applied/{origin}"))
+}
+
+pub const COUNTER: &str = "counter";
+pub const APPLIED_PREFIX: &str = "applied/";

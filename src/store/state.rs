@@ -1,0 +1,426 @@
+//! The store: sled tree plus the in-memory state guarded by one lock.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::Path;
+use std::time::Duration;
+
+use parking_lot::Mutex;
+use serde_json::value::RawValue;
+
+use super::keys;
+use super::{Dot, Durability, DurabilityMode, MAX_PENDING_RECORDS, Record};
+use crate::causal::gate::Gate;
+use crate::causal::{Clock, Hlc};
+
+/// How long a writer waits for the flush that covers its write before the
+/// request fails: far above a healthy fsync (~0.1 ms), short enough that a
+/// dead disk does not hang clients.
+const DURABLE_WAIT: Duration = Duration::from_secs(10);
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("storage engine: {0}")]
+    Sled(#[from] sled::Error),
+    #[error("corrupt stored record: {0}")]
+    Corrupt(#[from] serde_json::Error),
+    #[error("the write was not made durable within {0:?}")]
+    DurabilityTimeout(Duration),
+}
+
+/// What a local write did.
+#[derive(Debug)]
+pub struct WriteOutcome {
+    /// The record written; `None` for a delete of a key that was not live.
+    pub record: Option<Record>,
+    /// The key's record before the write (live or tombstone), if any.
+    pub previous: Option<Record>,
+    /// Write generation to wait on for durability.
+    pub generation: u64,
+}
+
+/// What applying a batch of remote records did.
+#[derive(Debug, Default)]
+pub struct ApplyOutcome {
+    pub applied_now: usize,
+    pub dropped: usize,
+    pub generation: u64,
+}
+
+struct State {
+    counter: u64,
+    applied: Clock,
+    hlc: Hlc,
+    live: u64,
+    pending: BTreeMap<String, BTreeMap<u64, Record>>,
+    pending_len: usize,
+    written_gen: u64,
+}
+
+pub struct Store {
+    db: sled::Db,
+    tree: sled::Tree,
+    me: String,
+    epoch: u64,
+    state: Mutex<State>,
+    pub durability: Durability,
+    /// Notified on every apply: the hold-back gate's wake-up.
+    pub gate: Gate,
+}
+
+impl Store {
+    /// Opens (or creates) the store in `dir` for the node `me`.
+    pub fn open(dir: &Path, me: &str, epoch: u64, mode: DurabilityMode) -> Result<Store, StoreError> {
+        let db = sled::Config::new()
+            .path(dir)
+            // Our own flusher decides when to flush (group commit).
+            .flush_every_ms(None)
+            .cache_capacity(256 * 1024 * 1024)
+            .open()?;
+        let tree = db.open_tree("causalkv")?;
+        let counter = read_u64(&tree, &keys::meta(keys::COUNTER))?;
+        let mut applied = Clock::new();
+        for item in tree.scan_prefix(keys::meta(keys::APPLIED_PREFIX)) {
+            let (k, v) = item?;
+            let origin = String::from_utf8_lossy(&k[1 + keys::APPLIED_PREFIX.len()..]).into_owned();
+            applied.set(&origin, u64_from(&v));
+        }
+        applied.observe(me, counter);
+        let mut live = 0;
+        for item in tree.scan_prefix([keys::RECORD]) {
+            let (_, v) = item?;
+            if Record::encoded_is_live(&v) {
+                live += 1;
+            }
+        }
+        let state = State {
+            counter,
+            applied,
+            hlc: Hlc::default(),
+            live,
+            pending: BTreeMap::new(),
+            pending_len: 0,
+            written_gen: 0,
+        };
+        Ok(Store {
+            db,
+            tree,
+            me: me.to_owned(),
+            epoch,
+            state: Mutex::new(state),
+            durability: Durability::new(mode, counter),
+            gate: Gate::default(),
+        })
+    }
+
+    pub fn me(&self) -> &str {
+        &self.me
+    }
+
+    pub fn epoch(&self) -> u64 {
+        self.epoch
+    }
+
+    pub fn get(&self, key: &str) -> Result<Option<Record>, StoreError> {
+        match self.tree.get(keys::record(key))? {
+            Some(bytes) => Ok(Some(Record::decode(&bytes)?)),
+            None => Ok(None),
+        }
+    }
+
+    /// Takes the next seq and writes a put (`value: Some`) or a delete
+    /// (`value: None`; nothing is written when the key is not live).
+    pub fn write_local(&self, key: &str, value: Option<Box<RawValue>>, deps: Clock) -> Result<WriteOutcome, StoreError> {
+        let mut st = self.state.lock();
+        let previous = self.get(key)?;
+        let was_live = previous.as_ref().is_some_and(Record::is_live);
+        if value.is_none() && !was_live {
+            return Ok(WriteOutcome { record: None, previous, generation: st.written_gen });
+        }
+        if let Some(prev) = &previous {
+            st.hlc.observe(prev.hlc);
+        }
+        let seq = st.counter + 1;
+        let record = Record {
+            key: key.to_owned(),
+            value,
+            dot: Dot { epoch: self.epoch, origin: self.me.clone(), seq },
+            deps,
+            hlc: st.hlc.tick(),
+        };
+        let encoded = record.encode();
+        let mut batch = sled::Batch::default();
+        batch.insert(keys::record(key), encoded.clone());
+        batch.insert(keys::log(&self.me, seq), encoded);
+        batch.insert(keys::meta(keys::COUNTER), &seq.to_be_bytes());
+        batch.insert(keys::applied(&self.me), &seq.to_be_bytes());
+        self.tree.apply_batch(batch)?;
+        st.counter = seq;
+        st.applied.set(&self.me, seq);
+        match (was_live, record.is_live()) {
+            (false, true) => st.live += 1,
+            (true, false) => st.live -= 1,
+            _ => {}
+        }
+        st.written_gen += 1;
+        let generation = st.written_gen;
+        drop(st);
+        self.gate.notify();
+        self.durability.kick();
+        Ok(WriteOutcome { record: Some(record), previous, generation })
+    }
+
+    /// Applies records received from other replicas: per origin in seq order,
+    /// each once its deps on `shard_origins` are applied; early arrivals wait
+    /// in the pending queue.
+    pub fn apply_remote(&self, records: Vec<Record>, shard_origins: &[String]) -> Result<ApplyOutcome, StoreError> {
+        let mut out = ApplyOutcome::default();
+        let mut st = self.state.lock();
+        for record in records {
+            let o = &record.dot.origin;
+            if record.dot.epoch != self.epoch || *o == self.me || record.dot.seq <= st.applied.get(o) {
+                continue;
+            }
+            if st.pending_len >= MAX_PENDING_RECORDS {
+                out.dropped += 1;
+                continue;
+            }
+            let queue = st.pending.entry(o.clone()).or_default();
+            if queue.insert(record.dot.seq, record).is_none() {
+                st.pending_len += 1;
+            }
+        }
+        if out.dropped > 0 {
+            tracing::warn!(dropped = out.dropped, limit = MAX_PENDING_RECORDS, "pending queue full, records dropped (the sender will resend)");
+        }
+        let mut batch = sled::Batch::default();
+        // Winners written in this batch, so LWW compares against them too.
+        let mut overlay: HashMap<String, Record> = HashMap::new();
+        loop {
+            let mut progressed = false;
+            let origins: Vec<String> = st.pending.keys().cloned().collect();
+            for origin in origins {
+                loop {
+                    let next_seq = st.applied.get(&origin) + 1;
+                    let ready = match st.pending.get(&origin).and_then(|q| q.first_key_value()) {
+                        Some((seq, rec)) if *seq == next_seq => shard_origins
+                            .iter()
+                            .filter(|p| **p != origin)
+                            .all(|p| st.applied.get(p) >= rec.deps.get(p)),
+                        _ => false,
+                    };
+                    if !ready {
+                        break;
+                    }
+                    let Some(record) = st.pending.get_mut(&origin).and_then(|q| q.pop_first()).map(|(_, r)| r) else {
+                        break;
+                    };
+                    st.pending_len -= 1;
+                    let current = match overlay.get(&record.key) {
+                        Some(r) => Some(r.clone()),
+                        None => self.get(&record.key)?,
+                    };
+                    st.hlc.observe(record.hlc);
+                    let encoded = record.encode();
+                    batch.insert(keys::log(&origin, record.dot.seq), encoded.clone());
+                    batch.insert(keys::applied(&origin), &record.dot.seq.to_be_bytes());
+                    st.applied.set(&origin, record.dot.seq);
+                    let wins = current.as_ref().is_none_or(|c| record.wins_over(c));
+                    if wins {
+                        let was_live = current.as_ref().is_some_and(Record::is_live);
+                        match (was_live, record.is_live()) {
+                            (false, true) => st.live += 1,
+                            (true, false) => st.live -= 1,
+                            _ => {}
+                        }
+                        batch.insert(keys::record(&record.key), encoded);
+                        overlay.insert(record.key.clone(), record);
+                    }
+                    out.applied_now += 1;
+                    progressed = true;
+                }
+            }
+            if !progressed {
+                break;
+            }
+        }
+        st.pending.retain(|_, q| !q.is_empty());
+        if out.applied_now > 0 {
+            self.tree.apply_batch(batch)?;
+            st.written_gen += 1;
+        }
+        out.generation = st.written_gen;
+        drop(st);
+        if out.applied_now > 0 {
+            self.gate.notify();
+            self.durability.kick();
+        }
+        Ok(out)
+    }
+
+    /// Records of `origin` with seq in `after+1 ..`, at most `limit`, from the log.
+    pub fn log_after(&self, origin: &str, after: u64, limit: usize) -> Result<Vec<Record>, StoreError> {
+        let start = keys::log(origin, after.saturating_add(1));
+        let end = keys::log(origin, u64::MAX);
+        let mut out = Vec::new();
+        for item in self.tree.range(start..=end).take(limit) {
+            let (_, v) = item?;
+            out.push(Record::decode(&v)?);
+        }
+        Ok(out)
+    }
+
+    pub fn applied(&self) -> Clock {
+        self.state.lock().applied.clone()
+    }
+
+    /// True when `applied` covers `needed` for `origins`.
+    pub fn satisfies<'a>(&self, needed: &Clock, origins: impl IntoIterator<Item = &'a str>) -> bool {
+        self.state.lock().applied.covers_for(needed, origins)
+    }
+
+    pub fn live_count(&self) -> u64 {
+        self.state.lock().live
+    }
+
+    pub fn pending_len(&self) -> usize {
+        self.state.lock().pending_len
+    }
+
+    /// Own seq counter (the highest seq this node has handed out).
+    pub fn counter(&self) -> u64 {
+        self.state.lock().counter
+    }
+
+    /// `(written generation, own counter)` at one instant, for the flusher.
+    pub(super) fn written(&self) -> (u64, u64) {
+        let st = self.state.lock();
+        (st.written_gen, st.counter)
+    }
+
+    pub(super) fn flush_blocking(&self) -> Result<(), StoreError> {
+        self.db.flush()?;
+        Ok(())
+    }
+
+    /// Waits until the write of generation `generation` is durable (`fsync` mode);
+    /// returns at once in `async` mode.
+    pub async fn wait_durable(&self, generation: u64) -> Result<(), StoreError> {
+        if self.durability.mode() == DurabilityMode::Async {
+            return Ok(());
+        }
+        self.durability.wait_for(generation, DURABLE_WAIT).await.then_some(()).ok_or(StoreError::DurabilityTimeout(DURABLE_WAIT))
+    }
+
+    /// Flushes everything written so far (shutdown).
+    pub fn flush(&self) -> Result<(), StoreError> {
+        self.flush_blocking()
+    }
+}
+
+fn read_u64(tree: &sled::Tree, key: &[u8]) -> Result<u64, StoreError> {
+    Ok(tree.get(key)?.map(|v| u64_from(&v)).unwrap_or(0))
+}
+
+fn u64_from(bytes: &[u8]) -> u64 {
+    let mut buf = [0u8; 8];
+    let n = bytes.len().min(8);
+    buf[8 - n..].copy_from_slice(&bytes[bytes.len() - n..]);
+    u64::from_be_bytes(buf)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn raw(v: &str) -> Option<Box<RawValue>> {
+        Some(RawValue::from_string(v.to_owned()).unwrap())
+    }
+
+    fn open(dir: &Path, me: &str) -> Store {
+        Store::open(dir, me, 0, DurabilityMode::Async).unwrap()
+    }
+
+    #[test]
+    fn local_writes_take_consecutive_seqs_and_survive_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let s = open(dir.path(), "a:1");
+            let w1 = s.write_local("x", raw("1"), Clock::new()).unwrap();
+            let w2 = s.write_local("y", raw("2"), Clock::new()).unwrap();
+            assert_eq!(w1.record.unwrap().dot.seq, 1);
+            assert_eq!(w2.record.unwrap().dot.seq, 2);
+            let del = s.write_local("x", None, Clock::new()).unwrap();
+            assert!(del.previous.unwrap().is_live());
+            let del_again = s.write_local("x", None, Clock::new()).unwrap();
+            assert!(del_again.record.is_none(), "deleting a dead key writes nothing");
+            assert_eq!(s.live_count(), 1);
+            s.flush().unwrap();
+        }
+        let s = open(dir.path(), "a:1");
+        assert_eq!(s.counter(), 3);
+        assert_eq!(s.live_count(), 1);
+        assert_eq!(s.applied().get("a:1"), 3);
+        assert_eq!(s.write_local("z", raw("3"), Clock::new()).unwrap().record.unwrap().dot.seq, 4);
+        assert_eq!(s.log_after("a:1", 1, 10).unwrap().iter().map(|r| r.dot.seq).collect::<Vec<_>>(), vec![2, 3, 4]);
+    }
+
+    #[test]
+    fn remote_records_apply_in_seq_order_with_a_pending_queue() {
+        let src_dir = tempfile::tempdir().unwrap();
+        let dst_dir = tempfile::tempdir().unwrap();
+        let src = open(src_dir.path(), "a:1");
+        let dst = open(dst_dir.path(), "b:1");
+        for i in 0..5 {
+            src.write_local("k", raw(&i.to_string()), Clock::new()).unwrap();
+        }
+        let mut recs = src.log_after("a:1", 0, 10).unwrap();
+        let shard = vec!["a:1".to_string(), "b:1".to_string()];
+        let late = recs.split_off(2); // seqs 3..5 first, then 1..2
+        let out = dst.apply_remote(late, &shard).unwrap();
+        assert_eq!(out.applied_now, 0);
+        assert_eq!(dst.pending_len(), 3);
+        assert!(dst.get("k").unwrap().is_none());
+        let out = dst.apply_remote(recs, &shard).unwrap();
+        assert_eq!(out.applied_now, 5);
+        assert_eq!(dst.pending_len(), 0);
+        assert_eq!(dst.applied().get("a:1"), 5);
+        assert_eq!(dst.get("k").unwrap().unwrap().value.unwrap().get(), "4");
+        assert_eq!(dst.live_count(), 1);
+        // duplicates are ignored
+        let again = dst.apply_remote(src.log_after("a:1", 0, 10).unwrap(), &shard).unwrap();
+        assert_eq!(again.applied_now, 0);
+    }
+
+    #[test]
+    fn concurrent_writes_converge_by_lww() {
+        let (da, db) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let a = open(da.path(), "a:1");
+        let b = open(db.path(), "b:1");
+        let shard = vec!["a:1".to_string(), "b:1".to_string()];
+        a.write_local("k", raw(r#""from a""#), Clock::new()).unwrap();
+        b.write_local("k", raw(r#""from b""#), Clock::new()).unwrap();
+        a.apply_remote(b.log_after("b:1", 0, 10).unwrap(), &shard).unwrap();
+        b.apply_remote(a.log_after("a:1", 0, 10).unwrap(), &shard).unwrap();
+        let va = a.get("k").unwrap().unwrap().value.unwrap().get().to_owned();
+        let vb = b.get("k").unwrap().unwrap().value.unwrap().get().to_owned();
+        assert_eq!(va, vb);
+    }
+
+    #[test]
+    fn records_wait_for_their_deps_in_the_shard() {
+        let (da, db, dc) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let a = open(da.path(), "a:1");
+        let b = open(db.path(), "b:1");
+        let c = open(dc.path(), "c:1");
+        let shard = vec!["a:1".to_string(), "b:1".to_string(), "c:1".to_string()];
+        a.write_local("x", raw("1"), Clock::new()).unwrap();
+        b.apply_remote(a.log_after("a:1", 0, 10).unwrap(), &shard).unwrap();
+        let deps: Clock = [("a:1".to_string(), 1)].into_iter().collect();
+        b.write_local("y", raw("2"), deps).unwrap();
+        // c gets b's write before a's: it must wait.
+        assert_eq!(c.apply_remote(b.log_after("b:1", 0, 10).unwrap(), &shard).unwrap().applied_now, 0);
+        assert!(c.get("y").unwrap().is_none());
+        assert_eq!(c.apply_remote(a.log_after("a:1", 0, 10).unwrap(), &shard).unwrap().applied_now, 2);
+        assert!(c.get("y").unwrap().is_some());
+    }
+}
