@@ -1,3 +1,81 @@
-fn main() {
-    println!("Hello, world!");
+//! The `causalkv` binary: runs one node (the default) or a local dev cluster
+//! of node processes (`causalkv cluster`).
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+use causalkv::{Config, Node, NodeArgs};
+
+mod cluster;
+
+#[derive(Parser, Debug)]
+#[command(name = "causalkv", version, about = "A causally consistent, sharded, replicated key-value store")]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+    #[command(flatten)]
+    node: NodeArgs,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Starts a local cluster: N node processes on consecutive ports.
+    Cluster(cluster::ClusterArgs),
+}
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            use clap::error::ErrorKind;
+            if matches!(e.kind(), ErrorKind::DisplayHelp | ErrorKind::DisplayVersion | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand) {
+                let _ = e.print();
+                return ExitCode::SUCCESS;
+            }
+            let text = e.to_string();
+            let line = text.lines().next().unwrap_or("invalid arguments").trim_start_matches("error: ");
+            eprintln!("causalkv: configuration error: {line}");
+            return ExitCode::from(2);
+        }
+    };
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    match cli.command {
+        Some(Command::Cluster(args)) => cluster::run(args),
+        None => run_node(&cli.node),
+    }
+}
+
+fn run_node(args: &NodeArgs) -> ExitCode {
+    let config = match Config::from_args(args) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("causalkv: configuration error: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("causalkv: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    runtime.block_on(async move {
+        match Node::start(config).await {
+            Ok(handle) => {
+                handle.run_until_signal().await;
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("causalkv: {e}");
+                ExitCode::FAILURE
+            }
+        }
+    })
 }

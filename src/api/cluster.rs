@@ -1,0 +1,129 @@
+//! Cluster endpoints: key-count, shards, shard info, health, readiness,
+//! metrics. Key-count and shard answers echo the client's context so a
+//! client that always keeps the last context it received never loses it.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::Bytes;
+use axum::extract::rejection::{BytesRejection, PathRejection, QueryRejection};
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, Method, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde_json::Value;
+
+use super::error::{ApiError, ErrorReply};
+use super::reply::Reply;
+use super::request::{FROM_HEADER, HOP_HEADER, hop, parse_body};
+use crate::node::Node;
+
+/// Time limit for asking another shard's replica for its key count.
+const REMOTE_COUNT_TIMEOUT: Duration = Duration::from_secs(1);
+
+type Body = Result<Bytes, BytesRejection>;
+type Q = Result<Query<HashMap<String, String>>, QueryRejection>;
+
+fn echo_context(method: &Method, query: Q, body: Body) -> Result<Value, Box<ErrorReply>> {
+    let parsed = parse_body(body, query).map_err(|(e, ctx)| Box::new(ErrorReply::new(method, e, ctx)))?;
+    Ok(parsed.context.to_json())
+}
+
+pub async fn key_count(State(node): State<Arc<Node>>, method: Method, query: Q, body: Body) -> Response {
+    let ctx = match echo_context(&method, query, body) {
+        Ok(c) => c,
+        Err(e) => return e.into_response(),
+    };
+    let count = if node.map.my_shard().is_some() { node.store.live_count() } else { 0 };
+    Reply {
+        key_count: Some(count),
+        shard_id: Some(node.map.my_shard().map(Value::from).unwrap_or(Value::Null)),
+        ..Reply::message("Key count retrieved successfully", ctx)
+    }
+    .into_response_with(StatusCode::OK)
+}
+
+pub async fn shards(State(node): State<Arc<Node>>, method: Method, query: Q, body: Body) -> Response {
+    let ctx = match echo_context(&method, query, body) {
+        Ok(c) => c,
+        Err(e) => return e.into_response(),
+    };
+    Reply { shards: Some(Value::from(node.map.shard_ids())), ..Reply::message("Shard membership retrieved successfully", ctx) }
+        .into_response_with(StatusCode::OK)
+}
+
+pub async fn shard_info(
+    State(node): State<Arc<Node>>,
+    method: Method,
+    headers: HeaderMap,
+    path: Result<Path<String>, PathRejection>,
+    query: Q,
+    body: Body,
+) -> Response {
+    let ctx = match echo_context(&method, query, body) {
+        Ok(c) => c,
+        Err(e) => return e.into_response(),
+    };
+    let id = path.ok().and_then(|Path(id)| id.parse::<u32>().ok());
+    let replicas = id.map(|id| node.map.replicas(id)).unwrap_or_default();
+    let Some(id) = id.filter(|_| !replicas.is_empty()) else {
+        return ErrorReply::new(&method, ApiError::ShardNotFound, ctx).into_response();
+    };
+    let count = if node.map.is_replica(id) {
+        Some(node.store.live_count())
+    } else if hop(&headers) > 0 {
+        None
+    } else {
+        remote_count(&node, replicas).await
+    };
+    let Some(count) = count else {
+        return ErrorReply::new(&method, ApiError::Unavailable, ctx).into_response();
+    };
+    Reply {
+        shard_id: Some(Value::from(id)),
+        key_count: Some(count),
+        replicas: Some(replicas.to_vec()),
+        ..Reply::message("Shard information retrieved successfully", ctx)
+    }
+    .into_response_with(StatusCode::OK)
+}
+
+/// Asks the replicas of another shard, in order, for their key count.
+async fn remote_count(node: &Node, replicas: &[String]) -> Option<u64> {
+    for replica in replicas {
+        if node.faults.is_blocked(replica) {
+            continue;
+        }
+        let resp = node
+            .client
+            .get(format!("http://{replica}/kv-store/key-count"))
+            .header(HOP_HEADER, "1")
+            .header(FROM_HEADER, node.me())
+            .timeout(REMOTE_COUNT_TIMEOUT)
+            .send()
+            .await;
+        let Ok(resp) = resp else { continue };
+        if let Ok(v) = resp.json::<Value>().await
+            && let Some(n) = v.get("key-count").and_then(Value::as_u64)
+        {
+            return Some(n);
+        }
+    }
+    None
+}
+
+pub async fn health() -> Response {
+    (StatusCode::OK, axum::Json(serde_json::json!({"status": "ok", "causal-context": {}}))).into_response()
+}
+
+pub async fn ready(State(node): State<Arc<Node>>) -> Response {
+    let ready = node.is_ready();
+    let status = if ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    (status, axum::Json(serde_json::json!({"ready": ready, "causal-context": {}}))).into_response()
+}
+
+pub async fn metrics(State(node): State<Arc<Node>>) -> Response {
+    node.metrics.live_keys.set(node.store.live_count() as i64);
+    node.metrics.pending_records.set(node.store.pending_len() as i64);
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], node.metrics.render()).into_response()
+}

@@ -1,0 +1,96 @@
+//! The one place where errors become HTTP statuses and API.md messages.
+
+use axum::http::{HeaderValue, Method, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde_json::Value;
+
+use super::reply::Reply;
+
+/// Seconds a client is told to wait before retrying a 503.
+const RETRY_AFTER_SECS: &str = "1";
+
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error("Key is too long")]
+    KeyTooLong,
+    #[error("Key is missing")]
+    KeyMissing,
+    #[error("Key is invalid")]
+    InvalidKey,
+    #[error("Value is missing")]
+    ValueMissing,
+    #[error("Failed to parse request body")]
+    BadBody,
+    #[error("Value is too large")]
+    ValueTooLarge,
+    #[error("Invalid causal-context")]
+    InvalidContext,
+    #[error("Unable to satisfy request")]
+    Unavailable,
+    #[error("Key does not exist")]
+    KeyNotFound,
+    #[error("Shard does not exist")]
+    ShardNotFound,
+    #[error("Not found")]
+    RouteNotFound,
+    #[error("Method not allowed")]
+    MethodNotAllowed,
+    #[error("Something went wrong")]
+    Internal(#[source] Box<dyn std::error::Error + Send + Sync>),
+}
+
+impl ApiError {
+    pub fn status(&self) -> StatusCode {
+        match self {
+            Self::KeyTooLong | Self::KeyMissing | Self::InvalidKey | Self::ValueMissing | Self::BadBody | Self::InvalidContext => {
+                StatusCode::BAD_REQUEST
+            }
+            Self::ValueTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+            Self::KeyNotFound | Self::ShardNotFound | Self::RouteNotFound => StatusCode::NOT_FOUND,
+            Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    pub fn internal(e: impl std::error::Error + Send + Sync + 'static) -> Self {
+        Self::Internal(Box::new(e))
+    }
+}
+
+/// An error answer: `{"message": "Error in <METHOD>", "error": ..., "causal-context": ...}`.
+pub struct ErrorReply {
+    pub method: Method,
+    pub error: ApiError,
+    pub context: Value,
+    /// Set when this node served a forwarded request.
+    pub address: Option<String>,
+}
+
+impl ErrorReply {
+    pub fn new(method: &Method, error: ApiError, context: Value) -> Self {
+        Self { method: method.clone(), error, context, address: None }
+    }
+}
+
+impl IntoResponse for ErrorReply {
+    fn into_response(self) -> Response {
+        if let ApiError::Internal(cause) = &self.error {
+            tracing::error!(error = %cause, method = %self.method, "request failed");
+        }
+        let status = self.error.status();
+        let reply = Reply {
+            message: format!("Error in {}", self.method),
+            error: Some(self.error.to_string()),
+            does_exist: matches!(self.error, ApiError::KeyNotFound).then_some(false),
+            address: self.address,
+            causal_context: self.context,
+            ..Reply::default()
+        };
+        let mut resp = reply.into_response_with(status);
+        if status == StatusCode::SERVICE_UNAVAILABLE {
+            resp.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static(RETRY_AFTER_SECS));
+        }
+        resp
+    }
+}

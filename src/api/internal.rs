@@ -1,0 +1,83 @@
+//! `/internal/...`: gossip messages over the HTTP transport, and the test
+//! fault switches (only with `CAUSALKV_FAULTS=1`).
+
+use std::sync::Arc;
+
+use axum::Json;
+use axum::extract::State;
+use axum::extract::rejection::JsonRejection;
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use serde_json::json;
+
+use super::request::sender;
+use crate::faults::FaultSet;
+use crate::gossip::{GossipError, PullRequest, ReplicateBatch};
+use crate::node::Node;
+
+fn refuse(status: StatusCode, why: &str) -> Response {
+    (status, Json(json!({"error": why}))).into_response()
+}
+
+/// Refuses traffic from peers cut off by the fault switch.
+fn blocked(node: &Node, headers: &HeaderMap) -> bool {
+    sender(headers).is_some_and(|s| node.faults.is_blocked(s))
+}
+
+fn gossip_error(e: GossipError) -> Response {
+    match e {
+        GossipError::WrongEpoch { .. } => refuse(StatusCode::CONFLICT, &e.to_string()),
+        other => {
+            tracing::error!(error = %other, "internal request failed");
+            refuse(StatusCode::INTERNAL_SERVER_ERROR, "internal error")
+        }
+    }
+}
+
+pub async fn replicate(State(node): State<Arc<Node>>, headers: HeaderMap, body: Result<Json<ReplicateBatch>, JsonRejection>) -> Response {
+    if blocked(&node, &headers) {
+        return refuse(StatusCode::SERVICE_UNAVAILABLE, "blocked");
+    }
+    let Ok(Json(batch)) = body else {
+        return refuse(StatusCode::BAD_REQUEST, "bad replication batch");
+    };
+    if !node.gossip.shard().contains(&batch.from) {
+        return refuse(StatusCode::FORBIDDEN, "sender is not a replica of this shard");
+    }
+    match node.gossip.handle_replicate(batch).await {
+        Ok(ack) => Json(ack).into_response(),
+        Err(e) => gossip_error(e),
+    }
+}
+
+pub async fn pull(State(node): State<Arc<Node>>, headers: HeaderMap, body: Result<Json<PullRequest>, JsonRejection>) -> Response {
+    if blocked(&node, &headers) {
+        return refuse(StatusCode::SERVICE_UNAVAILABLE, "blocked");
+    }
+    let Ok(Json(req)) = body else {
+        return refuse(StatusCode::BAD_REQUEST, "bad pull request");
+    };
+    match node.gossip.handle_pull(&req) {
+        Ok(resp) => Json(resp).into_response(),
+        Err(e) => gossip_error(e),
+    }
+}
+
+pub async fn get_faults(State(node): State<Arc<Node>>) -> Response {
+    if !node.faults.enabled() {
+        return refuse(StatusCode::NOT_FOUND, "fault switches are disabled (CAUSALKV_FAULTS=1 enables them)");
+    }
+    Json(node.faults.current()).into_response()
+}
+
+pub async fn put_faults(State(node): State<Arc<Node>>, body: Result<Json<FaultSet>, JsonRejection>) -> Response {
+    if !node.faults.enabled() {
+        return refuse(StatusCode::NOT_FOUND, "fault switches are disabled (CAUSALKV_FAULTS=1 enables them)");
+    }
+    let Ok(Json(set)) = body else {
+        return refuse(StatusCode::BAD_REQUEST, "bad fault set");
+    };
+    tracing::warn!(?set, "fault switches changed");
+    node.faults.replace(set);
+    Json(node.faults.current()).into_response()
+}

@@ -1,0 +1,300 @@
+//! `PUT/GET/DELETE /kv-store/keys/<key>`: routing to the key's shard, the
+//! hold-back gate, and the local read/write (DESIGN.md "Write path",
+//! "Read path").
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::Bytes;
+use axum::extract::rejection::{BytesRejection, PathRejection, QueryRejection};
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, Method, StatusCode};
+use axum::response::{IntoResponse, Response};
+use serde_json::Value;
+use serde_json::value::RawValue;
+use tokio::time::Instant;
+
+use super::error::{ApiError, ErrorReply};
+use super::forward::{Forward, forward};
+use super::reply::Reply;
+use super::request::{check_value, hop, parse_body, parse_key, sender, wait_override};
+use crate::causal::CausalContext;
+use crate::metrics::RequestLabel;
+use crate::node::Node;
+use crate::shard::ShardId;
+use crate::store::Record;
+
+/// Time limit of a hold-back fallback request to another replica: that
+/// replica only checks what it already has, so this is network time.
+const FALLBACK_TIMEOUT: Duration = Duration::from_millis(500);
+/// How long the fallback replica may itself wait for missing writes.
+const FALLBACK_WAIT: Duration = Duration::from_millis(100);
+/// Slack on top of the hold-back bound for a forwarded request (the target
+/// may wait `CAUSAL_WAIT_MS`, then try its fallback).
+const FORWARD_SLACK: Duration = Duration::from_secs(2);
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Op {
+    Put,
+    Get,
+    Delete,
+}
+
+impl Op {
+    fn name(self) -> &'static str {
+        match self {
+            Op::Put => "put",
+            Op::Get => "get",
+            Op::Delete => "delete",
+        }
+    }
+}
+
+/// A parsed, validated key request.
+struct KeyRequest {
+    method: Method,
+    op: Op,
+    key: String,
+    value: Option<Box<RawValue>>,
+    context: CausalContext,
+    hop: u8,
+    wait: Duration,
+}
+
+type Reject = Box<ErrorReply>;
+
+pub async fn handle(
+    State(node): State<Arc<Node>>,
+    method: Method,
+    headers: HeaderMap,
+    path: Result<Path<String>, PathRejection>,
+    query: Result<Query<HashMap<String, String>>, QueryRejection>,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    let started = Instant::now();
+    let op = match method {
+        Method::PUT => Op::Put,
+        Method::GET => Op::Get,
+        Method::DELETE => Op::Delete,
+        _ => return ErrorReply::new(&method, ApiError::MethodNotAllowed, Value::Object(Default::default())).into_response(),
+    };
+    let response = match parse(&node, &method, op, &headers, path, query, body) {
+        Ok(req) => {
+            if req.hop > 0 && sender(&headers).is_some_and(|s| node.faults.is_blocked(s)) {
+                ErrorReply::new(&method, ApiError::Unavailable, req.context.to_json()).into_response()
+            } else {
+                match route(&node, &req).await {
+                    Ok(resp) => resp,
+                    Err(rej) => rej.into_response(),
+                }
+            }
+        }
+        Err(rej) => rej.into_response(),
+    };
+    node.metrics.requests.get_or_create(&RequestLabel { op: op.name(), status: response.status().as_u16() }).inc();
+    node.metrics.request_seconds.observe(started.elapsed().as_secs_f64());
+    response
+}
+
+fn parse(
+    node: &Node,
+    method: &Method,
+    op: Op,
+    headers: &HeaderMap,
+    path: Result<Path<String>, PathRejection>,
+    query: Result<Query<HashMap<String, String>>, QueryRejection>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<KeyRequest, Reject> {
+    let key = parse_key(path, node.config.max_key_length)
+        .map_err(|e| Box::new(ErrorReply::new(method, e, Value::Object(Default::default()))))?;
+    let parsed = parse_body(body, query).map_err(|(e, ctx)| Box::new(ErrorReply::new(method, e, ctx)))?;
+    let value = match op {
+        Op::Put => Some(
+            check_value(parsed.value, node.config.max_value_bytes)
+                .map_err(|e| Box::new(ErrorReply::new(method, e, parsed.raw_context.clone())))?,
+        ),
+        _ => None,
+    };
+    let hop = hop(headers);
+    let wait = match (hop, wait_override(headers)) {
+        (2, Some(w)) => w.min(node.config.causal_wait),
+        _ => node.config.causal_wait,
+    };
+    let context = parsed.context.at_epoch(node.map.epoch());
+    Ok(KeyRequest { method: method.clone(), op, key, value, context, hop, wait })
+}
+
+/// Sends the request where it belongs: served here when this node is a
+/// replica of the key's shard, forwarded otherwise.
+async fn route(node: &Node, req: &KeyRequest) -> Result<Response, Reject> {
+    let shard = node.map.shard_of(&req.key);
+    let replicas = node.map.replicas(shard);
+    if !node.map.is_replica(shard) {
+        if req.hop > 0 {
+            // Misrouted (the sender has another view): never forward twice.
+            return Err(unavailable(req));
+        }
+        let order: Vec<&String> = match req.op {
+            Op::Put | Op::Delete => replicas.iter().collect(),
+            Op::Get => read_order(node, replicas),
+        };
+        return forward_first_reachable(node, req, &order, 1, None, node.config.causal_wait + FORWARD_SLACK)
+            .await
+            .ok_or_else(|| unavailable(req));
+    }
+    match req.op {
+        Op::Put | Op::Delete => {
+            let master = &replicas[0];
+            if req.hop == 0 && master != node.me() {
+                let timeout = node.config.causal_wait + FORWARD_SLACK;
+                if let Some(resp) = forward_first_reachable(node, req, &[master], 1, None, timeout).await {
+                    return Ok(resp);
+                }
+                tracing::warn!(%master, key = %req.key, "master unreachable: accepting the write here");
+            }
+            write_local(node, req, shard).await
+        }
+        Op::Get => read_local(node, req, shard).await,
+    }
+}
+
+/// Workers in round-robin order, then the master as fallback.
+fn read_order<'a>(node: &Node, replicas: &'a [String]) -> Vec<&'a String> {
+    let workers = &replicas[1..];
+    let mut order: Vec<&String> = Vec::with_capacity(replicas.len());
+    if !workers.is_empty() {
+        let start = node.next_round_robin() % workers.len();
+        order.extend(workers[start..].iter().chain(&workers[..start]));
+    }
+    order.push(&replicas[0]);
+    order
+}
+
+async fn forward_first_reachable(
+    node: &Node,
+    req: &KeyRequest,
+    targets: &[&String],
+    hop: u8,
+    wait: Option<Duration>,
+    timeout: Duration,
+) -> Option<Response> {
+    let fwd = Forward {
+        method: &req.method,
+        key: &req.key,
+        value: req.value.as_deref(),
+        context: req.context.to_json(),
+        hop,
+        wait,
+        timeout,
+    };
+    for target in targets {
+        if *target == node.me() {
+            continue;
+        }
+        if let Ok(resp) = forward(node, target, &fwd).await {
+            return Some(resp);
+        }
+    }
+    None
+}
+
+/// Waits (bounded) until this replica has applied everything `ctx` needs
+/// from the origins of `shard`, pulling the missing records from peers.
+async fn hold_back(node: &Node, ctx: &CausalContext, shard: ShardId, wait: Duration) -> bool {
+    if ctx.epoch > node.map.epoch() {
+        // A view this node has not reached: it cannot tell what is missing.
+        return false;
+    }
+    let origins = node.map.replicas(shard);
+    let store = &node.store;
+    let satisfied = || store.satisfies(&ctx.clock, origins.iter().map(String::as_str));
+    if satisfied() {
+        return true;
+    }
+    node.metrics.holdback_waits.inc();
+    let started = Instant::now();
+    let missing = store.applied().missing_for(&ctx.clock, origins.iter().map(String::as_str));
+    let gossip = node.gossip.clone();
+    tokio::spawn(async move { gossip.pull_from_peers(missing, wait).await });
+    let ok = store.gate.wait_until(started + wait, satisfied).await;
+    node.metrics.holdback_seconds.observe(started.elapsed().as_secs_f64());
+    if !ok {
+        node.metrics.holdback_unsatisfied.inc();
+    }
+    ok
+}
+
+/// After an unsatisfied hold-back: ask another replica of the shard that may
+/// have the writes (master first), once.
+async fn fallback(node: &Node, req: &KeyRequest, shard: ShardId) -> Result<Response, Reject> {
+    if req.hop >= 2 {
+        return Err(unavailable(req));
+    }
+    let order: Vec<&String> = node.map.replicas(shard).iter().collect();
+    match forward_first_reachable(node, req, &order, 2, Some(FALLBACK_WAIT), FALLBACK_TIMEOUT).await {
+        Some(resp) if resp.status() != StatusCode::SERVICE_UNAVAILABLE => Ok(resp),
+        _ => Err(unavailable(req)),
+    }
+}
+
+async fn read_local(node: &Node, req: &KeyRequest, shard: ShardId) -> Result<Response, Reject> {
+    if !hold_back(node, &req.context, shard, req.wait).await {
+        return fallback(node, req, shard).await;
+    }
+    let record = node.store.get(&req.key).map_err(|e| internal(req, e))?;
+    let ctx = reply_context(node, &req.context, record.as_ref());
+    let address = (req.hop > 0).then(|| node.me().to_owned());
+    match record {
+        Some(Record { value: Some(value), .. }) => Ok(Reply {
+            value: Some(value),
+            does_exist: Some(true),
+            address,
+            ..Reply::message("Retrieved successfully", ctx)
+        }
+        .into_response_with(StatusCode::OK)),
+        _ => Err(Box::new(ErrorReply { address, ..ErrorReply::new(&req.method, ApiError::KeyNotFound, ctx) })),
+    }
+}
+
+async fn write_local(node: &Node, req: &KeyRequest, shard: ShardId) -> Result<Response, Reject> {
+    if !hold_back(node, &req.context, shard, req.wait).await {
+        return Err(unavailable(req));
+    }
+    let outcome = node.store.write_local(&req.key, req.value.clone(), req.context.clock.clone()).map_err(|e| internal(req, e))?;
+    node.store.wait_durable(outcome.generation).await.map_err(|e| internal(req, e))?;
+    let address = (req.hop > 0).then(|| node.me().to_owned());
+    let revealed = outcome.record.as_ref().or(outcome.previous.as_ref());
+    let ctx = reply_context(node, &req.context, revealed);
+    let was_live = outcome.previous.as_ref().is_some_and(Record::is_live);
+    let reply = match (req.op, outcome.record.is_some()) {
+        (Op::Put, _) if was_live => (StatusCode::OK, "Updated successfully", Some(true), None),
+        (Op::Put, _) => (StatusCode::CREATED, "Added successfully", Some(false), None),
+        (_, true) => (StatusCode::OK, "Deleted successfully", None, Some(true)),
+        (_, false) => {
+            return Err(Box::new(ErrorReply { address, ..ErrorReply::new(&req.method, ApiError::KeyNotFound, ctx) }));
+        }
+    };
+    let (status, message, replaced, does_exist) = reply;
+    Ok(Reply { replaced, does_exist, address, ..Reply::message(message, ctx) }.into_response_with(status))
+}
+
+/// The request's context plus the dot and deps of the record the reply
+/// reveals (same epoch only: older dots are satisfied everywhere).
+fn reply_context(node: &Node, ctx: &CausalContext, record: Option<&Record>) -> Value {
+    let mut out = ctx.clone();
+    out.epoch = node.map.epoch();
+    if let Some(rec) = record.filter(|r| r.dot.epoch == out.epoch) {
+        out.clock.observe(&rec.dot.origin, rec.dot.seq);
+        out.clock.merge(&rec.deps);
+    }
+    out.to_json()
+}
+
+fn unavailable(req: &KeyRequest) -> Reject {
+    Box::new(ErrorReply::new(&req.method, ApiError::Unavailable, req.context.to_json()))
+}
+
+fn internal(req: &KeyRequest, e: impl std::error::Error + Send + Sync + 'static) -> Reject {
+    Box::new(ErrorReply::new(&req.method, ApiError::internal(e), req.context.to_json()))
+}

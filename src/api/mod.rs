@@ -1,0 +1,81 @@
+//! The HTTP surface: the public API of API.md, internal gossip endpoints, and
+//! the mapping of every error to a status and JSON body (`error.rs`, the only
+//! place that does it).
+//!
+//! Guarantees: every answer is a JSON object with `causal-context`; bad input
+//! of any kind gets a 4xx JSON error; a panic in a handler becomes a 500 JSON
+//! answer instead of a dropped connection; bodies are bounded by
+//! `MAX_VALUE_BYTES` plus room for the context.
+
+mod cluster;
+mod error;
+mod forward;
+mod internal;
+mod keys;
+mod reply;
+mod request;
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::extract::DefaultBodyLimit;
+use axum::http::{Method, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{any, get, post};
+use serde_json::Value;
+
+pub use error::ApiError;
+pub use request::{HOP_HEADER, WAIT_HEADER};
+
+use crate::node::Node;
+use error::ErrorReply;
+
+/// Room for the causal context and JSON framing on top of the value limit.
+const BODY_OVERHEAD: usize = 256 * 1024;
+
+pub fn router(node: Arc<Node>) -> Router {
+    let body_limit = node.config.max_value_bytes + BODY_OVERHEAD;
+    let mut router = Router::new()
+        .route("/kv-store/keys/{*key}", any(keys::handle))
+        .route("/kv-store/keys", any(missing_key))
+        .route("/kv-store/keys/", any(missing_key))
+        .route("/kv-store/key-count", get(cluster::key_count))
+        .route("/kv-store/shards", get(cluster::shards))
+        .route("/kv-store/shards/{id}", get(cluster::shard_info))
+        .route("/health", get(cluster::health))
+        .route("/ready", get(cluster::ready))
+        .route("/metrics", get(cluster::metrics))
+        .route("/internal/replicate", post(internal::replicate))
+        .route("/internal/pull", post(internal::pull));
+    if node.config.faults {
+        router = router.route("/internal/faults", get(internal::get_faults).put(internal::put_faults));
+    }
+    router
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(DefaultBodyLimit::max(body_limit))
+        .layer(tower_http::catch_panic::CatchPanicLayer::custom(panic_response))
+        .with_state(node)
+}
+
+fn empty() -> Value {
+    Value::Object(Default::default())
+}
+
+async fn missing_key(method: Method) -> Response {
+    ErrorReply::new(&method, ApiError::KeyMissing, empty()).into_response()
+}
+
+async fn not_found(method: Method) -> Response {
+    ErrorReply::new(&method, ApiError::RouteNotFound, empty()).into_response()
+}
+
+async fn method_not_allowed(method: Method) -> Response {
+    ErrorReply::new(&method, ApiError::MethodNotAllowed, empty()).into_response()
+}
+
+fn panic_response(_: Box<dyn std::any::Any + Send + 'static>) -> Response {
+    tracing::error!("a request handler panicked");
+    let body = serde_json::json!({"message": "Error", "error": "Something went wrong", "causal-context": {}});
+    (StatusCode::INTERNAL_SERVER_ERROR, axum::Json(body)).into_response()
+}

@@ -1,0 +1,110 @@
+//! Parsing of public requests: key, body, causal context, hop headers. Every
+//! failure becomes an [`ApiError`]; nothing here can panic on input.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use axum::body::Bytes;
+use axum::extract::rejection::{BytesRejection, PathRejection, QueryRejection};
+use axum::extract::{Path, Query};
+use axum::http::{HeaderMap, StatusCode};
+use serde::Deserialize;
+use serde_json::Value;
+use serde_json::value::RawValue;
+
+use super::error::ApiError;
+use crate::causal::CausalContext;
+
+/// Marks a forwarded request and how many hops it has made (1: entry node
+/// to a replica; 2: hold-back fallback to another replica of the shard).
+pub const HOP_HEADER: &str = "x-causalkv-hop";
+/// On a hop-2 request: how long the target may hold it back.
+pub const WAIT_HEADER: &str = "x-causalkv-wait-ms";
+pub use crate::gossip::FROM_HEADER;
+
+#[derive(Deserialize)]
+struct Body {
+    #[serde(default)]
+    value: Option<Box<RawValue>>,
+    #[serde(rename = "causal-context", default)]
+    context: Option<Value>,
+}
+
+/// The parts of a request body the API uses.
+pub struct ParsedBody {
+    pub value: Option<Box<RawValue>>,
+    pub context: CausalContext,
+    /// The context as sent, echoed on errors that happen before parsing it.
+    pub raw_context: Value,
+}
+
+/// Parses an optional JSON body and the `causal-context` query parameter.
+pub fn parse_body(
+    body: Result<Bytes, BytesRejection>,
+    query: Result<Query<HashMap<String, String>>, QueryRejection>,
+) -> Result<ParsedBody, (ApiError, Value)> {
+    let empty = || Value::Object(Default::default());
+    let bytes = body.map_err(|rej| {
+        let err = if rej.status() == StatusCode::PAYLOAD_TOO_LARGE { ApiError::ValueTooLarge } else { ApiError::BadBody };
+        (err, empty())
+    })?;
+    let parsed: Body = if bytes.iter().all(u8::is_ascii_whitespace) {
+        Body { value: None, context: None }
+    } else {
+        serde_json::from_slice(&bytes).map_err(|_| (ApiError::BadBody, empty()))?
+    };
+    let raw_context = match parsed.context {
+        Some(v) => v,
+        None => match query.ok().and_then(|Query(q)| q.get("causal-context").cloned()) {
+            Some(text) if !text.trim().is_empty() => {
+                serde_json::from_str(&text).map_err(|_| (ApiError::InvalidContext, empty()))?
+            }
+            _ => empty(),
+        },
+    };
+    let context = CausalContext::from_json(&raw_context).map_err(|_| (ApiError::InvalidContext, empty()))?;
+    Ok(ParsedBody { value: parsed.value, context, raw_context })
+}
+
+/// Validates the key from the path.
+pub fn parse_key(path: Result<Path<String>, PathRejection>, max_len: usize) -> Result<String, ApiError> {
+    let Path(key) = path.map_err(|_| ApiError::InvalidKey)?;
+    if key.is_empty() {
+        return Err(ApiError::KeyMissing);
+    }
+    if key.chars().count() > max_len {
+        return Err(ApiError::KeyTooLong);
+    }
+    if key.contains('/') {
+        return Err(ApiError::InvalidKey);
+    }
+    Ok(key)
+}
+
+/// Checks a PUT value: present, not null, not "", within the size limit.
+pub fn check_value(value: Option<Box<RawValue>>, max_bytes: usize) -> Result<Box<RawValue>, ApiError> {
+    let value = value.ok_or(ApiError::ValueMissing)?;
+    let text = value.get().trim();
+    if text == "null" || text == "\"\"" {
+        return Err(ApiError::ValueMissing);
+    }
+    if value.get().len() > max_bytes {
+        return Err(ApiError::ValueTooLarge);
+    }
+    Ok(value)
+}
+
+/// The hop count of a request (0 for a client request).
+pub fn hop(headers: &HeaderMap) -> u8 {
+    headers.get(HOP_HEADER).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u8>().ok()).unwrap_or(0).min(2)
+}
+
+/// The hold-back bound a hop-2 request asks for.
+pub fn wait_override(headers: &HeaderMap) -> Option<Duration> {
+    headers.get(WAIT_HEADER).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok()).map(Duration::from_millis)
+}
+
+/// The sending node of an internal or forwarded request.
+pub fn sender(headers: &HeaderMap) -> Option<&str> {
+    headers.get(FROM_HEADER).and_then(|v| v.to_str().ok())
+}

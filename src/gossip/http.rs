@@ -1,0 +1,61 @@
+//! The HTTP transport: JSON bodies to `/internal/...` on the peer's client
+//! port, over a pooled keep-alive client.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use super::{BoxFuture, GossipError, PUSH_TIMEOUT, PullRequest, PullResponse, ReplicateAck, ReplicateBatch, Transport};
+use crate::faults::Faults;
+
+/// Header naming the sending node on internal requests.
+pub const FROM_HEADER: &str = "x-causalkv-from";
+
+pub struct HttpTransport {
+    client: reqwest::Client,
+    me: String,
+    faults: Arc<Faults>,
+}
+
+impl HttpTransport {
+    pub fn new(client: reqwest::Client, me: String, faults: Arc<Faults>) -> Self {
+        Self { client, me, faults }
+    }
+
+    async fn post<T: Serialize, R: DeserializeOwned>(&self, peer: &str, path: &str, body: &T, timeout: Duration) -> Result<R, GossipError> {
+        let unreachable = |reason: String| GossipError::Unreachable { peer: peer.to_owned(), reason };
+        if self.faults.is_blocked(peer) {
+            return Err(unreachable("blocked by fault switch".into()));
+        }
+        let resp = self
+            .client
+            .post(format!("http://{peer}{path}"))
+            .header(FROM_HEADER, &self.me)
+            .timeout(timeout)
+            .json(body)
+            .send()
+            .await
+            .map_err(|e| unreachable(e.to_string()))?;
+        if !resp.status().is_success() {
+            return Err(GossipError::Rejected { peer: peer.to_owned(), status: resp.status().as_u16() });
+        }
+        resp.json().await.map_err(|e| unreachable(e.to_string()))
+    }
+}
+
+impl Transport for HttpTransport {
+    fn replicate<'a>(&'a self, peer: &'a str, batch: &'a ReplicateBatch) -> BoxFuture<'a, Result<ReplicateAck, GossipError>> {
+        Box::pin(async move {
+            if self.faults.replication_paused(peer) {
+                return Err(GossipError::Unreachable { peer: peer.to_owned(), reason: "replication paused by fault switch".into() });
+            }
+            self.post(peer, "/internal/replicate", batch, PUSH_TIMEOUT).await
+        })
+    }
+
+    fn pull<'a>(&'a self, peer: &'a str, req: &'a PullRequest, timeout: Duration) -> BoxFuture<'a, Result<PullResponse, GossipError>> {
+        Box::pin(self.post(peer, "/internal/pull", req, timeout))
+    }
+}

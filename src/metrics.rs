@@ -1,0 +1,79 @@
+//! Prometheus metrics (served at `/metrics` in the text format).
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RequestLabel {
+    pub op: &'static str,
+    pub status: u16,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PeerLabel {
+    pub peer: String,
+}
+
+pub struct Metrics {
+    registry: Registry,
+    pub requests: Family<RequestLabel, Counter>,
+    pub request_seconds: Histogram,
+    pub forwarded: Counter,
+    pub holdback_waits: Counter,
+    pub holdback_unsatisfied: Counter,
+    pub holdback_seconds: Histogram,
+    pub replication_lag: Family<PeerLabel, Gauge>,
+    pub replication_batches: Counter,
+    pub replication_failures: Counter,
+    pub replicated_records: Counter,
+    pub live_keys: Gauge,
+    pub pending_records: Gauge,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        let mut registry = Registry::with_prefix("causalkv");
+        let m = Metrics {
+            requests: Family::default(),
+            request_seconds: Histogram::new(exponential_buckets(0.0001, 2.0, 18)),
+            forwarded: Counter::default(),
+            holdback_waits: Counter::default(),
+            holdback_unsatisfied: Counter::default(),
+            holdback_seconds: Histogram::new(exponential_buckets(0.0001, 2.0, 16)),
+            replication_lag: Family::default(),
+            replication_batches: Counter::default(),
+            replication_failures: Counter::default(),
+            replicated_records: Counter::default(),
+            live_keys: Gauge::default(),
+            pending_records: Gauge::default(),
+            registry: Registry::default(),
+        };
+        registry.register("requests", "Client requests by operation and status", m.requests.clone());
+        registry.register("request_seconds", "Client request latency", m.request_seconds.clone());
+        registry.register("forwarded", "Requests forwarded to another node", m.forwarded.clone());
+        registry.register("holdback_waits", "Requests held back for causal dependencies", m.holdback_waits.clone());
+        registry.register("holdback_unsatisfied", "Held-back requests not satisfied locally in time", m.holdback_unsatisfied.clone());
+        registry.register("holdback_seconds", "Time requests spent held back", m.holdback_seconds.clone());
+        registry.register("replication_lag_records", "Own durable writes not yet acknowledged, per peer", m.replication_lag.clone());
+        registry.register("replication_batches", "Replication batches acknowledged", m.replication_batches.clone());
+        registry.register("replication_failures", "Replication pushes that failed", m.replication_failures.clone());
+        registry.register("replicated_records", "Remote records applied", m.replicated_records.clone());
+        registry.register("live_keys", "Live keys stored at this node", m.live_keys.clone());
+        registry.register("pending_records", "Records waiting for predecessors", m.pending_records.clone());
+        Metrics { registry, ..m }
+    }
+}
+
+impl Metrics {
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        if let Err(e) = prometheus_client::encoding::text::encode(&mut out, &self.registry) {
+            tracing::error!(error = %e, "encoding metrics failed");
+        }
+        out
+    }
+}
