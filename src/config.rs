@@ -44,7 +44,7 @@ pub struct NodeArgs {
     #[arg(long, env = "DURABILITY", default_value = "fsync")]
     pub durability: String,
     /// Enables the test-only fault switches (/internal/faults).
-    #[arg(long, env = "CAUSALKV_FAULTS", default_value_t = false)]
+    #[arg(long, env = "CAUSALKV_FAULTS", action = clap::ArgAction::SetTrue, value_parser = clap::builder::FalseyValueParser::new())]
     pub faults: bool,
 }
 

@@ -129,7 +129,7 @@ impl Cluster {
             node.start();
             nodes.push(node);
         }
-        let cluster = Cluster { nodes, client: client(), _tmp: tmp };
+        let mut cluster = Cluster { nodes, client: client(), _tmp: tmp };
         for i in 0..n {
             cluster.wait_ready(i).await;
         }
@@ -144,13 +144,19 @@ impl Cluster {
         self.nodes.iter().position(|n| n.addr == addr).unwrap_or_else(|| panic!("{addr} is not a node of this cluster"))
     }
 
-    pub async fn wait_ready(&self, i: usize) {
+    pub async fn wait_ready(&mut self, i: usize) {
         let url = self.nodes[i].url("/ready");
-        let ok = wait_until(Duration::from_secs(30), || async {
-            matches!(self.client.get(&url).send().await, Ok(r) if r.status() == StatusCode::OK)
-        })
-        .await;
-        assert!(ok, "node {} did not become ready", self.nodes[i].addr);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if matches!(self.client.get(&url).send().await, Ok(r) if r.status() == StatusCode::OK) {
+                return;
+            }
+            if let Some(Ok(Some(status))) = self.nodes[i].child.as_mut().map(|c| c.try_wait()) {
+                panic!("node {} exited during start-up: {status}", self.nodes[i].addr);
+            }
+            assert!(Instant::now() < deadline, "node {} did not become ready", self.nodes[i].addr);
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     }
 
     pub async fn restart(&mut self, i: usize) {
