@@ -133,7 +133,7 @@ async fn route(node: &Node, req: &KeyRequest) -> Result<Response, Reject> {
     if !node.map.is_replica(shard) {
         if req.hop > 0 {
             // Misrouted (the sender has another view): never forward twice.
-            return Err(unavailable(req));
+            return Err(unavailable(node, req));
         }
         let order: Vec<&String> = match req.op {
             Op::Put | Op::Delete => replicas.iter().collect(),
@@ -141,7 +141,7 @@ async fn route(node: &Node, req: &KeyRequest) -> Result<Response, Reject> {
         };
         return forward_first_reachable(node, req, &order, 1, None, node.config.causal_wait + FORWARD_SLACK)
             .await
-            .ok_or_else(|| unavailable(req));
+            .ok_or_else(|| unavailable(node, req));
     }
     match req.op {
         Op::Put | Op::Delete => {
@@ -229,12 +229,12 @@ async fn hold_back(node: &Node, ctx: &CausalContext, shard: ShardId, wait: Durat
 /// have the writes (master first), once.
 async fn fallback(node: &Node, req: &KeyRequest, shard: ShardId) -> Result<Response, Reject> {
     if req.hop >= 2 {
-        return Err(unavailable(req));
+        return Err(unavailable(node, req));
     }
     let order: Vec<&String> = node.map.replicas(shard).iter().collect();
     match forward_first_reachable(node, req, &order, 2, Some(FALLBACK_WAIT), FALLBACK_TIMEOUT).await {
         Some(resp) if resp.status() != StatusCode::SERVICE_UNAVAILABLE => Ok(resp),
-        _ => Err(unavailable(req)),
+        _ => Err(unavailable(node, req)),
     }
 }
 
@@ -259,7 +259,7 @@ async fn read_local(node: &Node, req: &KeyRequest, shard: ShardId) -> Result<Res
 
 async fn write_local(node: &Node, req: &KeyRequest, shard: ShardId) -> Result<Response, Reject> {
     if !hold_back(node, &req.context, shard, req.wait).await {
-        return Err(unavailable(req));
+        return Err(unavailable(node, req));
     }
     let outcome = node.store.write_local(&req.key, req.value.clone(), req.context.clock.clone()).map_err(|e| internal(req, e))?;
     node.store.wait_durable(outcome.generation).await.map_err(|e| internal(req, e))?;
@@ -291,8 +291,11 @@ fn reply_context(node: &Node, ctx: &CausalContext, record: Option<&Record>) -> V
     out.to_json()
 }
 
-fn unavailable(req: &KeyRequest) -> Reject {
-    Box::new(ErrorReply::new(&req.method, ApiError::Unavailable, req.context.to_json()))
+/// 503 `Unable to satisfy request`; names this node when it was the target
+/// of a forward.
+fn unavailable(node: &Node, req: &KeyRequest) -> Reject {
+    let address = (req.hop > 0).then(|| node.me().to_owned());
+    Box::new(ErrorReply { address, ..ErrorReply::new(&req.method, ApiError::Unavailable, req.context.to_json()) })
 }
 
 fn internal(req: &KeyRequest, e: impl std::error::Error + Send + Sync + 'static) -> Reject {

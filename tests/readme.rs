@@ -1,0 +1,111 @@
+//! The README's local-cluster command and curl session, run as written
+//! (ports shifted to free ones) against a fresh cluster: same output.
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+/// A base port with `n` consecutive free ports after it.
+fn free_port_run(n: u16) -> u16 {
+    for _ in 0..200 {
+        let base = common::free_port();
+        if base > 65000 {
+            continue;
+        }
+        if (0..n).all(|i| std::net::TcpListener::bind(("127.0.0.1", base + i)).is_ok()) {
+            return base;
+        }
+    }
+    panic!("no run of {n} free ports");
+}
+
+fn readme_block(after: &str, lang: &str) -> String {
+    let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).expect("README.md");
+    let start = readme.find(after).unwrap_or_else(|| panic!("README has {after:?}"));
+    let rest = &readme[start..];
+    let open = rest.find(&format!("```{lang}\n")).expect("block start") + 4 + lang.len();
+    let close = rest[open..].find("```").expect("block end");
+    rest[open..open + close].to_string()
+}
+
+fn shift_ports(text: &str, base: u16) -> String {
+    let mut out = text.to_string();
+    for i in 0..4u16 {
+        out = out.replace(&format!("127.0.0.1:{}", 13800 + i), &format!("127.0.0.1:{}", base + i));
+    }
+    out
+}
+
+// `causalkv cluster --nodes 4 --repl-factor 2` prints the README's shard map,
+// answers the README's curl session exactly, and stops cleanly on Ctrl-C.
+#[test]
+fn the_readme_cluster_and_curl_session_work_as_shown() {
+    assert!(Command::new("curl").arg("--version").output().is_ok(), "curl is needed to run the README session");
+    let base = free_port_run(4);
+    let data = tempfile::tempdir().unwrap();
+    let mut cluster = Command::new(common::BIN)
+        .args(["cluster", "--nodes", "4", "--repl-factor", "2", "--base-port", &base.to_string()])
+        .arg("--data-dir")
+        .arg(data.path())
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start the cluster command");
+    let stdout = cluster.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let mut printed = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !printed.last().is_some_and(|l: &String| l.starts_with("Ctrl-C")) {
+        let left = deadline.saturating_duration_since(Instant::now());
+        printed.push(rx.recv_timeout(left).expect("the cluster command printed its map"));
+    }
+    let command = readme_block("## A local cluster in one command", "sh");
+    assert_eq!(command.trim(), "cargo run --release -- cluster --nodes 4 --repl-factor 2", "the README command is the one tested");
+    let map_block = shift_ports(&readme_block("spawns 4 node processes", ""), base);
+    assert_eq!(printed.join("\n").trim(), map_block.trim());
+
+    let session = readme_block("### A curl session", "console");
+    let mut steps: Vec<(String, String)> = Vec::new();
+    for line in session.lines() {
+        if let Some(cmd) = line.strip_prefix("$ ") {
+            steps.push((cmd.to_string(), String::new()));
+        } else if let Some(last) = steps.last_mut() {
+            last.1.push_str(line);
+        }
+    }
+    assert!(steps.len() >= 8, "the session has its steps");
+    for (cmd, expected) in &steps {
+        let cmd = shift_ports(cmd, base);
+        let out = Command::new("bash").arg("-c").arg(&cmd).output().expect("run curl");
+        let got = String::from_utf8_lossy(&out.stdout).to_string();
+        let got_json: Value = serde_json::from_str(&got).unwrap_or_else(|_| panic!("{cmd}\nanswered non-JSON: {got}"));
+        let want_json: Value = serde_json::from_str(&shift_ports(expected, base)).expect("README output is JSON");
+        assert_eq!(got_json, want_json, "\n$ {cmd}");
+    }
+
+    unsafe {
+        libc::kill(cluster.id() as i32, libc::SIGINT);
+    }
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let status = loop {
+        if let Some(s) = cluster.try_wait().unwrap() {
+            break s;
+        }
+        assert!(Instant::now() < deadline, "the cluster did not stop on Ctrl-C");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert!(status.success(), "cluster exited with {status}");
+    for i in 0..4 {
+        assert!(std::net::TcpStream::connect(("127.0.0.1", base + i)).is_err(), "node {i} still listening after Ctrl-C");
+    }
+}
