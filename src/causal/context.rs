@@ -49,7 +49,7 @@ impl CausalContext {
     }
 
     /// Parses the URL-query form (the same JSON, URL-decoded by the caller).
-    pub fn from_str(text: &str) -> Result<Self, ContextError> {
+    pub fn parse_text(text: &str) -> Result<Self, ContextError> {
         if text.trim().is_empty() {
             return Ok(Self::default());
         }
@@ -104,7 +104,7 @@ mod tests {
     fn empty_forms_parse_to_the_empty_context() {
         assert_eq!(CausalContext::from_json(&json!({})).unwrap(), CausalContext::default());
         assert_eq!(CausalContext::from_json(&Value::Null).unwrap(), CausalContext::default());
-        assert_eq!(CausalContext::from_str("").unwrap(), CausalContext::default());
+        assert_eq!(CausalContext::parse_text("").unwrap(), CausalContext::default());
     }
 
     #[test]
@@ -113,7 +113,7 @@ mod tests {
         assert_eq!(ctx.epoch, 2);
         assert_eq!(ctx.clock.get("a:1"), 3);
         assert_eq!(CausalContext::from_json(&ctx.to_json()).unwrap(), ctx);
-        assert_eq!(CausalContext::from_str(&ctx.to_json().to_string()).unwrap(), ctx);
+        assert_eq!(CausalContext::parse_text(&ctx.to_json().to_string()).unwrap(), ctx);
     }
 
     #[test]
@@ -140,7 +140,7 @@ mod tests {
         ] {
             assert!(CausalContext::from_json(&bad).is_err(), "{bad} should be rejected");
         }
-        assert!(CausalContext::from_str("{not json").is_err());
+        assert!(CausalContext::parse_text("{not json").is_err());
     }
 
     #[test]
