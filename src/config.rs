@@ -83,10 +83,7 @@ impl Config {
             return Err(format!("MAX_VALUE_BYTES must be between 1 and {MAX_VALUE_LIMIT}"));
         }
         let durability = args.durability.parse::<DurabilityMode>()?;
-        let data_dir = args
-            .data_dir
-            .clone()
-            .unwrap_or_else(|| PathBuf::from("data").join(address.replace([':', '[', ']'], "_")));
+        let data_dir = args.data_dir.clone().unwrap_or_else(|| PathBuf::from("data").join(address.replace([':', '[', ']'], "_")));
         Ok(Config {
             address,
             port,
@@ -102,11 +99,8 @@ impl Config {
 
     /// Address to bind: all interfaces, IPv6 when ADDRESS is IPv6.
     pub fn bind_addr(&self) -> std::net::SocketAddr {
-        let ip: std::net::IpAddr = if self.address.starts_with('[') {
-            std::net::Ipv6Addr::UNSPECIFIED.into()
-        } else {
-            std::net::Ipv4Addr::UNSPECIFIED.into()
-        };
+        let ip: std::net::IpAddr =
+            if self.address.starts_with('[') { std::net::Ipv6Addr::UNSPECIFIED.into() } else { std::net::Ipv4Addr::UNSPECIFIED.into() };
         (ip, self.port).into()
     }
 }

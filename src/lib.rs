@@ -1,12 +1,12 @@
+pub mod api;
 pub mod causal;
-pub mod shard;
-pub mod store;
+pub mod config;
 pub mod faults;
 pub mod gossip;
 pub mod metrics;
-pub mod api;
-pub mod config;
 pub mod node;
+pub mod shard;
+pub mod store;
 
 pub use config::{Config, NodeArgs};
 pub use node::{Node, NodeHandle};

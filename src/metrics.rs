@@ -32,6 +32,11 @@ pub struct Metrics {
     pub replicated_records: Counter,
     pub live_keys: Gauge,
     pub pending_records: Gauge,
+    pub pending_dropped: Counter,
+    pub snapshots_installed: Counter,
+    pub log_limit_hits: Counter,
+    pub log_entries_compacted: Counter,
+    pub tombstones_purged: Counter,
 }
 
 impl Default for Metrics {
@@ -50,6 +55,11 @@ impl Default for Metrics {
             replicated_records: Counter::default(),
             live_keys: Gauge::default(),
             pending_records: Gauge::default(),
+            pending_dropped: Counter::default(),
+            snapshots_installed: Counter::default(),
+            log_limit_hits: Counter::default(),
+            log_entries_compacted: Counter::default(),
+            tombstones_purged: Counter::default(),
             registry: Registry::default(),
         };
         registry.register("requests", "Client requests by operation and status", m.requests.clone());
@@ -64,6 +74,11 @@ impl Default for Metrics {
         registry.register("replicated_records", "Remote records applied", m.replicated_records.clone());
         registry.register("live_keys", "Live keys stored at this node", m.live_keys.clone());
         registry.register("pending_records", "Records waiting for predecessors", m.pending_records.clone());
+        registry.register("pending_dropped", "Records dropped because the pending queue was full", m.pending_dropped.clone());
+        registry.register("snapshots_installed", "Shard snapshots fetched because logs were compacted", m.snapshots_installed.clone());
+        registry.register("log_limit_hits", "Times a per-origin log hit its size limit", m.log_limit_hits.clone());
+        registry.register("log_entries_compacted", "Log entries dropped after every replica applied them", m.log_entries_compacted.clone());
+        registry.register("tombstones_purged", "Tombstones removed once stable", m.tombstones_purged.clone());
         Metrics { registry, ..m }
     }
 }

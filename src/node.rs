@@ -80,7 +80,7 @@ impl Node {
         let faults = Arc::new(Faults::new(config.faults));
         let metrics = Arc::new(Metrics::default());
         let transport = Arc::new(HttpTransport::new(client.clone(), config.address.clone(), faults.clone()));
-        let gossip = Arc::new(Gossip::new(store.clone(), transport, metrics.clone(), map.my_replicas().to_vec()));
+        let gossip = Arc::new(Gossip::new(store.clone(), transport, metrics.clone(), map.my_replicas().to_vec(), map.view.nodes.clone()));
         let bind = config.bind_addr();
         let listener = tokio::net::TcpListener::bind(bind).await.map_err(|source| NodeError::Bind { addr: bind, source })?;
         let local_addr = listener.local_addr().map_err(|source| NodeError::Bind { addr: bind, source })?;
@@ -98,7 +98,7 @@ impl Node {
 
         let (shutdown_tx, shutdown_rx) = watch::channel(false);
         let mut tasks = vec![tokio::spawn(run_flusher(store.clone(), shutdown_rx.clone()))];
-        tasks.extend(gossip.spawn_replicators(shutdown_rx.clone()));
+        tasks.extend(gossip.spawn_tasks(shutdown_rx.clone()));
         tasks.push(tokio::spawn(catch_up_then_ready(node.clone())));
 
         let app = crate::api::router(node.clone());
@@ -121,11 +121,7 @@ impl Node {
 /// Pulls what peers have that this node missed while it was down, then
 /// reports ready.
 async fn catch_up_then_ready(node: Arc<Node>) {
-    let applied = node.store.applied();
-    let want: Vec<(String, u64)> = node.gossip.shard().iter().filter(|o| *o != node.me()).map(|o| (o.clone(), applied.get(o))).collect();
-    if !want.is_empty() {
-        node.gossip.pull_from_peers(want, STARTUP_CATCH_UP).await;
-    }
+    node.gossip.pull_from_peers(STARTUP_CATCH_UP).await;
     node.ready.store(true, Ordering::Relaxed);
 }
 

@@ -164,6 +164,10 @@ async fn a_worker_accepts_writes_when_the_master_is_down() {
     let mut c = Cluster::start(2, 2).await;
     let put = c.put(1, "w", json!(1), &json!({})).await;
     assert_eq!(put.address(), Some(c.addr(0)));
+    // The worker must hold the write the client's context names before the
+    // master dies, or it would rightly refuse (503) to build on it.
+    let replicated = wait_until(Duration::from_secs(10), || async { c.get(1, "w", &json!({})).await.value() == Some(&json!(1)) }).await;
+    assert!(replicated);
     c.nodes[0].kill();
     let put2 = c.put(1, "w", json!(2), &put.ctx()).await;
     assert_eq!(put2.status, StatusCode::OK, "{}", put2.body);

@@ -69,10 +69,8 @@ async fn a_killed_master_keeps_its_writes_and_its_worker_gets_them() {
     let mut c = Arc::try_unwrap(c).unwrap_or_else(|_| panic!("writers finished"));
     c.nodes[0].kill();
     c.restart(0).await;
-    let worker_has_all = wait_until(Duration::from_secs(15), || async {
-        c.get_json(1, "/kv-store/key-count").await.body["key-count"] == json!(300)
-    })
-    .await;
+    let worker_has_all =
+        wait_until(Duration::from_secs(15), || async { c.get_json(1, "/kv-store/key-count").await.body["key-count"] == json!(300) }).await;
     assert!(worker_has_all, "the worker did not receive every acknowledged write");
     for (key, k, _) in &acked {
         for node in 0..2 {

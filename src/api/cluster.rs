@@ -6,8 +6,8 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::body::Bytes;
-use axum::extract::rejection::{BytesRejection, PathRejection, QueryRejection};
+use axum::body::Body as RequestBody;
+use axum::extract::rejection::{PathRejection, QueryRejection};
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -15,22 +15,26 @@ use serde_json::Value;
 
 use super::error::{ApiError, ErrorReply};
 use super::reply::Reply;
-use super::request::{FROM_HEADER, HOP_HEADER, hop, parse_body};
+use super::request::{FROM_HEADER, HOP_HEADER, hop, parse_body, read_body};
 use crate::node::Node;
 
 /// Time limit for asking another shard's replica for its key count.
 const REMOTE_COUNT_TIMEOUT: Duration = Duration::from_secs(1);
 
-type Body = Result<Bytes, BytesRejection>;
+type Body = RequestBody;
 type Q = Result<Query<HashMap<String, String>>, QueryRejection>;
 
-fn echo_context(method: &Method, query: Q, body: Body) -> Result<Value, Box<ErrorReply>> {
-    let parsed = parse_body(body, query).map_err(|(e, ctx)| Box::new(ErrorReply::new(method, e, ctx)))?;
+/// Largest body a cluster endpoint reads (it only carries a context).
+const CLUSTER_BODY_LIMIT: usize = 256 * 1024;
+
+async fn echo_context(method: &Method, query: Q, body: Body) -> Result<Value, Box<ErrorReply>> {
+    let parsed =
+        parse_body(read_body(body, CLUSTER_BODY_LIMIT).await, query).map_err(|(e, ctx)| Box::new(ErrorReply::new(method, e, ctx)))?;
     Ok(parsed.context.to_json())
 }
 
 pub async fn key_count(State(node): State<Arc<Node>>, method: Method, query: Q, body: Body) -> Response {
-    let ctx = match echo_context(&method, query, body) {
+    let ctx = match echo_context(&method, query, body).await {
         Ok(c) => c,
         Err(e) => return e.into_response(),
     };
@@ -44,7 +48,7 @@ pub async fn key_count(State(node): State<Arc<Node>>, method: Method, query: Q, 
 }
 
 pub async fn shards(State(node): State<Arc<Node>>, method: Method, query: Q, body: Body) -> Response {
-    let ctx = match echo_context(&method, query, body) {
+    let ctx = match echo_context(&method, query, body).await {
         Ok(c) => c,
         Err(e) => return e.into_response(),
     };
@@ -60,7 +64,7 @@ pub async fn shard_info(
     query: Q,
     body: Body,
 ) -> Response {
-    let ctx = match echo_context(&method, query, body) {
+    let ctx = match echo_context(&method, query, body).await {
         Ok(c) => c,
         Err(e) => return e.into_response(),
     };

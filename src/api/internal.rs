@@ -12,7 +12,7 @@ use serde_json::json;
 
 use super::request::sender;
 use crate::faults::FaultSet;
-use crate::gossip::{GossipError, PullRequest, ReplicateBatch};
+use crate::gossip::{GossipError, Heartbeat, PullRequest, ReplicateBatch, SnapshotRequest};
 use crate::node::Node;
 
 fn refuse(status: StatusCode, why: &str) -> Response {
@@ -80,4 +80,27 @@ pub async fn put_faults(State(node): State<Arc<Node>>, body: Result<Json<FaultSe
     tracing::warn!(?set, "fault switches changed");
     node.faults.replace(set);
     Json(node.faults.current()).into_response()
+}
+
+pub async fn snapshot(State(node): State<Arc<Node>>, headers: HeaderMap, body: Result<Json<SnapshotRequest>, JsonRejection>) -> Response {
+    if blocked(&node, &headers) {
+        return refuse(StatusCode::SERVICE_UNAVAILABLE, "blocked");
+    }
+    let Ok(Json(req)) = body else {
+        return refuse(StatusCode::BAD_REQUEST, "bad snapshot request");
+    };
+    match node.gossip.handle_snapshot(&req) {
+        Ok(page) => Json(page).into_response(),
+        Err(e) => gossip_error(e),
+    }
+}
+
+pub async fn heartbeat(State(node): State<Arc<Node>>, headers: HeaderMap, body: Result<Json<Heartbeat>, JsonRejection>) -> Response {
+    if blocked(&node, &headers) {
+        return refuse(StatusCode::SERVICE_UNAVAILABLE, "blocked");
+    }
+    let Ok(Json(msg)) = body else {
+        return refuse(StatusCode::BAD_REQUEST, "bad heartbeat");
+    };
+    Json(node.gossip.handle_heartbeat(&msg)).into_response()
 }

@@ -6,8 +6,8 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::body::Bytes;
-use axum::extract::rejection::{BytesRejection, PathRejection, QueryRejection};
+use axum::body::Body;
+use axum::extract::rejection::{PathRejection, QueryRejection};
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -18,7 +18,7 @@ use tokio::time::Instant;
 use super::error::{ApiError, ErrorReply};
 use super::forward::{Forward, forward};
 use super::reply::Reply;
-use super::request::{check_value, hop, parse_body, parse_key, sender, wait_override};
+use super::request::{check_value, hop, parse_body, parse_key, read_body, sender, wait_override};
 use crate::causal::CausalContext;
 use crate::metrics::RequestLabel;
 use crate::node::Node;
@@ -30,6 +30,10 @@ use crate::store::Record;
 const FALLBACK_TIMEOUT: Duration = Duration::from_millis(500);
 /// How long the fallback replica may itself wait for missing writes.
 const FALLBACK_WAIT: Duration = Duration::from_millis(100);
+/// Time limit of a forward that cannot be held back: far above a healthy
+/// answer (including a group-commit flush), short enough that a frozen node
+/// costs clients little before the next replica is tried.
+const FORWARD_FAST: Duration = Duration::from_secs(1);
 /// Slack on top of the hold-back bound for a forwarded request (the target
 /// may wait `CAUSAL_WAIT_MS`, then try its fallback).
 const FORWARD_SLACK: Duration = Duration::from_secs(2);
@@ -70,7 +74,7 @@ pub async fn handle(
     headers: HeaderMap,
     path: Result<Path<String>, PathRejection>,
     query: Result<Query<HashMap<String, String>>, QueryRejection>,
-    body: Result<Bytes, BytesRejection>,
+    body: Body,
 ) -> Response {
     let started = Instant::now();
     let op = match method {
@@ -79,6 +83,7 @@ pub async fn handle(
         Method::DELETE => Op::Delete,
         _ => return ErrorReply::new(&method, ApiError::MethodNotAllowed, Value::Object(Default::default())).into_response(),
     };
+    let body = read_body(body, node.config.max_value_bytes + super::BODY_OVERHEAD).await;
     let response = match parse(&node, &method, op, &headers, path, query, body) {
         Ok(req) => {
             if req.hop > 0 && sender(&headers).is_some_and(|s| node.faults.is_blocked(s)) {
@@ -104,10 +109,10 @@ fn parse(
     headers: &HeaderMap,
     path: Result<Path<String>, PathRejection>,
     query: Result<Query<HashMap<String, String>>, QueryRejection>,
-    body: Result<Bytes, BytesRejection>,
+    body: Result<Vec<u8>, ApiError>,
 ) -> Result<KeyRequest, Reject> {
-    let key = parse_key(path, node.config.max_key_length)
-        .map_err(|e| Box::new(ErrorReply::new(method, e, Value::Object(Default::default()))))?;
+    let key =
+        parse_key(path, node.config.max_key_length).map_err(|e| Box::new(ErrorReply::new(method, e, Value::Object(Default::default()))))?;
     let parsed = parse_body(body, query).map_err(|(e, ctx)| Box::new(ErrorReply::new(method, e, ctx)))?;
     let value = match op {
         Op::Put => Some(
@@ -136,18 +141,19 @@ async fn route(node: &Node, req: &KeyRequest) -> Result<Response, Reject> {
             return Err(unavailable(node, req));
         }
         let order: Vec<&String> = match req.op {
-            Op::Put | Op::Delete => replicas.iter().collect(),
-            Op::Get => read_order(node, replicas),
+            Op::Put | Op::Delete => node.gossip.detector.alive_first(replicas),
+            Op::Get => node.gossip.detector.alive_first(read_order(node, replicas)),
         };
-        return forward_first_reachable(node, req, &order, 1, None, node.config.causal_wait + FORWARD_SLACK)
+        return forward_first_reachable(node, req, &order, 1, None, forward_timeout(node, req, replicas))
             .await
             .ok_or_else(|| unavailable(node, req));
     }
     match req.op {
         Op::Put | Op::Delete => {
-            let master = &replicas[0];
+            // The master: the first replica the failure detector trusts.
+            let master = node.gossip.detector.alive_first(replicas)[0];
             if req.hop == 0 && master != node.me() {
-                let timeout = node.config.causal_wait + FORWARD_SLACK;
+                let timeout = forward_timeout(node, req, replicas);
                 if let Some(resp) = forward_first_reachable(node, req, &[master], 1, None, timeout).await {
                     return Ok(resp);
                 }
@@ -157,6 +163,14 @@ async fn route(node: &Node, req: &KeyRequest) -> Result<Response, Reject> {
         }
         Op::Get => read_local(node, req, shard).await,
     }
+}
+
+/// Time limit of a forward: a healthy node answers a request it need not
+/// hold back within [`FORWARD_FAST`]; one whose context names writes of the
+/// shard may wait up to `CAUSAL_WAIT_MS` first.
+fn forward_timeout(node: &Node, req: &KeyRequest, replicas: &[String]) -> Duration {
+    let may_wait = replicas.iter().any(|r| req.context.clock.get(r) > 0);
+    if may_wait { node.config.causal_wait + FORWARD_SLACK } else { FORWARD_FAST }
 }
 
 /// Workers in round-robin order, then the master as fallback.
@@ -179,15 +193,8 @@ async fn forward_first_reachable(
     wait: Option<Duration>,
     timeout: Duration,
 ) -> Option<Response> {
-    let fwd = Forward {
-        method: &req.method,
-        key: &req.key,
-        value: req.value.as_deref(),
-        context: req.context.to_json(),
-        hop,
-        wait,
-        timeout,
-    };
+    let fwd =
+        Forward { method: &req.method, key: &req.key, value: req.value.as_deref(), context: req.context.to_json(), hop, wait, timeout };
     for target in targets {
         if *target == node.me() {
             continue;
@@ -214,9 +221,8 @@ async fn hold_back(node: &Node, ctx: &CausalContext, shard: ShardId, wait: Durat
     }
     node.metrics.holdback_waits.inc();
     let started = Instant::now();
-    let missing = store.applied().missing_for(&ctx.clock, origins.iter().map(String::as_str));
     let gossip = node.gossip.clone();
-    tokio::spawn(async move { gossip.pull_from_peers(missing, wait).await });
+    tokio::spawn(async move { gossip.pull_from_peers(wait).await });
     let ok = store.gate.wait_until(started + wait, satisfied).await;
     node.metrics.holdback_seconds.observe(started.elapsed().as_secs_f64());
     if !ok {
@@ -231,7 +237,7 @@ async fn fallback(node: &Node, req: &KeyRequest, shard: ShardId) -> Result<Respo
     if req.hop >= 2 {
         return Err(unavailable(node, req));
     }
-    let order: Vec<&String> = node.map.replicas(shard).iter().collect();
+    let order = node.gossip.detector.alive_first(node.map.replicas(shard));
     match forward_first_reachable(node, req, &order, 2, Some(FALLBACK_WAIT), FALLBACK_TIMEOUT).await {
         Some(resp) if resp.status() != StatusCode::SERVICE_UNAVAILABLE => Ok(resp),
         _ => Err(unavailable(node, req)),
@@ -246,13 +252,10 @@ async fn read_local(node: &Node, req: &KeyRequest, shard: ShardId) -> Result<Res
     let ctx = reply_context(node, &req.context, record.as_ref());
     let address = (req.hop > 0).then(|| node.me().to_owned());
     match record {
-        Some(Record { value: Some(value), .. }) => Ok(Reply {
-            value: Some(value),
-            does_exist: Some(true),
-            address,
-            ..Reply::message("Retrieved successfully", ctx)
+        Some(Record { value: Some(value), .. }) => {
+            Ok(Reply { value: Some(value), does_exist: Some(true), address, ..Reply::message("Retrieved successfully", ctx) }
+                .into_response_with(StatusCode::OK))
         }
-        .into_response_with(StatusCode::OK)),
         _ => Err(Box::new(ErrorReply { address, ..ErrorReply::new(&req.method, ApiError::KeyNotFound, ctx) })),
     }
 }

@@ -31,10 +31,11 @@ use crate::node::Node;
 use error::ErrorReply;
 
 /// Room for the causal context and JSON framing on top of the value limit.
-const BODY_OVERHEAD: usize = 256 * 1024;
+pub(crate) const BODY_OVERHEAD: usize = 256 * 1024;
 
 pub fn router(node: Arc<Node>) -> Router {
-    let body_limit = node.config.max_value_bytes + BODY_OVERHEAD;
+    // Public bodies are bounded in their handlers; this bounds internal ones.
+    let body_limit = crate::gossip::MAX_BATCH_BYTES + node.config.max_value_bytes + BODY_OVERHEAD;
     let mut router = Router::new()
         .route("/kv-store/keys/{*key}", any(keys::handle))
         .route("/kv-store/keys", any(missing_key))
@@ -46,7 +47,9 @@ pub fn router(node: Arc<Node>) -> Router {
         .route("/ready", get(cluster::ready))
         .route("/metrics", get(cluster::metrics))
         .route("/internal/replicate", post(internal::replicate))
-        .route("/internal/pull", post(internal::pull));
+        .route("/internal/pull", post(internal::pull))
+        .route("/internal/snapshot", post(internal::snapshot))
+        .route("/internal/heartbeat", post(internal::heartbeat));
     if node.config.faults {
         router = router.route("/internal/faults", get(internal::get_faults).put(internal::put_faults));
     }

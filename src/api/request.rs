@@ -4,10 +4,11 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
-use axum::body::Bytes;
-use axum::extract::rejection::{BytesRejection, PathRejection, QueryRejection};
+use axum::body::Body as RequestBody;
+use axum::extract::rejection::{PathRejection, QueryRejection};
 use axum::extract::{Path, Query};
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::HeaderMap;
+use futures_util::StreamExt;
 use serde::Deserialize;
 use serde_json::Value;
 use serde_json::value::RawValue;
@@ -38,27 +39,46 @@ pub struct ParsedBody {
     pub raw_context: Value,
 }
 
+/// Most bytes of an oversized body read (and discarded) before answering 413:
+/// a client that sends its whole body before reading the answer then gets
+/// the 413 instead of a reset connection; beyond this the connection closes.
+const DRAIN_LIMIT: usize = 64 * 1024 * 1024;
+
+/// Reads a request body of at most `limit` bytes.
+pub async fn read_body(body: RequestBody, limit: usize) -> Result<Vec<u8>, ApiError> {
+    let mut stream = body.into_data_stream();
+    let mut buf = Vec::new();
+    let mut total = 0usize;
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk.map_err(|_| ApiError::BadBody)?;
+        total = total.saturating_add(chunk.len());
+        if total > DRAIN_LIMIT {
+            return Err(ApiError::ValueTooLarge);
+        }
+        if total <= limit {
+            buf.extend_from_slice(&chunk);
+        }
+    }
+    if total > limit { Err(ApiError::ValueTooLarge) } else { Ok(buf) }
+}
+
 /// Parses an optional JSON body and the `causal-context` query parameter.
 pub fn parse_body(
-    body: Result<Bytes, BytesRejection>,
+    body: Result<Vec<u8>, ApiError>,
     query: Result<Query<HashMap<String, String>>, QueryRejection>,
 ) -> Result<ParsedBody, (ApiError, Value)> {
     let empty = || Value::Object(Default::default());
-    let bytes = body.map_err(|rej| {
-        let err = if rej.status() == StatusCode::PAYLOAD_TOO_LARGE { ApiError::ValueTooLarge } else { ApiError::BadBody };
-        (err, empty())
-    })?;
-    let parsed: Body = if bytes.iter().all(u8::is_ascii_whitespace) {
-        Body { value: None, context: None }
-    } else {
-        serde_json::from_slice(&bytes).map_err(|_| (ApiError::BadBody, empty()))?
+    let bytes = body.map_err(|e| (e, empty()))?;
+    let parsed: Body = match bytes.iter().find(|b| !b.is_ascii_whitespace()) {
+        None => Body { value: None, context: None },
+        // serde would also accept an array as a struct (fields by position).
+        Some(b'{') => serde_json::from_slice(&bytes).map_err(|_| (ApiError::BadBody, empty()))?,
+        Some(_) => return Err((ApiError::BadBody, empty())),
     };
     let raw_context = match parsed.context {
         Some(v) => v,
         None => match query.ok().and_then(|Query(q)| q.get("causal-context").cloned()) {
-            Some(text) if !text.trim().is_empty() => {
-                serde_json::from_str(&text).map_err(|_| (ApiError::InvalidContext, empty()))?
-            }
+            Some(text) if !text.trim().is_empty() => serde_json::from_str(&text).map_err(|_| (ApiError::InvalidContext, empty()))?,
             _ => empty(),
         },
     };

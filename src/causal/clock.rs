@@ -56,16 +56,8 @@ impl Clock {
 
     /// Origins (among `origins`) for which `self` is behind `needed`, with the
     /// seq `self` has applied.
-    pub fn missing_for<'a>(
-        &self,
-        needed: &Clock,
-        origins: impl IntoIterator<Item = &'a str>,
-    ) -> Vec<(String, u64)> {
-        origins
-            .into_iter()
-            .filter(|o| self.get(o) < needed.get(o))
-            .map(|o| (o.to_owned(), self.get(o)))
-            .collect()
+    pub fn missing_for<'a>(&self, needed: &Clock, origins: impl IntoIterator<Item = &'a str>) -> Vec<(String, u64)> {
+        origins.into_iter().filter(|o| self.get(o) < needed.get(o)).map(|o| (o.to_owned(), self.get(o))).collect()
     }
 
     pub fn is_empty(&self) -> bool {

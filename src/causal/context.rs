@@ -71,11 +71,7 @@ impl CausalContext {
     /// The context as seen by a node at `epoch`: entries of older epochs are
     /// already satisfied everywhere and are dropped.
     pub fn at_epoch(&self, epoch: u64) -> CausalContext {
-        if self.epoch < epoch {
-            CausalContext { epoch, clock: Clock::new() }
-        } else {
-            self.clone()
-        }
+        if self.epoch < epoch { CausalContext { epoch, clock: Clock::new() } } else { self.clone() }
     }
 }
 

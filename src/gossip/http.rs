@@ -7,7 +7,10 @@ use std::time::Duration;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-use super::{BoxFuture, GossipError, PUSH_TIMEOUT, PullRequest, PullResponse, ReplicateAck, ReplicateBatch, Transport};
+use super::{
+    BoxFuture, EXCHANGE_TIMEOUT, GossipError, HEARTBEAT_TIMEOUT, Heartbeat, HeartbeatAck, PUSH_TIMEOUT, PullRequest, PullResponse,
+    ReplicateAck, ReplicateBatch, SnapshotPage, SnapshotRequest, Transport,
+};
 use crate::faults::Faults;
 
 /// Header naming the sending node on internal requests.
@@ -57,5 +60,13 @@ impl Transport for HttpTransport {
 
     fn pull<'a>(&'a self, peer: &'a str, req: &'a PullRequest, timeout: Duration) -> BoxFuture<'a, Result<PullResponse, GossipError>> {
         Box::pin(self.post(peer, "/internal/pull", req, timeout))
+    }
+
+    fn snapshot<'a>(&'a self, peer: &'a str, req: &'a SnapshotRequest) -> BoxFuture<'a, Result<SnapshotPage, GossipError>> {
+        Box::pin(self.post(peer, "/internal/snapshot", req, EXCHANGE_TIMEOUT * 5))
+    }
+
+    fn heartbeat<'a>(&'a self, peer: &'a str, msg: &'a Heartbeat) -> BoxFuture<'a, Result<HeartbeatAck, GossipError>> {
+        Box::pin(self.post(peer, "/internal/heartbeat", msg, HEARTBEAT_TIMEOUT))
     }
 }

@@ -19,7 +19,8 @@ pub struct ReplicateAck {
     pub applied: Clock,
 }
 
-/// "Send me the records of these origins after these seqs."
+/// "Send me the records of these origins after these seqs." Also the
+/// anti-entropy exchange: the answer carries the responder's applied clock.
 #[derive(Debug, Serialize, Deserialize)]
 pub struct PullRequest {
     pub from: String,
@@ -31,4 +32,35 @@ pub struct PullRequest {
 pub struct PullResponse {
     pub records: Vec<Record>,
     pub applied: Clock,
+    /// Some wanted entries were compacted away: fetch a snapshot instead.
+    #[serde(default)]
+    pub snapshot_needed: bool,
+}
+
+/// One page of a shard snapshot, in key order after `after_key`.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct SnapshotRequest {
+    pub from: String,
+    pub epoch: u64,
+    pub after_key: Option<String>,
+    pub limit: usize,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct SnapshotPage {
+    pub records: Vec<Record>,
+    /// The responder's applied clock, read before the page.
+    pub applied: Clock,
+    pub done: bool,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct Heartbeat {
+    pub from: String,
+    pub epoch: u64,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct HeartbeatAck {
+    pub epoch: u64,
 }

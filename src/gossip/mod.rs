@@ -1,47 +1,62 @@
-//! Replication between the replicas of a shard (DESIGN.md "Write path" step
-//! 3, "Applying writes", "Read path" step 2).
+//! Replication, anti-entropy and failure detection between nodes (DESIGN.md
+//! "Write path" steps 3–4, "Applying writes", "Read path" step 2, "Gossip,
+//! anti-entropy, failure detection").
 //!
-//! - **Push**: every node runs one [`replicator`] task per peer of its shard.
-//!   The node's own per-origin log *is* the send queue: the task ships the
-//!   durable records after the seq the peer last acknowledged, in batches, one
-//!   request in flight per peer, and retries with backoff until acknowledged.
-//!   Acknowledgements carry the peer's `applied` clock, so a peer that restarts
-//!   or loses data is caught up from the log without any client traffic, and
-//!   an idle replicator re-probes every [`PROBE_INTERVAL`].
-//! - **Pull**: a replica holding a read back asks every peer for the records
-//!   it is missing (peers answer from their logs, which include records of
-//!   other origins they applied, so a write reaches a replica even if its
-//!   origin is unreachable).
-//! - Receiving is transport-agnostic ([`Gossip::handle_replicate`],
-//!   [`Gossip::handle_pull`]); a [`Transport`] only moves messages.
+//! - **Push**: one [`replicator`] task per peer of the shard. The node's own
+//!   per-origin log *is* the send queue: the task ships durable records after
+//!   the seq the peer last acknowledged, in batches, one request in flight per
+//!   peer, retrying with backoff until acknowledged.
+//! - **Anti-entropy**: every [`ANTI_ENTROPY_INTERVAL`] each replica sends its
+//!   `applied` clock to every peer of its shard and gets back what it lacks
+//!   from the peer's logs — records of *every* origin, so writes reach every
+//!   replica even if their origin died after reaching only one. A replica too
+//!   far behind for the logs (they were compacted) fetches a snapshot.
+//! - **Pull**: a held-back request runs the same exchange at once.
+//! - **Compaction** ([`compaction`]): log entries every replica applied are
+//!   dropped; tombstones go once every replica applied them and every write
+//!   concurrent with them.
+//! - **Failure detector** ([`detector`]): heartbeats to every node of the
+//!   view every [`HEARTBEAT_INTERVAL`]; any answer counts as a sign of life.
+//! - Receiving is transport-agnostic (`Gossip::handle_*`); a [`Transport`]
+//!   only moves messages.
 //!
 //! Invariants: a record leaves its origin only once durable; a replica
 //! acknowledges only what it has applied (and, with `DURABILITY=fsync`,
 //! flushed); per-origin seq order is enforced by the store.
 //!
-//! Not here yet: failure detector, anti-entropy of other origins' records on
-//! a timer, log compaction and snapshots, the Mycelium transport.
+//! Not here yet: the Mycelium transport.
 
+mod compaction;
+pub mod detector;
 mod http;
 mod messages;
 mod replicator;
 
+use std::collections::HashMap;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
+use parking_lot::Mutex;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
+pub use detector::FailureDetector;
 pub use http::{FROM_HEADER, HttpTransport};
-pub use messages::{PullRequest, PullResponse, ReplicateAck, ReplicateBatch};
+pub use messages::{Heartbeat, HeartbeatAck, PullRequest, PullResponse, ReplicateAck, ReplicateBatch, SnapshotPage, SnapshotRequest};
 
+use crate::causal::Clock;
 use crate::metrics::Metrics;
 use crate::store::{Store, StoreError};
 
 /// Most records in one replication batch or pull answer.
 pub const MAX_BATCH_RECORDS: usize = 1024;
-/// Idle replicators re-probe peers this often, so a peer that restarted with
-/// less data is caught up within this bound even without new writes.
+/// Most bytes of values and keys in one batch, pull answer or snapshot page
+/// (at least one record always goes, whatever its size).
+pub const MAX_BATCH_BYTES: usize = 8 * 1024 * 1024;
+/// Records per snapshot page.
+pub const SNAPSHOT_PAGE: usize = 1024;
+/// Idle replicators re-probe peers this often.
 pub const PROBE_INTERVAL: Duration = Duration::from_secs(1);
 /// First retry delay after a failed push; doubles up to [`MAX_BACKOFF`].
 pub const MIN_BACKOFF: Duration = Duration::from_millis(50);
@@ -49,6 +64,19 @@ pub const MIN_BACKOFF: Duration = Duration::from_millis(50);
 pub const MAX_BACKOFF: Duration = Duration::from_secs(2);
 /// Time limit of one replication request.
 pub const PUSH_TIMEOUT: Duration = Duration::from_secs(3);
+/// Anti-entropy period (DESIGN.md: 200 ms).
+pub const ANTI_ENTROPY_INTERVAL: Duration = Duration::from_millis(200);
+/// Time limit of one anti-entropy exchange or snapshot page.
+pub const EXCHANGE_TIMEOUT: Duration = Duration::from_secs(2);
+/// Heartbeat period (DESIGN.md: 200 ms, suspect after 1 s).
+pub const HEARTBEAT_INTERVAL: Duration = Duration::from_millis(200);
+/// Time limit of one heartbeat.
+pub const HEARTBEAT_TIMEOUT: Duration = Duration::from_millis(500);
+/// How often compaction runs.
+pub const COMPACTION_INTERVAL: Duration = Duration::from_secs(2);
+/// Most entries kept per origin in the log when a replica stays behind (it
+/// then needs a snapshot): bounds the disk a long outage can cost.
+pub const MAX_LOG_ENTRIES: u64 = 1_000_000;
 
 #[derive(Debug, thiserror::Error)]
 pub enum GossipError {
@@ -68,81 +96,307 @@ pub type BoxFuture<'a, T> = std::pin::Pin<Box<dyn std::future::Future<Output = T
 pub trait Transport: Send + Sync + 'static {
     fn replicate<'a>(&'a self, peer: &'a str, batch: &'a ReplicateBatch) -> BoxFuture<'a, Result<ReplicateAck, GossipError>>;
     fn pull<'a>(&'a self, peer: &'a str, req: &'a PullRequest, timeout: Duration) -> BoxFuture<'a, Result<PullResponse, GossipError>>;
+    fn snapshot<'a>(&'a self, peer: &'a str, req: &'a SnapshotRequest) -> BoxFuture<'a, Result<SnapshotPage, GossipError>>;
+    fn heartbeat<'a>(&'a self, peer: &'a str, msg: &'a Heartbeat) -> BoxFuture<'a, Result<HeartbeatAck, GossipError>>;
 }
 
-/// The replication protocol of one node.
+/// Cuts `records` to [`MAX_BATCH_BYTES`] (keeping at least one).
+pub(crate) fn fit_batch(records: &mut Vec<crate::store::Record>) {
+    let mut bytes = 0;
+    let keep = records
+        .iter()
+        .position(|r| {
+            bytes += r.key.len() + r.value.as_ref().map_or(0, |v| v.get().len()) + 128;
+            bytes > MAX_BATCH_BYTES
+        })
+        .map_or(records.len(), |i| i.max(1));
+    records.truncate(keep);
+}
+
+/// The gossip protocols of one node.
 pub struct Gossip {
     store: Arc<Store>,
     transport: Arc<dyn Transport>,
     metrics: Arc<Metrics>,
     /// Replicas of this node's shard (itself included), in view order.
     shard: Vec<String>,
+    /// Every node of the view (heartbeat targets).
+    view: Vec<String>,
+    pub detector: FailureDetector,
+    /// Latest applied clock reported by each peer of the shard.
+    peer_clocks: Mutex<HashMap<String, Clock>>,
+    snapshot_running: AtomicBool,
 }
 
 impl Gossip {
-    pub fn new(store: Arc<Store>, transport: Arc<dyn Transport>, metrics: Arc<Metrics>, shard: Vec<String>) -> Self {
-        Self { store, transport, metrics, shard }
+    pub fn new(store: Arc<Store>, transport: Arc<dyn Transport>, metrics: Arc<Metrics>, shard: Vec<String>, view: Vec<String>) -> Self {
+        let detector = FailureDetector::new(store.me());
+        Self {
+            store,
+            transport,
+            metrics,
+            shard,
+            view,
+            detector,
+            peer_clocks: Mutex::new(HashMap::new()),
+            snapshot_running: AtomicBool::new(false),
+        }
     }
 
     pub fn shard(&self) -> &[String] {
         &self.shard
     }
 
+    fn me(&self) -> &str {
+        self.store.me()
+    }
+
     fn peers(&self) -> impl Iterator<Item = &String> {
-        self.shard.iter().filter(|p| *p != self.store.me())
+        self.shard.iter().filter(|p| *p != self.me())
+    }
+
+    fn check_epoch(&self, theirs: u64) -> Result<(), GossipError> {
+        let ours = self.store.epoch();
+        if theirs == ours { Ok(()) } else { Err(GossipError::WrongEpoch { ours, theirs }) }
+    }
+
+    fn learned(&self, peer: &str, applied: &Clock) {
+        self.detector.heard_from(peer);
+        self.peer_clocks.lock().insert(peer.to_owned(), applied.clone());
     }
 
     /// Applies a pushed batch and answers with the applied clock.
     pub async fn handle_replicate(&self, batch: ReplicateBatch) -> Result<ReplicateAck, GossipError> {
-        if batch.epoch != self.store.epoch() {
-            return Err(GossipError::WrongEpoch { ours: self.store.epoch(), theirs: batch.epoch });
-        }
+        self.check_epoch(batch.epoch)?;
+        self.detector.heard_from(&batch.from);
         let outcome = self.store.apply_remote(batch.records, &self.shard)?;
         self.metrics.replicated_records.inc_by(outcome.applied_now as u64);
+        self.metrics.pending_dropped.inc_by(outcome.dropped as u64);
         self.store.wait_durable(outcome.generation).await?;
         Ok(ReplicateAck { applied: self.store.applied() })
     }
 
-    /// Answers a pull from the log.
+    /// Answers a pull / anti-entropy exchange from the log.
     pub fn handle_pull(&self, req: &PullRequest) -> Result<PullResponse, GossipError> {
+        self.check_epoch(req.epoch)?;
+        self.detector.heard_from(&req.from);
+        let applied = self.store.applied();
         let mut records = Vec::new();
-        if req.epoch == self.store.epoch() {
-            for (origin, after) in &req.want {
-                let room = MAX_BATCH_RECORDS.saturating_sub(records.len());
-                if room == 0 {
-                    break;
+        let mut snapshot_needed = false;
+        for (origin, after) in &req.want {
+            let room = MAX_BATCH_RECORDS.saturating_sub(records.len());
+            if room == 0 || *after >= applied.get(origin) {
+                continue;
+            }
+            match self.store.log_after_checked(origin, *after, room)? {
+                Some(mut recs) => {
+                    fit_batch(&mut recs);
+                    let cut = recs.len() < room;
+                    records.extend(recs);
+                    if cut {
+                        break;
+                    }
                 }
-                records.extend(self.store.log_after(origin, *after, room)?);
+                None => snapshot_needed = true,
             }
         }
-        Ok(PullResponse { records, applied: self.store.applied() })
+        Ok(PullResponse { records, applied, snapshot_needed })
     }
 
-    /// Asks every peer at once for the records of `want` (origin, applied
-    /// seq) and applies what comes back. Returns when all answered or failed.
-    pub async fn pull_from_peers(&self, want: Vec<(String, u64)>, timeout: Duration) {
-        let req = PullRequest { from: self.store.me().to_owned(), epoch: self.store.epoch(), want };
-        let pulls = self.peers().map(|peer| {
-            let req = &req;
-            async move {
-                match self.transport.pull(peer, req, timeout).await {
-                    Ok(resp) => {
-                        if let Err(e) = self.store.apply_remote(resp.records, &self.shard) {
-                            tracing::warn!(%peer, error = %e, "applying pulled records failed");
-                        }
+    pub fn handle_snapshot(&self, req: &SnapshotRequest) -> Result<SnapshotPage, GossipError> {
+        self.check_epoch(req.epoch)?;
+        self.detector.heard_from(&req.from);
+        let limit = req.limit.clamp(1, SNAPSHOT_PAGE);
+        // The clock is read before the page, so every record it covers is
+        // already reflected in the page (or a later winner is).
+        let applied = self.store.applied();
+        let mut records = self.store.snapshot_page(req.after_key.as_deref(), limit)?;
+        let read = records.len();
+        fit_batch(&mut records);
+        let done = read < limit && records.len() == read;
+        Ok(SnapshotPage { records, applied, done })
+    }
+
+    pub fn handle_heartbeat(&self, msg: &Heartbeat) -> HeartbeatAck {
+        self.detector.heard_from(&msg.from);
+        HeartbeatAck { epoch: self.store.epoch() }
+    }
+
+    /// One anti-entropy exchange with `peer`: sends this node's applied
+    /// clock, applies what comes back. Returns true if more may be waiting.
+    async fn exchange(&self, peer: &str, want: &[(String, u64)], timeout: Duration) -> bool {
+        let req = PullRequest { from: self.me().to_owned(), epoch: self.store.epoch(), want: want.to_vec() };
+        match self.transport.pull(peer, &req, timeout).await {
+            Ok(resp) => {
+                self.learned(peer, &resp.applied);
+                let full = resp.records.len() >= MAX_BATCH_RECORDS;
+                match self.store.apply_remote(resp.records, &self.shard) {
+                    Ok(out) => {
+                        self.metrics.replicated_records.inc_by(out.applied_now as u64);
+                        self.metrics.pending_dropped.inc_by(out.dropped as u64);
                     }
-                    Err(e) => tracing::debug!(%peer, error = %e, "pull failed"),
+                    Err(e) => tracing::warn!(%peer, error = %e, "applying pulled records failed"),
                 }
+                if resp.snapshot_needed {
+                    self.fetch_snapshot(peer).await;
+                }
+                full
             }
-        });
-        futures_util::future::join_all(pulls).await;
+            Err(e) => {
+                tracing::debug!(%peer, error = %e, "anti-entropy exchange failed");
+                false
+            }
+        }
     }
 
-    /// Starts one replicator per peer; they end when `shutdown` turns true.
-    pub fn spawn_replicators(self: &Arc<Self>, shutdown: watch::Receiver<bool>) -> Vec<JoinHandle<()>> {
-        self.peers()
-            .map(|peer| tokio::spawn(replicator::run(self.clone(), peer.clone(), shutdown.clone())))
-            .collect()
+    /// What this node wants from its shard: every origin after its applied seq.
+    fn want(&self) -> Vec<(String, u64)> {
+        let applied = self.store.applied();
+        self.shard.iter().map(|o| (o.clone(), applied.get(o))).collect()
+    }
+
+    /// Asks every peer at once for the records this node lacks and applies
+    /// them (used by held-back requests and at start-up).
+    pub async fn pull_from_peers(&self, timeout: Duration) {
+        let want = self.want();
+        let want = &want;
+        futures_util::future::join_all(self.peers().map(|peer| self.exchange(peer, want, timeout))).await;
+    }
+
+    /// Copies a peer's whole shard state, then raises `applied` to the clock
+    /// the snapshot covers.
+    async fn fetch_snapshot(&self, peer: &str) {
+        if self.snapshot_running.swap(true, Ordering::SeqCst) {
+            return;
+        }
+        tracing::warn!(%peer, "log entries this node needs were compacted: fetching a snapshot");
+        let result = self.fetch_snapshot_pages(peer).await;
+        self.snapshot_running.store(false, Ordering::SeqCst);
+        match result {
+            Ok(n) => {
+                self.metrics.snapshots_installed.inc();
+                tracing::info!(%peer, records = n, "snapshot installed");
+            }
+            Err(e) => tracing::warn!(%peer, error = %e, "snapshot failed; will retry"),
+        }
+    }
+
+    async fn fetch_snapshot_pages(&self, peer: &str) -> Result<usize, GossipError> {
+        let mut after_key = None;
+        let mut clock = None;
+        let mut total = 0;
+        loop {
+            let req = SnapshotRequest { from: self.me().to_owned(), epoch: self.store.epoch(), after_key, limit: SNAPSHOT_PAGE };
+            let page = self.transport.snapshot(peer, &req).await?;
+            clock.get_or_insert(page.applied);
+            after_key = page.records.last().map(|r| r.key.clone());
+            total += page.records.len();
+            self.store.apply_snapshot(page.records)?;
+            if page.done {
+                break;
+            }
+        }
+        if let Some(clock) = clock {
+            self.store.install_clock(&clock)?;
+            self.store.apply_remote(Vec::new(), &self.shard)?;
+        }
+        Ok(total)
+    }
+
+    /// Starts replicators, anti-entropy, heartbeats and compaction; they end
+    /// when `shutdown` turns true.
+    pub fn spawn_tasks(self: &Arc<Self>, shutdown: watch::Receiver<bool>) -> Vec<JoinHandle<()>> {
+        let mut tasks: Vec<JoinHandle<()>> =
+            self.peers().map(|peer| tokio::spawn(replicator::run(self.clone(), peer.clone(), shutdown.clone()))).collect();
+        tasks.push(tokio::spawn(anti_entropy_loop(self.clone(), shutdown.clone())));
+        tasks.push(tokio::spawn(heartbeat_loop(self.clone(), shutdown.clone())));
+        tasks.push(tokio::spawn(compaction_loop(self.clone(), shutdown)));
+        tasks
     }
 }
 
+/// Sleeps `d`; true when shutdown was requested meanwhile.
+async fn sleep_or_shutdown(shutdown: &mut watch::Receiver<bool>, d: Duration) -> bool {
+    let stopped = tokio::select! {
+        _ = tokio::time::sleep(d) => false,
+        _ = shutdown.wait_for(|s| *s) => true,
+    };
+    stopped || *shutdown.borrow()
+}
+
+async fn anti_entropy_loop(gossip: Arc<Gossip>, mut shutdown: watch::Receiver<bool>) {
+    if gossip.shard.len() < 2 {
+        return;
+    }
+    loop {
+        let want = gossip.want();
+        let want = &want;
+        let more = futures_util::future::join_all(gossip.peers().map(|p| gossip.exchange(p, want, EXCHANGE_TIMEOUT))).await;
+        let pause = if more.iter().any(|m| *m) { Duration::ZERO } else { ANTI_ENTROPY_INTERVAL };
+        if sleep_or_shutdown(&mut shutdown, pause).await {
+            return;
+        }
+    }
+}
+
+async fn heartbeat_loop(gossip: Arc<Gossip>, mut shutdown: watch::Receiver<bool>) {
+    let me = gossip.me().to_owned();
+    let targets: Vec<String> = gossip.view.iter().filter(|n| **n != me).cloned().collect();
+    if targets.is_empty() {
+        return;
+    }
+    loop {
+        let msg = Heartbeat { from: me.clone(), epoch: gossip.store.epoch() };
+        let msg = &msg;
+        futures_util::future::join_all(targets.iter().map(|peer| {
+            let gossip = &gossip;
+            async move {
+                if let Ok(Ok(_)) = tokio::time::timeout(HEARTBEAT_TIMEOUT, gossip.transport.heartbeat(peer, msg)).await {
+                    gossip.detector.heard_from(peer);
+                }
+            }
+        }))
+        .await;
+        if sleep_or_shutdown(&mut shutdown, HEARTBEAT_INTERVAL).await {
+            return;
+        }
+    }
+}
+
+async fn compaction_loop(gossip: Arc<Gossip>, mut shutdown: watch::Receiver<bool>) {
+    let mut compactor = compaction::Compactor::default();
+    loop {
+        if sleep_or_shutdown(&mut shutdown, COMPACTION_INTERVAL).await {
+            return;
+        }
+        let mut clocks = gossip.peer_clocks.lock().clone();
+        let applied = gossip.store.applied();
+        clocks.insert(gossip.me().to_owned(), applied.clone());
+        let mut stable = Clock::new();
+        let mut purgeable = Clock::new();
+        if let Some(round) = compactor.round(&gossip.shard, &clocks) {
+            stable = round.stable;
+            purgeable = round.purgeable;
+        }
+        // A replica that stays behind must not make the log grow forever.
+        for (origin, seq) in applied.iter() {
+            if seq.saturating_sub(stable.get(origin)) > MAX_LOG_ENTRIES {
+                tracing::warn!(%origin, limit = MAX_LOG_ENTRIES, "log limit reached: compacting; a replica that is behind will need a snapshot");
+                gossip.metrics.log_limit_hits.inc();
+                stable.set(origin, seq - MAX_LOG_ENTRIES);
+            }
+        }
+        match gossip.store.compact_log(&stable) {
+            Ok(n) => {
+                gossip.metrics.log_entries_compacted.inc_by(n as u64);
+            }
+            Err(e) => tracing::error!(error = %e, "log compaction failed"),
+        }
+        match gossip.store.purge_tombstones(&purgeable) {
+            Ok(n) => {
+                gossip.metrics.tombstones_purged.inc_by(n as u64);
+            }
+            Err(e) => tracing::error!(error = %e, "tombstone purge failed"),
+        }
+    }
+}

@@ -32,11 +32,15 @@ pub(super) async fn run(gossip: Arc<Gossip>, peer: String, mut shutdown: watch::
         }
         let after = acked.unwrap_or(target);
         let records = if acked.is_some() {
-            match store.log_after(&me, after, MAX_BATCH_RECORDS) {
-                Ok(mut recs) => {
+            match store.log_after_checked(&me, after, MAX_BATCH_RECORDS) {
+                Ok(Some(mut recs)) => {
                     recs.retain(|r| r.dot.seq <= target);
+                    super::fit_batch(&mut recs);
                     recs
                 }
+                // Compacted past what the peer has: its anti-entropy exchange
+                // learns that and fetches a snapshot; keep probing meanwhile.
+                Ok(None) => Vec::new(),
                 Err(e) => {
                     tracing::error!(error = %e, "reading the log for replication failed");
                     Vec::new()
@@ -49,11 +53,12 @@ pub(super) async fn run(gossip: Arc<Gossip>, peer: String, mut shutdown: watch::
         let batch = ReplicateBatch { from: me.clone(), epoch: store.epoch(), records };
         match gossip.transport.replicate(&peer, &batch).await {
             Ok(ack) => {
+                gossip.learned(&peer, &ack.applied);
                 let peer_has = ack.applied.get(&me);
                 let progressed = acked.is_none() || peer_has > acked.unwrap_or(0);
                 acked = Some(peer_has);
                 gossip.metrics.replication_batches.inc();
-                if sent_up_to.is_some() && !progressed {
+                if (sent_up_to.is_some() && !progressed) || (sent_up_to.is_none() && peer_has < target) {
                     // The peer could not apply (pending deps or full queue): do
                     // not resend in a tight loop.
                     sleep_or_shutdown(&mut shutdown, backoff).await;

@@ -79,10 +79,7 @@ mod tests {
         // Golden values: if these change, nodes built from different commits
         // disagree on where keys live.
         let p = Placement::new(4);
-        let got: Vec<ShardId> = ["a", "b", "c", "x", "y", "z", "key1", "key2", "hello", "ümlaut"]
-            .iter()
-            .map(|k| p.shard_of(k))
-            .collect();
+        let got: Vec<ShardId> = ["a", "b", "c", "x", "y", "z", "key1", "key2", "hello", "ümlaut"].iter().map(|k| p.shard_of(k)).collect();
         assert_eq!(got, GOLDEN_4_SHARDS);
     }
 

@@ -38,3 +38,21 @@ pub fn applied(origin: &str) -> Vec<u8> {
 
 pub const COUNTER: &str = "counter";
 pub const APPLIED_PREFIX: &str = "applied/";
+
+pub const TOMBSTONE: u8 = b't';
+
+/// `t <origin> 0x00 <seq big-endian>` -> key: tombstones by dot, for purging.
+pub fn tombstone(origin: &str, seq: u64) -> Vec<u8> {
+    let mut k = Vec::with_capacity(2 + origin.len() + 8);
+    k.push(TOMBSTONE);
+    k.extend_from_slice(origin.as_bytes());
+    k.push(0);
+    k.extend_from_slice(&seq.to_be_bytes());
+    k
+}
+
+pub fn log_floor(origin: &str) -> Vec<u8> {
+    meta(&format!("{LOG_FLOOR_PREFIX}{origin}"))
+}
+
+pub const LOG_FLOOR_PREFIX: &str = "log_floor/";

@@ -53,6 +53,8 @@ struct State {
     live: u64,
     pending: BTreeMap<String, BTreeMap<u64, Record>>,
     pending_len: usize,
+    /// Per origin: log entries up to here were compacted away.
+    log_floor: Clock,
     written_gen: u64,
 }
 
@@ -85,6 +87,12 @@ impl Store {
             applied.set(&origin, u64_from(&v));
         }
         applied.observe(me, counter);
+        let mut log_floor = Clock::new();
+        for item in tree.scan_prefix(keys::meta(keys::LOG_FLOOR_PREFIX)) {
+            let (k, v) = item?;
+            let origin = String::from_utf8_lossy(&k[1 + keys::LOG_FLOOR_PREFIX.len()..]).into_owned();
+            log_floor.set(&origin, u64_from(&v));
+        }
         let mut live = 0;
         for item in tree.scan_prefix([keys::RECORD]) {
             let (_, v) = item?;
@@ -92,15 +100,8 @@ impl Store {
                 live += 1;
             }
         }
-        let state = State {
-            counter,
-            applied,
-            hlc: Hlc::default(),
-            live,
-            pending: BTreeMap::new(),
-            pending_len: 0,
-            written_gen: 0,
-        };
+        let state =
+            State { counter, applied, hlc: Hlc::default(), live, pending: BTreeMap::new(), pending_len: 0, log_floor, written_gen: 0 };
         Ok(Store {
             db,
             tree,
@@ -140,19 +141,17 @@ impl Store {
             st.hlc.observe(prev.hlc);
         }
         let seq = st.counter + 1;
-        let record = Record {
-            key: key.to_owned(),
-            value,
-            dot: Dot { epoch: self.epoch, origin: self.me.clone(), seq },
-            deps,
-            hlc: st.hlc.tick(),
-        };
+        let record =
+            Record { key: key.to_owned(), value, dot: Dot { epoch: self.epoch, origin: self.me.clone(), seq }, deps, hlc: st.hlc.tick() };
         let encoded = record.encode();
         let mut batch = sled::Batch::default();
         batch.insert(keys::record(key), encoded.clone());
         batch.insert(keys::log(&self.me, seq), encoded);
         batch.insert(keys::meta(keys::COUNTER), &seq.to_be_bytes());
         batch.insert(keys::applied(&self.me), &seq.to_be_bytes());
+        if !record.is_live() {
+            batch.insert(keys::tombstone(&self.me, seq), key.as_bytes());
+        }
         self.tree.apply_batch(batch)?;
         st.counter = seq;
         st.applied.set(&self.me, seq);
@@ -177,7 +176,9 @@ impl Store {
         let mut st = self.state.lock();
         for record in records {
             let o = &record.dot.origin;
-            if record.dot.epoch != self.epoch || *o == self.me || record.dot.seq <= st.applied.get(o) {
+            // Own records come back only after this node lost its data; they
+            // are re-applied so their seqs are never handed out again.
+            if record.dot.epoch != self.epoch || record.dot.seq <= st.applied.get(o) {
                 continue;
             }
             if st.pending_len >= MAX_PENDING_RECORDS {
@@ -190,7 +191,11 @@ impl Store {
             }
         }
         if out.dropped > 0 {
-            tracing::warn!(dropped = out.dropped, limit = MAX_PENDING_RECORDS, "pending queue full, records dropped (the sender will resend)");
+            tracing::warn!(
+                dropped = out.dropped,
+                limit = MAX_PENDING_RECORDS,
+                "pending queue full, records dropped (the sender will resend)"
+            );
         }
         let mut batch = sled::Batch::default();
         // Winners written in this batch, so LWW compares against them too.
@@ -202,10 +207,9 @@ impl Store {
                 loop {
                     let next_seq = st.applied.get(&origin) + 1;
                     let ready = match st.pending.get(&origin).and_then(|q| q.first_key_value()) {
-                        Some((seq, rec)) if *seq == next_seq => shard_origins
-                            .iter()
-                            .filter(|p| **p != origin)
-                            .all(|p| st.applied.get(p) >= rec.deps.get(p)),
+                        Some((seq, rec)) if *seq == next_seq => {
+                            shard_origins.iter().filter(|p| **p != origin).all(|p| st.applied.get(p) >= rec.deps.get(p))
+                        }
                         _ => false,
                     };
                     if !ready {
@@ -224,6 +228,10 @@ impl Store {
                     batch.insert(keys::log(&origin, record.dot.seq), encoded.clone());
                     batch.insert(keys::applied(&origin), &record.dot.seq.to_be_bytes());
                     st.applied.set(&origin, record.dot.seq);
+                    if origin == self.me && record.dot.seq > st.counter {
+                        st.counter = record.dot.seq;
+                        batch.insert(keys::meta(keys::COUNTER), &st.counter.to_be_bytes());
+                    }
                     let wins = current.as_ref().is_none_or(|c| record.wins_over(c));
                     if wins {
                         let was_live = current.as_ref().is_some_and(Record::is_live);
@@ -233,6 +241,9 @@ impl Store {
                             _ => {}
                         }
                         batch.insert(keys::record(&record.key), encoded);
+                        if !record.is_live() {
+                            batch.insert(keys::tombstone(&origin, record.dot.seq), record.key.as_bytes());
+                        }
                         overlay.insert(record.key.clone(), record);
                     }
                     out.applied_now += 1;
@@ -257,6 +268,15 @@ impl Store {
         Ok(out)
     }
 
+    /// Like [`Store::log_after`], but `None` when entries after `after` were
+    /// compacted away (the asker needs a snapshot).
+    pub fn log_after_checked(&self, origin: &str, after: u64, limit: usize) -> Result<Option<Vec<Record>>, StoreError> {
+        if after < self.state.lock().log_floor.get(origin) {
+            return Ok(None);
+        }
+        self.log_after(origin, after, limit).map(Some)
+    }
+
     /// Records of `origin` with seq in `after+1 ..`, at most `limit`, from the log.
     pub fn log_after(&self, origin: &str, after: u64, limit: usize) -> Result<Vec<Record>, StoreError> {
         let start = keys::log(origin, after.saturating_add(1));
@@ -267,6 +287,160 @@ impl Store {
             out.push(Record::decode(&v)?);
         }
         Ok(out)
+    }
+
+    /// Drops log entries every replica has applied (`stable[o]` per origin).
+    /// Returns the number of entries removed.
+    pub fn compact_log(&self, stable: &Clock) -> Result<usize, StoreError> {
+        let mut removed = 0;
+        for (origin, upto) in stable.iter() {
+            let floor = self.state.lock().log_floor.get(origin);
+            if upto <= floor {
+                continue;
+            }
+            let mut batch = sled::Batch::default();
+            for item in self.tree.range(keys::log(origin, floor + 1)..=keys::log(origin, upto)) {
+                let (k, _) = item?;
+                batch.remove(k);
+                removed += 1;
+            }
+            batch.insert(keys::log_floor(origin), &upto.to_be_bytes());
+            let mut st = self.state.lock();
+            self.tree.apply_batch(batch)?;
+            st.log_floor.set(origin, upto);
+            st.written_gen += 1;
+        }
+        if removed > 0 {
+            self.durability.kick();
+        }
+        Ok(removed)
+    }
+
+    /// Removes tombstones whose dot is at or below `purgeable[origin]` and
+    /// that are still the key's current record. The caller guarantees that
+    /// every replica has applied them and every write concurrent with them.
+    pub fn purge_tombstones(&self, purgeable: &Clock) -> Result<usize, StoreError> {
+        let mut purged = 0;
+        for (origin, upto) in purgeable.iter() {
+            let start = keys::tombstone(origin, 0);
+            let end = keys::tombstone(origin, upto);
+            let mut st = self.state.lock();
+            let mut batch = sled::Batch::default();
+            for item in self.tree.range(start..=end) {
+                let (idx, key) = item?;
+                batch.remove(idx.clone());
+                let key = String::from_utf8_lossy(&key).into_owned();
+                let seq = u64_from(&idx[idx.len() - 8..]);
+                if let Some(current) = self.get(&key)?
+                    && !current.is_live()
+                    && current.dot.origin == origin
+                    && current.dot.seq == seq
+                {
+                    batch.remove(keys::record(&key));
+                    purged += 1;
+                }
+            }
+            self.tree.apply_batch(batch)?;
+            st.written_gen += 1;
+        }
+        if purged > 0 {
+            self.durability.kick();
+        }
+        Ok(purged)
+    }
+
+    /// One page of the shard's records (tombstones included), in key order,
+    /// after `after_key`.
+    pub fn snapshot_page(&self, after_key: Option<&str>, limit: usize) -> Result<Vec<Record>, StoreError> {
+        let start = match after_key {
+            Some(k) => {
+                let mut b = keys::record(k);
+                b.push(0);
+                b
+            }
+            None => vec![keys::RECORD],
+        };
+        let mut out = Vec::new();
+        for item in self.tree.range(start..vec![keys::RECORD + 1]).take(limit) {
+            let (_, v) = item?;
+            out.push(Record::decode(&v)?);
+        }
+        Ok(out)
+    }
+
+    /// Merges snapshot records by LWW (the applied clock is installed
+    /// separately, once the whole snapshot is in).
+    pub fn apply_snapshot(&self, records: Vec<Record>) -> Result<u64, StoreError> {
+        let mut st = self.state.lock();
+        let mut batch = sled::Batch::default();
+        let mut overlay: HashMap<String, Record> = HashMap::new();
+        for record in records {
+            if record.dot.epoch != self.epoch {
+                continue;
+            }
+            let current = match overlay.get(&record.key) {
+                Some(r) => Some(r.clone()),
+                None => self.get(&record.key)?,
+            };
+            if current.as_ref().is_some_and(|c| !record.wins_over(c)) {
+                continue;
+            }
+            st.hlc.observe(record.hlc);
+            match (current.as_ref().is_some_and(Record::is_live), record.is_live()) {
+                (false, true) => st.live += 1,
+                (true, false) => st.live -= 1,
+                _ => {}
+            }
+            batch.insert(keys::record(&record.key), record.encode());
+            if !record.is_live() {
+                batch.insert(keys::tombstone(&record.dot.origin, record.dot.seq), record.key.as_bytes());
+            }
+            overlay.insert(record.key.clone(), record);
+        }
+        self.tree.apply_batch(batch)?;
+        st.written_gen += 1;
+        let generation = st.written_gen;
+        drop(st);
+        self.gate.notify();
+        self.durability.kick();
+        Ok(generation)
+    }
+
+    /// After a snapshot: raises `applied` to the snapshot's clock. The log
+    /// lacks the skipped entries, so the log floor rises with it.
+    pub fn install_clock(&self, clock: &Clock) -> Result<u64, StoreError> {
+        let mut st = self.state.lock();
+        let mut batch = sled::Batch::default();
+        for (origin, seq) in clock.iter() {
+            if seq <= st.applied.get(origin) {
+                continue;
+            }
+            st.applied.set(origin, seq);
+            batch.insert(keys::applied(origin), &seq.to_be_bytes());
+            st.log_floor.set(origin, seq);
+            batch.insert(keys::log_floor(origin), &seq.to_be_bytes());
+            if origin == self.me && seq > st.counter {
+                st.counter = seq;
+                batch.insert(keys::meta(keys::COUNTER), &seq.to_be_bytes());
+            }
+            if let Some(q) = st.pending.get_mut(origin) {
+                let before = q.len();
+                q.retain(|s, _| *s > seq);
+                let dropped = before - q.len();
+                st.pending_len -= dropped;
+            }
+        }
+        self.tree.apply_batch(batch)?;
+        st.written_gen += 1;
+        let generation = st.written_gen;
+        drop(st);
+        self.gate.notify();
+        self.durability.kick();
+        Ok(generation)
+    }
+
+    pub fn log_floor(&self) -> Clock {
+        self.state.lock().log_floor.clone()
     }
 
     pub fn applied(&self) -> Clock {
