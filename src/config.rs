@@ -43,6 +43,10 @@ pub struct NodeArgs {
     /// fsync (acknowledge after a group-commit flush) or async.
     #[arg(long, env = "DURABILITY", default_value = "fsync")]
     pub durability: String,
+    /// Shared secret authenticating internal traffic (HMAC-SHA256). Without
+    /// it, internal requests are accepted only from the view's addresses.
+    #[arg(long, env = "CLUSTER_KEY", hide_env_values = true)]
+    pub cluster_key: Option<String>,
     /// Enables the test-only fault switches (/internal/faults).
     #[arg(long, env = "CAUSALKV_FAULTS", action = clap::ArgAction::SetTrue, value_parser = clap::builder::FalseyValueParser::new())]
     pub faults: bool,
@@ -61,6 +65,7 @@ pub struct Config {
     pub max_value_bytes: usize,
     pub durability: DurabilityMode,
     pub faults: bool,
+    pub cluster_key: Option<String>,
 }
 
 impl Config {
@@ -94,6 +99,7 @@ impl Config {
             max_value_bytes: args.max_value_bytes,
             durability,
             faults: args.faults,
+            cluster_key: args.cluster_key.clone().filter(|k| !k.is_empty()),
         })
     }
 

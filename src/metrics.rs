@@ -37,6 +37,7 @@ pub struct Metrics {
     pub log_limit_hits: Counter,
     pub log_entries_compacted: Counter,
     pub tombstones_purged: Counter,
+    pub auth_rejected: Counter,
 }
 
 impl Default for Metrics {
@@ -60,6 +61,7 @@ impl Default for Metrics {
             log_limit_hits: Counter::default(),
             log_entries_compacted: Counter::default(),
             tombstones_purged: Counter::default(),
+            auth_rejected: Counter::default(),
             registry: Registry::default(),
         };
         registry.register("requests", "Client requests by operation and status", m.requests.clone());
@@ -79,6 +81,7 @@ impl Default for Metrics {
         registry.register("log_limit_hits", "Times a per-origin log hit its size limit", m.log_limit_hits.clone());
         registry.register("log_entries_compacted", "Log entries dropped after every replica applied them", m.log_entries_compacted.clone());
         registry.register("tombstones_purged", "Tombstones removed once stable", m.tombstones_purged.clone());
+        registry.register("auth_rejected", "Internal requests refused by authentication", m.auth_rejected.clone());
         Metrics { registry, ..m }
     }
 }

@@ -15,7 +15,7 @@ use tokio::task::JoinHandle;
 
 use crate::config::Config;
 use crate::faults::Faults;
-use crate::gossip::{Gossip, HttpTransport};
+use crate::gossip::{Auth, Gossip, HttpTransport};
 use crate::metrics::Metrics;
 use crate::shard::ShardMap;
 use crate::store::{Store, StoreError, run_flusher};
@@ -44,6 +44,7 @@ pub struct Node {
     pub gossip: Arc<Gossip>,
     pub faults: Arc<Faults>,
     pub metrics: Arc<Metrics>,
+    pub auth: Arc<Auth>,
     /// Client for forwarded requests (keep-alive, pooled).
     pub client: reqwest::Client,
     round_robin: AtomicUsize,
@@ -79,7 +80,11 @@ impl Node {
             .build()?;
         let faults = Arc::new(Faults::new(config.faults));
         let metrics = Arc::new(Metrics::default());
-        let transport = Arc::new(HttpTransport::new(client.clone(), config.address.clone(), faults.clone()));
+        let auth = Arc::new(Auth::new(config.cluster_key.as_deref(), &config.view.nodes));
+        if !auth.has_key() && config.view.nodes.len() > 1 {
+            tracing::warn!("CLUSTER_KEY is not set: internal traffic is accepted from any process at a view address");
+        }
+        let transport = Arc::new(HttpTransport::new(client.clone(), config.address.clone(), faults.clone(), auth.clone()));
         let gossip = Arc::new(Gossip::new(store.clone(), transport, metrics.clone(), map.my_replicas().to_vec(), map.view.nodes.clone()));
         let bind = config.bind_addr();
         let listener = tokio::net::TcpListener::bind(bind).await.map_err(|source| NodeError::Bind { addr: bind, source })?;
@@ -91,6 +96,7 @@ impl Node {
             gossip: gossip.clone(),
             faults,
             metrics,
+            auth,
             client,
             round_robin: AtomicUsize::new(0),
             ready: AtomicBool::new(false),

@@ -3,15 +3,20 @@
 
 use std::sync::Arc;
 
+use std::net::SocketAddr;
+
 use axum::Json;
-use axum::extract::State;
+use axum::body::Body;
 use axum::extract::rejection::JsonRejection;
+use axum::extract::{ConnectInfo, Request, State};
 use axum::http::{HeaderMap, StatusCode};
+use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use serde_json::json;
 
 use super::request::sender;
 use crate::faults::FaultSet;
+use crate::gossip::auth::{Incoming, SIGNATURE_HEADER, TIMESTAMP_HEADER};
 use crate::gossip::{GossipError, Heartbeat, PullRequest, ReplicateBatch, SnapshotRequest};
 use crate::node::Node;
 
@@ -103,4 +108,32 @@ pub async fn heartbeat(State(node): State<Arc<Node>>, headers: HeaderMap, body: 
         return refuse(StatusCode::BAD_REQUEST, "bad heartbeat");
     };
     Json(node.gossip.handle_heartbeat(&msg)).into_response()
+}
+
+/// Refuses internal requests that fail authentication (see `gossip::auth`)
+/// before their bodies are parsed, so they change nothing.
+pub async fn authenticate(State(node): State<Arc<Node>>, req: Request, next: Next) -> Response {
+    let (parts, body) = req.into_parts();
+    let limit = crate::gossip::MAX_BATCH_BYTES + node.config.max_value_bytes + super::BODY_OVERHEAD;
+    let Ok(bytes) = axum::body::to_bytes(body, limit).await else {
+        return refuse(StatusCode::PAYLOAD_TOO_LARGE, "internal body too large");
+    };
+    let header = |name: &str| parts.headers.get(name).and_then(|v| v.to_str().ok());
+    let peer_ip = parts.extensions.get::<ConnectInfo<SocketAddr>>().map(|c| c.0.ip());
+    let incoming = Incoming {
+        method: parts.method.as_str(),
+        path: parts.uri.path(),
+        sender: header(crate::gossip::FROM_HEADER).unwrap_or(""),
+        timestamp: header(TIMESTAMP_HEADER),
+        signature: header(SIGNATURE_HEADER),
+        body: &bytes,
+        peer_ip,
+    };
+    let verdict = node.auth.verify(&incoming).await;
+    if let Err(e) = verdict {
+        node.metrics.auth_rejected.inc();
+        tracing::warn!(path = %parts.uri.path(), ?peer_ip, error = %e, "internal request rejected");
+        return refuse(StatusCode::UNAUTHORIZED, &e.to_string());
+    }
+    next.run(Request::from_parts(parts, Body::from(bytes))).await
 }

@@ -45,11 +45,14 @@ pub fn router(node: Arc<Node>) -> Router {
         .route("/kv-store/shards/{id}", get(cluster::shard_info))
         .route("/health", get(cluster::health))
         .route("/ready", get(cluster::ready))
-        .route("/metrics", get(cluster::metrics))
+        .route("/metrics", get(cluster::metrics));
+    let internal = Router::new()
         .route("/internal/replicate", post(internal::replicate))
         .route("/internal/pull", post(internal::pull))
         .route("/internal/snapshot", post(internal::snapshot))
-        .route("/internal/heartbeat", post(internal::heartbeat));
+        .route("/internal/heartbeat", post(internal::heartbeat))
+        .route_layer(axum::middleware::from_fn_with_state(node.clone(), internal::authenticate));
+    router = router.merge(internal);
     if node.config.faults {
         router = router.route("/internal/faults", get(internal::get_faults).put(internal::put_faults));
     }

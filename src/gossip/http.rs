@@ -7,6 +7,7 @@ use std::time::Duration;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
+use super::Auth;
 use super::{
     BoxFuture, EXCHANGE_TIMEOUT, GossipError, HEARTBEAT_TIMEOUT, Heartbeat, HeartbeatAck, PUSH_TIMEOUT, PullRequest, PullResponse,
     ReplicateAck, ReplicateBatch, SnapshotPage, SnapshotRequest, Transport,
@@ -20,11 +21,12 @@ pub struct HttpTransport {
     client: reqwest::Client,
     me: String,
     faults: Arc<Faults>,
+    auth: Arc<Auth>,
 }
 
 impl HttpTransport {
-    pub fn new(client: reqwest::Client, me: String, faults: Arc<Faults>) -> Self {
-        Self { client, me, faults }
+    pub fn new(client: reqwest::Client, me: String, faults: Arc<Faults>, auth: Arc<Auth>) -> Self {
+        Self { client, me, faults, auth }
     }
 
     async fn post<T: Serialize, R: DeserializeOwned>(&self, peer: &str, path: &str, body: &T, timeout: Duration) -> Result<R, GossipError> {
@@ -32,15 +34,17 @@ impl HttpTransport {
         if self.faults.is_blocked(peer) {
             return Err(unreachable("blocked by fault switch".into()));
         }
-        let resp = self
+        let body = serde_json::to_vec(body).map_err(|e| unreachable(e.to_string()))?;
+        let mut req = self
             .client
             .post(format!("http://{peer}{path}"))
             .header(FROM_HEADER, &self.me)
-            .timeout(timeout)
-            .json(body)
-            .send()
-            .await
-            .map_err(|e| unreachable(e.to_string()))?;
+            .header(reqwest::header::CONTENT_TYPE, "application/json")
+            .timeout(timeout);
+        for (name, value) in self.auth.sign("POST", path, &self.me, &body) {
+            req = req.header(name, value);
+        }
+        let resp = req.body(body).send().await.map_err(|e| unreachable(e.to_string()))?;
         if !resp.status().is_success() {
             return Err(GossipError::Rejected { peer: peer.to_owned(), status: resp.status().as_u16() });
         }

@@ -26,6 +26,7 @@
 //!
 //! Not here yet: the Mycelium transport.
 
+pub mod auth;
 mod compaction;
 pub mod detector;
 mod http;
@@ -41,6 +42,7 @@ use parking_lot::Mutex;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
+pub use auth::Auth;
 pub use detector::FailureDetector;
 pub use http::{FROM_HEADER, HttpTransport};
 pub use messages::{Heartbeat, HeartbeatAck, PullRequest, PullResponse, ReplicateAck, ReplicateBatch, SnapshotPage, SnapshotRequest};

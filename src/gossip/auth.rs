@@ -1,0 +1,199 @@
+//! Authentication of internal traffic (DESIGN.md "Security").
+//!
+//! With `CLUSTER_KEY`: every internal request carries
+//! `HMAC-SHA256(key, method \n path \n timestamp \n sender \n body)` and its
+//! timestamp; a request outside [`WINDOW`] of the receiver's clock, with a
+//! wrong MAC, or whose MAC was already seen (a replay) is refused before it
+//! is parsed, so it changes nothing. Without a key, internal requests are
+//! accepted only from the IP addresses the view's nodes resolve to.
+
+use std::collections::{HashMap, HashSet};
+use std::net::IpAddr;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use hmac::{Hmac, KeyInit, Mac};
+use parking_lot::Mutex;
+use sha2::Sha256;
+
+pub const TIMESTAMP_HEADER: &str = "x-causalkv-timestamp";
+pub const SIGNATURE_HEADER: &str = "x-causalkv-signature";
+
+/// Largest clock difference accepted between sender and receiver.
+pub const WINDOW: Duration = Duration::from_secs(10);
+/// Seen MACs kept for replay detection; beyond this the oldest are dropped
+/// (they are outside the window long before at any realistic rate).
+const MAX_SEEN: usize = 200_000;
+/// How often the view's names are resolved again when an unknown IP calls.
+const RESOLVE_EVERY: Duration = Duration::from_secs(5);
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum AuthError {
+    #[error("missing or malformed authentication headers")]
+    Missing,
+    #[error("timestamp outside the accepted window")]
+    Stale,
+    #[error("bad signature")]
+    BadSignature,
+    #[error("replayed request")]
+    Replay,
+    #[error("sender address {0} is not in the view")]
+    UnknownAddress(IpAddr),
+}
+
+type HmacSha256 = Hmac<Sha256>;
+
+/// The parts of an incoming internal request that authentication looks at.
+pub struct Incoming<'a> {
+    pub method: &'a str,
+    pub path: &'a str,
+    pub sender: &'a str,
+    pub timestamp: Option<&'a str>,
+    pub signature: Option<&'a str>,
+    pub body: &'a [u8],
+    pub peer_ip: Option<IpAddr>,
+}
+
+pub struct Auth {
+    key: Option<Vec<u8>>,
+    view: Vec<String>,
+    allowed: Mutex<(HashSet<IpAddr>, Option<Instant>)>,
+    seen: Mutex<HashMap<Vec<u8>, u64>>,
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+}
+
+impl Auth {
+    pub fn new(key: Option<&str>, view: &[String]) -> Self {
+        Self {
+            key: key.filter(|k| !k.is_empty()).map(|k| k.as_bytes().to_vec()),
+            view: view.to_vec(),
+            allowed: Mutex::new((HashSet::new(), None)),
+            seen: Mutex::new(HashMap::new()),
+        }
+    }
+
+    pub fn has_key(&self) -> bool {
+        self.key.is_some()
+    }
+
+    fn keyed(key: &[u8], method: &str, path: &str, ts: u64, sender: &str, body: &[u8]) -> HmacSha256 {
+        // HMAC accepts keys of any length.
+        let mut mac = HmacSha256::new_from_slice(key).expect("HMAC takes any key length");
+        for part in [method.as_bytes(), path.as_bytes(), ts.to_string().as_bytes(), sender.as_bytes()] {
+            mac.update(part);
+            mac.update(b"\n");
+        }
+        mac.update(body);
+        mac
+    }
+
+    /// Headers to add to an outgoing internal request (none without a key).
+    pub fn sign(&self, method: &str, path: &str, sender: &str, body: &[u8]) -> Vec<(&'static str, String)> {
+        let Some(key) = &self.key else { return Vec::new() };
+        let ts = now_ms();
+        let mac = Self::keyed(key, method, path, ts, sender, body).finalize().into_bytes();
+        vec![(TIMESTAMP_HEADER, ts.to_string()), (SIGNATURE_HEADER, hex::encode(mac))]
+    }
+
+    /// Checks an incoming internal request.
+    pub async fn verify(&self, req: &Incoming<'_>) -> Result<(), AuthError> {
+        match &self.key {
+            Some(key) => self.verify_mac(key, req),
+            None => self.verify_address(req.peer_ip).await,
+        }
+    }
+
+    fn verify_mac(&self, key: &[u8], req: &Incoming<'_>) -> Result<(), AuthError> {
+        let Incoming { method, path, sender, body, .. } = *req;
+        let ts: u64 = req.timestamp.and_then(|t| t.parse().ok()).ok_or(AuthError::Missing)?;
+        let sig = req.signature.and_then(|s| hex::decode(s).ok()).ok_or(AuthError::Missing)?;
+        let now = now_ms();
+        if now.abs_diff(ts) > WINDOW.as_millis() as u64 {
+            return Err(AuthError::Stale);
+        }
+        Self::keyed(key, method, path, ts, sender, body).verify_slice(&sig).map_err(|_| AuthError::BadSignature)?;
+        let mut seen = self.seen.lock();
+        if seen.len() >= MAX_SEEN {
+            let horizon = now.saturating_sub(2 * WINDOW.as_millis() as u64);
+            seen.retain(|_, t| *t >= horizon);
+            if seen.len() >= MAX_SEEN {
+                seen.clear();
+            }
+        }
+        if seen.insert(sig, ts).is_some() {
+            return Err(AuthError::Replay);
+        }
+        Ok(())
+    }
+
+    async fn verify_address(&self, peer_ip: Option<IpAddr>) -> Result<(), AuthError> {
+        let Some(ip) = peer_ip else { return Ok(()) };
+        let ip = canonical(ip);
+        let due = {
+            let allowed = self.allowed.lock();
+            if allowed.0.contains(&ip) {
+                return Ok(());
+            }
+            allowed.1.is_none_or(|t| t.elapsed() > RESOLVE_EVERY)
+        };
+        if due {
+            let mut ips = HashSet::new();
+            for node in &self.view {
+                if let Ok(addrs) = tokio::net::lookup_host(node.as_str()).await {
+                    ips.extend(addrs.map(|a| canonical(a.ip())));
+                }
+            }
+            *self.allowed.lock() = (ips, Some(Instant::now()));
+        }
+        if self.allowed.lock().0.contains(&ip) { Ok(()) } else { Err(AuthError::UnknownAddress(ip)) }
+    }
+}
+
+/// IPv4-mapped IPv6 addresses compare as IPv4.
+fn canonical(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map(IpAddr::V4).unwrap_or(ip),
+        v4 => v4,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn signed_requests_verify_once() {
+        let auth = Auth::new(Some("secret"), &[]);
+        let headers = auth.sign("POST", "/internal/pull", "a:1", b"{}");
+        let (ts, sig) = (headers[0].1.clone(), headers[1].1.clone());
+        let req = |sender, ts, sig, body| Incoming {
+            method: "POST",
+            path: "/internal/pull",
+            sender,
+            timestamp: ts,
+            signature: sig,
+            body,
+            peer_ip: None,
+        };
+        let check = |body: &'static [u8], sender: &'static str| auth.verify_mac(b"secret", &req(sender, Some(&ts), Some(&sig), body));
+        assert_eq!(check(b"{}", "a:1"), Ok(()));
+        assert_eq!(check(b"{}", "a:1"), Err(AuthError::Replay));
+        assert_eq!(check(b"{ }", "a:1"), Err(AuthError::BadSignature));
+        assert_eq!(check(b"{}", "b:1"), Err(AuthError::BadSignature));
+        let other = Auth::new(Some("other"), &[]);
+        let forged = other.sign("POST", "/internal/pull", "a:1", b"{}");
+        assert_eq!(auth.verify_mac(b"secret", &req("a:1", Some(&forged[0].1), Some(&forged[1].1), b"{}")), Err(AuthError::BadSignature));
+        assert_eq!(auth.verify_mac(b"secret", &req("a:1", Some("1000"), Some(&sig), b"{}")), Err(AuthError::Stale));
+        assert_eq!(auth.verify_mac(b"secret", &req("a:1", None, None, b"")), Err(AuthError::Missing));
+    }
+
+    #[tokio::test]
+    async fn without_a_key_only_view_addresses_pass() {
+        let auth = Auth::new(None, &["127.0.0.1:1".to_string()]);
+        assert_eq!(auth.verify_address(Some("127.0.0.1".parse().unwrap())).await, Ok(()));
+        assert_eq!(auth.verify_address(Some("::ffff:127.0.0.1".parse().unwrap())).await, Ok(()));
+        assert!(auth.verify_address(Some("10.9.9.9".parse().unwrap())).await.is_err());
+    }
+}
