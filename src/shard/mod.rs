@@ -8,8 +8,9 @@
 //! - Placement is a pure function of the shard ids: a `hashring` ring with a
 //!   fixed (zero-keyed SipHash) hasher and [`VNODES_PER_SHARD`] virtual nodes
 //!   per shard, so every process computes the same owner for every key.
-//! - The master of a shard is its first replica in view order. (Moving the
-//!   role to the next live replica comes with the failure detector.)
+//! - The master of a shard is its first replica in view order that the
+//!   failure detector (`gossip::detector`) trusts; callers reorder replicas
+//!   with `FailureDetector::alive_first`.
 //!
 //! Not here yet: view change (epochs other than the one loaded at start-up).
 

@@ -19,7 +19,12 @@
 //! `Batch` is atomic only within one tree and multi-tree transactions cost
 //! several times more per write.
 //!
-//! Not here yet: log compaction and snapshots (anti-entropy issue).
+//! - Log entries are dropped only up to a clock the caller proves every
+//!   replica applied; a tombstone is removed only when the caller says it is
+//!   stable, and only while it is still the key's current record. A log read
+//!   below the compaction floor says so (the asker needs a snapshot).
+//!
+//! Not here yet: records carried across view changes (epochs).
 
 mod durability;
 mod keys;
