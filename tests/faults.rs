@@ -4,9 +4,9 @@
 //! turn. Each run: 5 sessions, 2 000+ operations; after healing, the checker
 //! must find zero causal violations and zero lost acknowledged writes.
 
-mod common;
 #[path = "common/checker.rs"]
 mod checker;
+mod common;
 #[path = "common/workload.rs"]
 mod workload;
 

@@ -1,0 +1,519 @@
+//! Causal-consistency checker for histories recorded by client sessions.
+//!
+//! A history is a list of single-key operations (writes of globally unique
+//! values, reads that return a value or "absent"). The checker builds the
+//! causal order `hb` as the transitive closure of session order and
+//! reads-from (as in Elle's session guarantees and Biswas & Enea, "On the
+//! complexity of checking transactional consistency", OOPSLA 2019, restricted
+//! to single-key operations), then looks for the bad pattern: a read of key k
+//! that returns a write w (or nothing) although it causally depends on a
+//! write w' to k that itself causally follows w (or any write to k, when the
+//! read returned nothing). Each violating read is reported once, classified as
+//! a session guarantee. After convergence, the final per-node values are
+//! checked for divergence and lost acknowledged writes.
+//!
+//! Failed operations (errors, timeouts): a failed read says nothing and is
+//! ignored; a failed write may or may not have happened, so it is a possible
+//! reads-from source, it depends on its session's earlier operations, but its
+//! session's later operations do not depend on it (session order skips it).
+#![allow(dead_code)]
+
+use std::collections::{BTreeMap, HashMap};
+
+pub type SessionId = usize;
+
+#[derive(Clone, Debug)]
+pub enum Outcome {
+    Ok,
+    /// Error or timeout: a write may or may not have happened.
+    Failed,
+}
+
+#[derive(Clone, Debug)]
+pub enum OpKind {
+    /// Every written value is globally unique.
+    Write { key: String, value: String },
+    /// `None` = 404 (key absent).
+    Read { key: String, value: Option<String> },
+}
+
+#[derive(Clone, Debug)]
+pub struct Op {
+    pub session: SessionId,
+    pub kind: OpKind,
+    pub outcome: Outcome,
+    /// The causal context the operation returned (informational only).
+    pub context: serde_json::Value,
+}
+
+#[derive(Default)]
+pub struct History {
+    ops: Vec<Op>,
+}
+
+/// After the cluster converged: for every key, the value each node returns
+/// (`None` = absent).
+pub struct FinalState {
+    pub values: BTreeMap<String, Vec<Option<String>>>,
+}
+
+#[derive(Debug, Default)]
+pub struct Report {
+    pub operations: usize,
+    pub reads: usize,
+    pub writes: usize,
+    pub failed: usize,
+    /// Empty = causally consistent.
+    pub violations: Vec<Violation>,
+    /// Descriptions of acknowledged writes lost after convergence.
+    pub lost_writes: Vec<String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Violation {
+    pub kind: ViolationKind,
+    pub description: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ViolationKind {
+    ReadYourWrites,
+    MonotonicReads,
+    MonotonicWrites,
+    WritesFollowReads,
+    CyclicCausality,
+    ThinAirRead,
+}
+
+const ALL_KINDS: [ViolationKind; 6] = [
+    ViolationKind::ReadYourWrites,
+    ViolationKind::MonotonicReads,
+    ViolationKind::MonotonicWrites,
+    ViolationKind::WritesFollowReads,
+    ViolationKind::CyclicCausality,
+    ViolationKind::ThinAirRead,
+];
+
+impl Report {
+    /// One line: operation counts, violations by kind, lost writes.
+    pub fn summary(&self) -> String {
+        let by_kind: Vec<String> = ALL_KINDS
+            .iter()
+            .filter_map(|k| {
+                let n = self.violations.iter().filter(|v| v.kind == *k).count();
+                (n > 0).then(|| format!("{k:?}={n}"))
+            })
+            .collect();
+        format!(
+            "operations={} reads={} writes={} failed={} violations={} [{}] lost_writes={}",
+            self.operations,
+            self.reads,
+            self.writes,
+            self.failed,
+            self.violations.len(),
+            if by_kind.is_empty() { "none".to_string() } else { by_kind.join(", ") },
+            self.lost_writes.len()
+        )
+    }
+}
+
+fn is_failed(op: &Op) -> bool {
+    matches!(op.outcome, Outcome::Failed)
+}
+
+fn key_of(op: &Op) -> &str {
+    match &op.kind {
+        OpKind::Write { key, .. } | OpKind::Read { key, .. } => key,
+    }
+}
+
+/// `op #i (session s, write k='v')`, for descriptions.
+fn describe(ops: &[Op], i: usize) -> String {
+    let op = &ops[i];
+    let failed = if is_failed(op) { ", failed" } else { "" };
+    match &op.kind {
+        OpKind::Write { key, value } => format!("op #{i} (session {}, write {key}='{value}'{failed})", op.session),
+        OpKind::Read { key, value: Some(v) } => {
+            format!("op #{i} (session {}, read {key} -> '{v}'{failed})", op.session)
+        }
+        OpKind::Read { key, value: None } => format!("op #{i} (session {}, read {key} -> absent{failed})", op.session),
+    }
+}
+
+fn value_of(ops: &[Op], w: Option<usize>) -> String {
+    match w.map(|w| &ops[w].kind) {
+        Some(OpKind::Write { value, .. }) => format!("'{value}'"),
+        _ => "absent".to_string(),
+    }
+}
+
+/// Strict causal predecessors of every operation, one bitset row per op.
+struct Closure {
+    words: usize,
+    bits: Vec<u64>,
+}
+
+impl Closure {
+    fn new(n: usize) -> Self {
+        let words = n.div_ceil(64);
+        Closure { words, bits: vec![0; words * n] }
+    }
+
+    /// `a hb b`.
+    fn hb(&self, a: usize, b: usize) -> bool {
+        (self.bits[b * self.words + a / 64] >> (a % 64)) & 1 == 1
+    }
+
+    /// Row `dst` |= row `src` ∪ {src}.
+    fn absorb(&mut self, dst: usize, src: usize) {
+        let w = self.words;
+        let (d, s) = if dst > src {
+            let (lo, hi) = self.bits.split_at_mut(dst * w);
+            (&mut hi[..w], &lo[src * w..src * w + w])
+        } else {
+            let (lo, hi) = self.bits.split_at_mut(src * w);
+            (&mut lo[dst * w..dst * w + w], &hi[..w])
+        };
+        for (a, b) in d.iter_mut().zip(s) {
+            *a |= *b;
+        }
+        d[src / 64] |= 1 << (src % 64);
+    }
+}
+
+/// The dependency graph of a history.
+struct Graph<'a> {
+    ops: &'a [Op],
+    /// Direct predecessors (session order and reads-from).
+    preds: Vec<Vec<usize>>,
+    /// For an acknowledged read: the write it read from.
+    read_from: Vec<Option<usize>>,
+    /// (key, value) -> the write of that value.
+    write_of: HashMap<(&'a str, &'a str), usize>,
+    /// key -> its writes, in recording order.
+    writes_to: BTreeMap<&'a str, Vec<usize>>,
+    /// Reads whose value no write wrote.
+    thin_air: Vec<usize>,
+    /// Session -> its operations in session order (failed reads excluded).
+    sessions: HashMap<SessionId, Vec<usize>>,
+}
+
+impl<'a> Graph<'a> {
+    fn build(ops: &'a [Op]) -> Self {
+        let n = ops.len();
+        let mut write_of = HashMap::new();
+        let mut writes_to: BTreeMap<&str, Vec<usize>> = BTreeMap::new();
+        for (i, op) in ops.iter().enumerate() {
+            if let OpKind::Write { key, value } = &op.kind {
+                write_of.entry((key.as_str(), value.as_str())).or_insert(i);
+                writes_to.entry(key.as_str()).or_default().push(i);
+            }
+        }
+        let mut preds = vec![Vec::new(); n];
+        let mut read_from = vec![None; n];
+        let mut thin_air = Vec::new();
+        let mut sessions: HashMap<SessionId, Vec<usize>> = HashMap::new();
+        // Last operation of each session whose effects the session knows.
+        let mut last: HashMap<SessionId, usize> = HashMap::new();
+        for (i, op) in ops.iter().enumerate() {
+            let is_read = matches!(op.kind, OpKind::Read { .. });
+            if is_read && is_failed(op) {
+                continue;
+            }
+            sessions.entry(op.session).or_default().push(i);
+            if let Some(&p) = last.get(&op.session) {
+                preds[i].push(p);
+            }
+            if !is_failed(op) {
+                last.insert(op.session, i);
+            }
+            if let OpKind::Read { key, value: Some(v) } = &op.kind {
+                match write_of.get(&(key.as_str(), v.as_str())) {
+                    Some(&w) => {
+                        preds[i].push(w);
+                        read_from[i] = Some(w);
+                    }
+                    None => thin_air.push(i),
+                }
+            }
+        }
+        Graph { ops, preds, read_from, write_of, writes_to, thin_air, sessions }
+    }
+
+    /// A topological order of all operations, or a cycle (in edge order).
+    fn topo_order(&self) -> Result<Vec<usize>, (Vec<usize>, usize)> {
+        let n = self.ops.len();
+        let mut succs = vec![Vec::new(); n];
+        let mut indeg = vec![0usize; n];
+        for (i, ps) in self.preds.iter().enumerate() {
+            for &p in ps {
+                succs[p].push(i);
+                indeg[i] += 1;
+            }
+        }
+        let mut order: Vec<usize> = (0..n).filter(|&i| indeg[i] == 0).collect();
+        let mut next = 0;
+        while next < order.len() {
+            let i = order[next];
+            next += 1;
+            for &s in &succs[i] {
+                indeg[s] -= 1;
+                if indeg[s] == 0 {
+                    order.push(s);
+                }
+            }
+        }
+        if order.len() == n {
+            return Ok(order);
+        }
+        // Every op left over has a left-over predecessor: walk backwards
+        // until an op repeats; the walk between the repeats is a cycle.
+        let stuck = n - order.len();
+        let start = (0..n).find(|&i| indeg[i] > 0).expect("a left-over op");
+        let mut seen_at: HashMap<usize, usize> = HashMap::new();
+        let mut walk = Vec::new();
+        let mut cur = start;
+        loop {
+            if let Some(&at) = seen_at.get(&cur) {
+                let mut cycle = walk[at..].to_vec();
+                cycle.reverse();
+                return Err((cycle, stuck));
+            }
+            seen_at.insert(cur, walk.len());
+            walk.push(cur);
+            cur = *self.preds[cur].iter().find(|&&p| indeg[p] > 0).expect("a left-over predecessor");
+        }
+    }
+
+    fn closure(&self, order: &[usize]) -> Closure {
+        let mut c = Closure::new(self.ops.len());
+        for &i in order {
+            for &p in &self.preds[i] {
+                c.absorb(i, p);
+            }
+        }
+        c
+    }
+
+    /// The cross-session hops of a causal path from `from` to `to`.
+    fn witness(&self, hb: &Closure, from: usize, to: usize) -> String {
+        let mut path = vec![to];
+        let mut cur = to;
+        while cur != from {
+            cur = *self.preds[cur].iter().find(|&&p| p == from || hb.hb(from, p)).expect("a predecessor on the causal path");
+            path.push(cur);
+        }
+        path.reverse();
+        let hops: Vec<String> = path
+            .windows(2)
+            .filter(|e| self.ops[e[0]].session != self.ops[e[1]].session)
+            .map(|e| format!("{} => {}", describe(self.ops, e[0]), describe(self.ops, e[1])))
+            .collect();
+        if hops.is_empty() { "via session order".to_string() } else { format!("via {}", hops.join(", then ")) }
+    }
+
+    /// Checks one acknowledged read against the bad pattern.
+    fn check_read(&self, hb: &Closure, r: usize) -> Option<Violation> {
+        let ops = self.ops;
+        let key = key_of(&ops[r]);
+        let w = self.read_from[r];
+        if w.is_none() && matches!(ops[r].kind, OpKind::Read { value: Some(_), .. }) {
+            return None; // thin air, reported on its own
+        }
+        // Writes to the key that r depends on and that overwrote w.
+        let newer: Vec<usize> = self
+            .writes_to
+            .get(key)?
+            .iter()
+            .copied()
+            .filter(|&w2| Some(w2) != w && hb.hb(w2, r) && w.is_none_or(|w| hb.hb(w, w2)))
+            .collect();
+        if newer.is_empty() {
+            return None;
+        }
+        let session = ops[r].session;
+        let got = value_of(ops, w);
+        let read = describe(ops, r);
+        let overwrote = match w {
+            Some(w) => format!(", which causally follows the returned {}", describe(ops, w)),
+            None => String::new(),
+        };
+
+        // Read your writes: the session itself wrote w' before r.
+        if let Some(&w2) = newer.iter().find(|&&w2| ops[w2].session == session && !is_failed(&ops[w2])) {
+            return Some(Violation {
+                kind: ViolationKind::ReadYourWrites,
+                description: format!(
+                    "read-your-writes: session {session} wrote {} and later {read} returned {got}{overwrote}",
+                    describe(ops, w2)
+                ),
+            });
+        }
+        // Monotonic writes: w and a later write w' of one other session.
+        if let Some(w) = w {
+            let writer = ops[w].session;
+            if writer != session
+                && let Some(&w2) = newer.iter().find(|&&w2| ops[w2].session == writer && w2 > w)
+            {
+                return Some(Violation {
+                    kind: ViolationKind::MonotonicWrites,
+                    description: format!(
+                        "monotonic-writes: session {writer} wrote {} then {}; session {session} depends on the \
+                         second ({}) but {read} returned the first",
+                        describe(ops, w),
+                        describe(ops, w2),
+                        self.witness(hb, w2, r)
+                    ),
+                });
+            }
+        }
+        // Monotonic reads: the session earlier read k and saw w' (or a write
+        // that causally follows w').
+        let earlier = &self.sessions[&session];
+        for &r0 in earlier.iter().take_while(|&&r0| r0 < r) {
+            if is_failed(&ops[r0]) || !matches!(ops[r0].kind, OpKind::Read { .. }) || key_of(&ops[r0]) != key {
+                continue;
+            }
+            let Some(seen) = self.read_from[r0] else { continue };
+            if let Some(&w2) = newer.iter().find(|&&w2| w2 == seen || hb.hb(w2, seen)) {
+                return Some(Violation {
+                    kind: ViolationKind::MonotonicReads,
+                    description: format!(
+                        "monotonic-reads: session {session} earlier {} (which includes {}), then {read} returned \
+                         {got}{overwrote}",
+                        describe(ops, r0),
+                        describe(ops, w2)
+                    ),
+                });
+            }
+        }
+        // Writes follow reads: the dependency came through other sessions.
+        let w2 = *newer.last().expect("non-empty");
+        Some(Violation {
+            kind: ViolationKind::WritesFollowReads,
+            description: format!(
+                "writes-follow-reads: {read} returned {got}{overwrote}, but session {session} causally depends on \
+                 {} {}{}",
+                describe(ops, w2),
+                self.witness(hb, w2, r),
+                if newer.len() > 1 { format!(" (and {} more such writes)", newer.len() - 1) } else { String::new() }
+            ),
+        })
+    }
+
+    /// Divergence and lost acknowledged writes; `hb` is None when the
+    /// history is cyclic (then only the checks that need no order run).
+    fn check_final(&self, hb: Option<&Closure>, final_state: &FinalState, lost: &mut Vec<String>) {
+        let ops = self.ops;
+        for (&key, writes) in &self.writes_to {
+            let acked: Vec<usize> = writes.iter().copied().filter(|&w| !is_failed(&ops[w])).collect();
+            let Some(&last) = acked.last() else { continue };
+            let values = match final_state.values.get(key) {
+                Some(v) if !v.is_empty() => v,
+                _ => {
+                    lost.push(format!(
+                        "key {key} missing from the final state: {} acknowledged writes lost (e.g. {})",
+                        acked.len(),
+                        describe(ops, last)
+                    ));
+                    continue;
+                }
+            };
+            if values.windows(2).any(|p| p[0] != p[1]) {
+                lost.push(format!("key {key} diverged: nodes report {values:?}"));
+                continue;
+            }
+            let Some(value) = &values[0] else {
+                lost.push(format!(
+                    "key {key} absent on every node: {} acknowledged writes lost (e.g. {})",
+                    acked.len(),
+                    describe(ops, last)
+                ));
+                continue;
+            };
+            let Some(&w0) = self.write_of.get(&(key, value.as_str())) else {
+                lost.push(format!("key {key} converged to '{value}', which no write wrote: acknowledged writes lost"));
+                continue;
+            };
+            let Some(hb) = hb else { continue };
+            for &a in &acked {
+                if a != w0 && hb.hb(w0, a) {
+                    lost.push(format!(
+                        "acknowledged write {} lost: overwritten by causally earlier {}",
+                        describe(ops, a),
+                        describe(ops, w0)
+                    ));
+                }
+            }
+        }
+    }
+}
+
+impl History {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Appends an operation and returns its index. A session's operations
+    /// must be recorded in that session's order (sessions may interleave).
+    pub fn record(&mut self, op: Op) -> usize {
+        self.ops.push(op);
+        self.ops.len() - 1
+    }
+
+    pub fn len(&self) -> usize {
+        self.ops.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.ops.is_empty()
+    }
+
+    pub fn check(&self, final_state: &FinalState) -> Report {
+        let ops = &self.ops[..];
+        let mut report = Report { operations: ops.len(), ..Report::default() };
+        for op in ops {
+            match op.kind {
+                OpKind::Read { .. } => report.reads += 1,
+                OpKind::Write { .. } => report.writes += 1,
+            }
+            if is_failed(op) {
+                report.failed += 1;
+            }
+        }
+        let graph = Graph::build(ops);
+        for &r in &graph.thin_air {
+            report.violations.push(Violation {
+                kind: ViolationKind::ThinAirRead,
+                description: format!("thin-air read: {} returned a value no write wrote", describe(ops, r)),
+            });
+        }
+        let order = match graph.topo_order() {
+            Ok(order) => order,
+            Err((cycle, stuck)) => {
+                let ring: Vec<String> = cycle.iter().chain(cycle.first()).map(|&i| describe(ops, i)).collect();
+                report.violations.push(Violation {
+                    kind: ViolationKind::CyclicCausality,
+                    description: format!(
+                        "causality cycle of {} ops: {} ({stuck} ops are on or after a cycle)",
+                        cycle.len(),
+                        ring.join(" -> ")
+                    ),
+                });
+                graph.check_final(None, final_state, &mut report.lost_writes);
+                return report;
+            }
+        };
+        let hb = graph.closure(&order);
+        for (r, op) in ops.iter().enumerate() {
+            if matches!(op.kind, OpKind::Read { .. })
+                && !is_failed(op)
+                && let Some(v) = graph.check_read(&hb, r)
+            {
+                report.violations.push(v);
+            }
+        }
+        graph.check_final(Some(&hb), final_state, &mut report.lost_writes);
+        report
+    }
+}
