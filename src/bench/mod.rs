@@ -1,0 +1,14 @@
+//! The load generator behind `causalkv-bench` (used only by that binary,
+//! through `#[path]`; not part of the library).
+
+pub mod buf;
+pub mod ceiling;
+pub mod http;
+pub mod keys;
+pub mod load;
+pub mod probe;
+pub mod promtext;
+pub mod resp;
+pub mod session;
+pub mod stats;
+pub mod visibility;
