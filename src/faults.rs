@@ -7,6 +7,8 @@
 //!   inbound ones from them are refused.
 //! - `paused_replication`: peers this node does not push its writes to (a
 //!   lagging replica); pulls and forwarding still work.
+//! - `refuse_view_steps`, `view_step_delay_ms`: make view-change steps fail
+//!   or take long at this node (to test aborts).
 
 use std::collections::BTreeSet;
 
@@ -18,6 +20,11 @@ use serde::{Deserialize, Serialize};
 pub struct FaultSet {
     pub blocked: BTreeSet<String>,
     pub paused_replication: BTreeSet<String>,
+    /// View-change steps (`prepare`, `sync`, `transfer`, `receive`,
+    /// `commit`) this node refuses.
+    pub refuse_view_steps: BTreeSet<String>,
+    /// Delay before this node handles any view-change step.
+    pub view_step_delay_ms: u64,
 }
 
 #[derive(Debug, Default)]
@@ -47,6 +54,15 @@ impl Faults {
 
     pub fn is_blocked(&self, peer: &str) -> bool {
         self.enabled && self.set.read().blocked.contains(peer)
+    }
+
+    /// `(refuse, delay)` for a view-change step.
+    pub fn view_step(&self, step: &str) -> (bool, u64) {
+        if !self.enabled {
+            return (false, 0);
+        }
+        let set = self.set.read();
+        (set.refuse_view_steps.contains(step), set.view_step_delay_ms)
     }
 
     pub fn replication_paused(&self, peer: &str) -> bool {

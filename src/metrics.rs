@@ -38,6 +38,7 @@ pub struct Metrics {
     pub log_entries_compacted: Counter,
     pub tombstones_purged: Counter,
     pub auth_rejected: Counter,
+    pub view_change_records_sent: Counter,
 }
 
 impl Default for Metrics {
@@ -62,6 +63,7 @@ impl Default for Metrics {
             log_entries_compacted: Counter::default(),
             tombstones_purged: Counter::default(),
             auth_rejected: Counter::default(),
+            view_change_records_sent: Counter::default(),
             registry: Registry::default(),
         };
         registry.register("requests", "Client requests by operation and status", m.requests.clone());
@@ -82,6 +84,11 @@ impl Default for Metrics {
         registry.register("log_entries_compacted", "Log entries dropped after every replica applied them", m.log_entries_compacted.clone());
         registry.register("tombstones_purged", "Tombstones removed once stable", m.tombstones_purged.clone());
         registry.register("auth_rejected", "Internal requests refused by authentication", m.auth_rejected.clone());
+        registry.register(
+            "view_change_records_sent",
+            "Records sent to nodes that gained them in view changes",
+            m.view_change_records_sent.clone(),
+        );
         Metrics { registry, ..m }
     }
 }

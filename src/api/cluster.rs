@@ -38,10 +38,10 @@ pub async fn key_count(State(node): State<Arc<Node>>, method: Method, query: Q, 
         Ok(c) => c,
         Err(e) => return e.into_response(),
     };
-    let count = if node.map.my_shard().is_some() { node.store.live_count() } else { 0 };
+    let count = if node.current().map.my_shard().is_some() { node.store.live_count() } else { 0 };
     Reply {
         key_count: Some(count),
-        shard_id: Some(node.map.my_shard().map(Value::from).unwrap_or(Value::Null)),
+        shard_id: Some(node.current().map.my_shard().map(Value::from).unwrap_or(Value::Null)),
         ..Reply::message("Key count retrieved successfully", ctx)
     }
     .into_response_with(StatusCode::OK)
@@ -52,7 +52,7 @@ pub async fn shards(State(node): State<Arc<Node>>, method: Method, query: Q, bod
         Ok(c) => c,
         Err(e) => return e.into_response(),
     };
-    Reply { shards: Some(Value::from(node.map.shard_ids())), ..Reply::message("Shard membership retrieved successfully", ctx) }
+    Reply { shards: Some(Value::from(node.current().map.shard_ids())), ..Reply::message("Shard membership retrieved successfully", ctx) }
         .into_response_with(StatusCode::OK)
 }
 
@@ -68,12 +68,13 @@ pub async fn shard_info(
         Ok(c) => c,
         Err(e) => return e.into_response(),
     };
+    let cur = node.current();
     let id = path.ok().and_then(|Path(id)| id.parse::<u32>().ok());
-    let replicas = id.map(|id| node.map.replicas(id)).unwrap_or_default();
+    let replicas = id.map(|id| cur.map.replicas(id)).unwrap_or_default();
     let Some(id) = id.filter(|_| !replicas.is_empty()) else {
         return ErrorReply::new(&method, ApiError::ShardNotFound, ctx).into_response();
     };
-    let count = if node.map.is_replica(id) {
+    let count = if cur.map.is_replica(id) {
         Some(node.store.live_count())
     } else if hop(&headers) > 0 {
         None
@@ -93,7 +94,7 @@ pub async fn shard_info(
 }
 
 /// Asks the replicas of another shard, in order, for their key count.
-async fn remote_count(node: &Node, replicas: &[String]) -> Option<u64> {
+pub(super) async fn remote_count(node: &Node, replicas: &[String]) -> Option<u64> {
     for replica in replicas {
         if node.faults.is_blocked(replica) {
             continue;

@@ -6,6 +6,10 @@ use serde_json::Value;
 
 use super::reply::Reply;
 
+/// Marks a 503 from a node that has moved to a newer view than the sender's;
+/// the value is that epoch.
+pub const MISROUTED_HEADER: &str = "x-causalkv-misrouted";
+
 /// Seconds a client is told to wait before retrying a 503.
 const RETRY_AFTER_SECS: &str = "1";
 
@@ -29,6 +33,8 @@ pub enum ApiError {
     Unavailable,
     #[error("Key does not exist")]
     KeyNotFound,
+    #[error("{0}")]
+    InvalidView(String),
     #[error("Shard does not exist")]
     ShardNotFound,
     #[error("Not found")]
@@ -42,9 +48,13 @@ pub enum ApiError {
 impl ApiError {
     pub fn status(&self) -> StatusCode {
         match self {
-            Self::KeyTooLong | Self::KeyMissing | Self::InvalidKey | Self::ValueMissing | Self::BadBody | Self::InvalidContext => {
-                StatusCode::BAD_REQUEST
-            }
+            Self::KeyTooLong
+            | Self::KeyMissing
+            | Self::InvalidKey
+            | Self::ValueMissing
+            | Self::BadBody
+            | Self::InvalidContext
+            | Self::InvalidView(_) => StatusCode::BAD_REQUEST,
             Self::ValueTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             Self::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
             Self::KeyNotFound | Self::ShardNotFound | Self::RouteNotFound => StatusCode::NOT_FOUND,
@@ -65,11 +75,13 @@ pub struct ErrorReply {
     pub context: Value,
     /// Set when this node served a forwarded request.
     pub address: Option<String>,
+    /// Set when the request was routed by an older view (see [`MISROUTED_HEADER`]).
+    pub misrouted_epoch: Option<u64>,
 }
 
 impl ErrorReply {
     pub fn new(method: &Method, error: ApiError, context: Value) -> Self {
-        Self { method: method.clone(), error, context, address: None }
+        Self { method: method.clone(), error, context, address: None, misrouted_epoch: None }
     }
 }
 
@@ -90,6 +102,11 @@ impl IntoResponse for ErrorReply {
         let mut resp = reply.into_response_with(status);
         if status == StatusCode::SERVICE_UNAVAILABLE {
             resp.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static(RETRY_AFTER_SECS));
+        }
+        if let Some(epoch) = self.misrouted_epoch
+            && let Ok(v) = HeaderValue::from_str(&epoch.to_string())
+        {
+            resp.headers_mut().insert(MISROUTED_HEADER, v);
         }
         resp
     }

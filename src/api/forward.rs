@@ -14,6 +14,7 @@ use serde::Serialize;
 use serde_json::Value;
 use serde_json::value::RawValue;
 
+use super::error::MISROUTED_HEADER;
 use super::reply::json_response;
 use super::request::{FROM_HEADER, HOP_HEADER, WAIT_HEADER};
 use crate::node::Node;
@@ -69,11 +70,14 @@ pub async fn forward(node: &Node, target: &str, fwd: &Forward<'_>) -> Result<Res
         Unreachable
     })?;
     let status = StatusCode::from_u16(resp.status().as_u16()).map_err(|_| Unreachable)?;
-    let retry_after = resp.headers().get(header::RETRY_AFTER).cloned();
+    let relayed: Vec<(header::HeaderName, HeaderValue)> = [header::RETRY_AFTER, header::HeaderName::from_static(MISROUTED_HEADER)]
+        .into_iter()
+        .filter_map(|name| resp.headers().get(name.as_str()).and_then(|v| HeaderValue::from_bytes(v.as_bytes()).ok()).map(|v| (name, v)))
+        .collect();
     let bytes = resp.bytes().await.map_err(|_| Unreachable)?;
     let mut out = json_response(status, bytes.to_vec());
-    if let Some(v) = retry_after.and_then(|v| HeaderValue::from_bytes(v.as_bytes()).ok()) {
-        out.headers_mut().insert(header::RETRY_AFTER, v);
+    for (name, value) in relayed {
+        out.headers_mut().insert(name, value);
     }
     Ok(out)
 }

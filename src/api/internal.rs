@@ -17,8 +17,10 @@ use serde_json::json;
 use super::request::sender;
 use crate::faults::FaultSet;
 use crate::gossip::auth::{Incoming, SIGNATURE_HEADER, TIMESTAMP_HEADER};
+use crate::gossip::viewchange::{Proposal, Receive};
 use crate::gossip::{GossipError, Heartbeat, PullRequest, ReplicateBatch, SnapshotRequest};
 use crate::node::Node;
+use crate::node::view_change::ChangeFail;
 
 fn refuse(status: StatusCode, why: &str) -> Response {
     (status, Json(json!({"error": why}))).into_response()
@@ -46,10 +48,10 @@ pub async fn replicate(State(node): State<Arc<Node>>, headers: HeaderMap, body: 
     let Ok(Json(batch)) = body else {
         return refuse(StatusCode::BAD_REQUEST, "bad replication batch");
     };
-    if !node.gossip.shard().contains(&batch.from) {
+    if !node.current().gossip.shard().contains(&batch.from) {
         return refuse(StatusCode::FORBIDDEN, "sender is not a replica of this shard");
     }
-    match node.gossip.handle_replicate(batch).await {
+    match node.current().gossip.handle_replicate(batch).await {
         Ok(ack) => Json(ack).into_response(),
         Err(e) => gossip_error(e),
     }
@@ -62,7 +64,7 @@ pub async fn pull(State(node): State<Arc<Node>>, headers: HeaderMap, body: Resul
     let Ok(Json(req)) = body else {
         return refuse(StatusCode::BAD_REQUEST, "bad pull request");
     };
-    match node.gossip.handle_pull(&req) {
+    match node.current().gossip.handle_pull(&req) {
         Ok(resp) => Json(resp).into_response(),
         Err(e) => gossip_error(e),
     }
@@ -94,7 +96,7 @@ pub async fn snapshot(State(node): State<Arc<Node>>, headers: HeaderMap, body: R
     let Ok(Json(req)) = body else {
         return refuse(StatusCode::BAD_REQUEST, "bad snapshot request");
     };
-    match node.gossip.handle_snapshot(&req) {
+    match node.current().gossip.handle_snapshot(&req) {
         Ok(page) => Json(page).into_response(),
         Err(e) => gossip_error(e),
     }
@@ -107,7 +109,7 @@ pub async fn heartbeat(State(node): State<Arc<Node>>, headers: HeaderMap, body: 
     let Ok(Json(msg)) = body else {
         return refuse(StatusCode::BAD_REQUEST, "bad heartbeat");
     };
-    Json(node.gossip.handle_heartbeat(&msg)).into_response()
+    Json(node.current().gossip.handle_heartbeat(&msg)).into_response()
 }
 
 /// Refuses internal requests that fail authentication (see `gossip::auth`)
@@ -136,4 +138,77 @@ pub async fn authenticate(State(node): State<Arc<Node>>, req: Request, next: Nex
         return refuse(StatusCode::UNAUTHORIZED, &e.to_string());
     }
     next.run(Request::from_parts(parts, Body::from(bytes))).await
+}
+
+/// Test fault switches for view-change steps.
+async fn view_fault(node: &Node, step: &str) -> Option<Response> {
+    let (refused, delay) = node.faults.view_step(step);
+    if delay > 0 {
+        tokio::time::sleep(std::time::Duration::from_millis(delay)).await;
+    }
+    refused.then(|| refuse(StatusCode::SERVICE_UNAVAILABLE, "refused by fault switch"))
+}
+
+fn change_result<T: serde::Serialize>(result: Result<T, ChangeFail>) -> Response {
+    match result {
+        Ok(v) => Json(v).into_response(),
+        Err(e) => {
+            tracing::warn!(error = %e, "view-change step refused");
+            let status = match e {
+                ChangeFail::Gossip(_) | ChangeFail::Store(_) => StatusCode::SERVICE_UNAVAILABLE,
+                _ => StatusCode::CONFLICT,
+            };
+            refuse(status, &e.to_string())
+        }
+    }
+}
+
+pub async fn view_prepare(State(node): State<Arc<Node>>, body: Result<Json<Proposal>, JsonRejection>) -> Response {
+    if let Some(resp) = view_fault(&node, "prepare").await {
+        return resp;
+    }
+    let Ok(Json(p)) = body else { return refuse(StatusCode::BAD_REQUEST, "bad proposal") };
+    change_result(node.view_prepare(p).await.map(|_| json!({})))
+}
+
+pub async fn view_sync(State(node): State<Arc<Node>>, body: Result<Json<Proposal>, JsonRejection>) -> Response {
+    if let Some(resp) = view_fault(&node, "sync").await {
+        return resp;
+    }
+    let Ok(Json(p)) = body else { return refuse(StatusCode::BAD_REQUEST, "bad proposal") };
+    change_result(node.view_sync(&p.change).await.map(|_| json!({})))
+}
+
+pub async fn view_transfer(State(node): State<Arc<Node>>, body: Result<Json<Proposal>, JsonRejection>) -> Response {
+    if let Some(resp) = view_fault(&node, "transfer").await {
+        return resp;
+    }
+    let Ok(Json(p)) = body else { return refuse(StatusCode::BAD_REQUEST, "bad proposal") };
+    change_result(node.view_transfer(&p.change).await.map(|sent| json!({"sent": sent})))
+}
+
+pub async fn view_receive(State(node): State<Arc<Node>>, body: Result<Json<Receive>, JsonRejection>) -> Response {
+    if let Some(resp) = view_fault(&node, "receive").await {
+        return resp;
+    }
+    let Ok(Json(r)) = body else { return refuse(StatusCode::BAD_REQUEST, "bad records") };
+    change_result(node.view_receive(r).map(|_| json!({})))
+}
+
+pub async fn view_commit(State(node): State<Arc<Node>>, body: Result<Json<Proposal>, JsonRejection>) -> Response {
+    if let Some(resp) = view_fault(&node, "commit").await {
+        return resp;
+    }
+    let Ok(Json(p)) = body else { return refuse(StatusCode::BAD_REQUEST, "bad proposal") };
+    change_result(node.view_commit(p).await)
+}
+
+pub async fn view_abort(State(node): State<Arc<Node>>, body: Result<Json<Proposal>, JsonRejection>) -> Response {
+    let Ok(Json(p)) = body else { return refuse(StatusCode::BAD_REQUEST, "bad proposal") };
+    node.view_abort(&p.change);
+    Json(json!({})).into_response()
+}
+
+pub async fn view_current(State(node): State<Arc<Node>>) -> Response {
+    Json(node.current().map.view.clone()).into_response()
 }

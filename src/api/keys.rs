@@ -15,13 +15,14 @@ use serde_json::Value;
 use serde_json::value::RawValue;
 use tokio::time::Instant;
 
+use super::error::MISROUTED_HEADER;
 use super::error::{ApiError, ErrorReply};
 use super::forward::{Forward, forward};
 use super::reply::Reply;
 use super::request::{check_value, hop, parse_body, parse_key, read_body, sender, wait_override};
 use crate::causal::CausalContext;
 use crate::metrics::RequestLabel;
-use crate::node::Node;
+use crate::node::{Epoch, Node};
 use crate::shard::ShardId;
 use crate::store::Record;
 
@@ -30,6 +31,9 @@ use crate::store::Record;
 const FALLBACK_TIMEOUT: Duration = Duration::from_millis(500);
 /// How long the fallback replica may itself wait for missing writes.
 const FALLBACK_WAIT: Duration = Duration::from_millis(100);
+/// How long a write waits while a view change is prepared before it gives
+/// up with 503 (the change aborts long before, or commits).
+const WRITE_QUEUE_BOUND: Duration = Duration::from_secs(20);
 /// Time limit of a forward that cannot be held back: far above a healthy
 /// answer (including a group-commit flush), short enough that a frozen node
 /// costs clients little before the next replica is tried.
@@ -126,23 +130,44 @@ fn parse(
         (2, Some(w)) => w.min(node.config.causal_wait),
         _ => node.config.causal_wait,
     };
-    let context = parsed.context.at_epoch(node.map.epoch());
-    Ok(KeyRequest { method: method.clone(), op, key, value, context, hop, wait })
+    Ok(KeyRequest { method: method.clone(), op, key, value, context: parsed.context, hop, wait })
 }
 
 /// Sends the request where it belongs: served here when this node is a
-/// replica of the key's shard, forwarded otherwise.
+/// replica of the key's shard, forwarded otherwise. A request that reached a
+/// node which moved on to a newer view comes back marked misrouted: the entry
+/// node catches up with that view and routes it once more.
 async fn route(node: &Node, req: &KeyRequest) -> Result<Response, Reject> {
-    let shard = node.map.shard_of(&req.key);
-    let replicas = node.map.replicas(shard);
-    if !node.map.is_replica(shard) {
+    if req.context.epoch > node.epoch() && !node.wait_for_epoch(req.context.epoch, req.wait).await {
+        // A view this node has not reached: it cannot tell what is missing.
+        return Err(unavailable(node, req));
+    }
+    let mut resp = route_in(node, &node.current(), req).await?;
+    if req.hop == 0
+        && let Some(epoch) = misrouted_epoch(&resp)
+    {
+        node.wait_for_epoch(epoch, req.wait).await;
+        resp = route_in(node, &node.current(), req).await?;
+    }
+    Ok(resp)
+}
+
+fn misrouted_epoch(resp: &Response) -> Option<u64> {
+    resp.headers().get(MISROUTED_HEADER).and_then(|v| v.to_str().ok()).and_then(|v| v.parse().ok())
+}
+
+async fn route_in(node: &Node, cur: &Epoch, req: &KeyRequest) -> Result<Response, Reject> {
+    let map = &cur.map;
+    let shard = map.shard_of(&req.key);
+    let replicas = map.replicas(shard);
+    if !map.is_replica(shard) {
         if req.hop > 0 {
-            // Misrouted (the sender has another view): never forward twice.
-            return Err(unavailable(node, req));
+            // The sender routed by another view: never forward twice.
+            return Err(misrouted(node, req, map.epoch()));
         }
         let order: Vec<&String> = match req.op {
-            Op::Put | Op::Delete => node.gossip.detector.alive_first(replicas),
-            Op::Get => node.gossip.detector.alive_first(read_order(node, replicas)),
+            Op::Put | Op::Delete => node.detector.alive_first(replicas),
+            Op::Get => node.detector.alive_first(read_order(node, replicas)),
         };
         return forward_first_reachable(node, req, &order, 1, None, forward_timeout(node, req, replicas))
             .await
@@ -151,7 +176,7 @@ async fn route(node: &Node, req: &KeyRequest) -> Result<Response, Reject> {
     match req.op {
         Op::Put | Op::Delete => {
             // The master: the first replica the failure detector trusts.
-            let master = node.gossip.detector.alive_first(replicas)[0];
+            let master = node.detector.alive_first(replicas)[0];
             if req.hop == 0 && master != node.me() {
                 let timeout = forward_timeout(node, req, replicas);
                 if let Some(resp) = forward_first_reachable(node, req, &[master], 1, None, timeout).await {
@@ -159,9 +184,9 @@ async fn route(node: &Node, req: &KeyRequest) -> Result<Response, Reject> {
                 }
                 tracing::warn!(%master, key = %req.key, "master unreachable: accepting the write here");
             }
-            write_local(node, req, shard).await
+            write_local(node, req).await
         }
-        Op::Get => read_local(node, req, shard).await,
+        Op::Get => read_local(node, cur, req, shard).await,
     }
 }
 
@@ -208,12 +233,11 @@ async fn forward_first_reachable(
 
 /// Waits (bounded) until this replica has applied everything `ctx` needs
 /// from the origins of `shard`, pulling the missing records from peers.
-async fn hold_back(node: &Node, ctx: &CausalContext, shard: ShardId, wait: Duration) -> bool {
-    if ctx.epoch > node.map.epoch() {
-        // A view this node has not reached: it cannot tell what is missing.
+async fn hold_back(node: &Node, cur: &Epoch, ctx: &CausalContext, shard: ShardId, wait: Duration) -> bool {
+    if ctx.epoch > cur.map.epoch() {
         return false;
     }
-    let origins = node.map.replicas(shard);
+    let origins = cur.map.replicas(shard);
     let store = &node.store;
     let satisfied = || store.satisfies(&ctx.clock, origins.iter().map(String::as_str));
     if satisfied() {
@@ -221,7 +245,7 @@ async fn hold_back(node: &Node, ctx: &CausalContext, shard: ShardId, wait: Durat
     }
     node.metrics.holdback_waits.inc();
     let started = Instant::now();
-    let gossip = node.gossip.clone();
+    let gossip = cur.gossip.clone();
     tokio::spawn(async move { gossip.pull_from_peers(wait).await });
     let ok = store.gate.wait_until(started + wait, satisfied).await;
     node.metrics.holdback_seconds.observe(started.elapsed().as_secs_f64());
@@ -233,60 +257,72 @@ async fn hold_back(node: &Node, ctx: &CausalContext, shard: ShardId, wait: Durat
 
 /// After an unsatisfied hold-back: ask another replica of the shard that may
 /// have the writes (master first), once.
-async fn fallback(node: &Node, req: &KeyRequest, shard: ShardId) -> Result<Response, Reject> {
+async fn fallback(node: &Node, cur: &Epoch, req: &KeyRequest, shard: ShardId) -> Result<Response, Reject> {
     if req.hop >= 2 {
         return Err(unavailable(node, req));
     }
-    let order = node.gossip.detector.alive_first(node.map.replicas(shard));
+    let order = node.detector.alive_first(cur.map.replicas(shard));
     match forward_first_reachable(node, req, &order, 2, Some(FALLBACK_WAIT), FALLBACK_TIMEOUT).await {
         Some(resp) if resp.status() != StatusCode::SERVICE_UNAVAILABLE => Ok(resp),
         _ => Err(unavailable(node, req)),
     }
 }
 
-async fn read_local(node: &Node, req: &KeyRequest, shard: ShardId) -> Result<Response, Reject> {
-    if !hold_back(node, &req.context, shard, req.wait).await {
-        return fallback(node, req, shard).await;
+async fn read_local(node: &Node, cur: &Epoch, req: &KeyRequest, shard: ShardId) -> Result<Response, Reject> {
+    let ctx = req.context.at_epoch(cur.map.epoch());
+    if !hold_back(node, cur, &ctx, shard, req.wait).await {
+        return fallback(node, cur, req, shard).await;
     }
     let record = node.store.get(&req.key).map_err(|e| internal(req, e))?;
-    let ctx = reply_context(node, &req.context, record.as_ref());
+    let reply_ctx = reply_context(cur.map.epoch(), &ctx, record.as_ref());
     let address = (req.hop > 0).then(|| node.me().to_owned());
     match record {
         Some(Record { value: Some(value), .. }) => {
-            Ok(Reply { value: Some(value), does_exist: Some(true), address, ..Reply::message("Retrieved successfully", ctx) }
+            Ok(Reply { value: Some(value), does_exist: Some(true), address, ..Reply::message("Retrieved successfully", reply_ctx) }
                 .into_response_with(StatusCode::OK))
         }
-        _ => Err(Box::new(ErrorReply { address, ..ErrorReply::new(&req.method, ApiError::KeyNotFound, ctx) })),
+        _ => Err(Box::new(ErrorReply { address, ..ErrorReply::new(&req.method, ApiError::KeyNotFound, reply_ctx) })),
     }
 }
 
-async fn write_local(node: &Node, req: &KeyRequest, shard: ShardId) -> Result<Response, Reject> {
-    if !hold_back(node, &req.context, shard, req.wait).await {
+/// Takes the write here. While a view change is prepared the write waits
+/// (bounded); afterwards it is checked again against the view then current.
+async fn write_local(node: &Node, req: &KeyRequest) -> Result<Response, Reject> {
+    let Some(_admitted) = node.change.admit_write(WRITE_QUEUE_BOUND).await else {
+        return Err(unavailable(node, req));
+    };
+    let cur = node.current();
+    let shard = cur.map.shard_of(&req.key);
+    if !cur.map.is_replica(shard) {
+        return Err(misrouted(node, req, cur.map.epoch()));
+    }
+    let ctx = req.context.at_epoch(cur.map.epoch());
+    if !hold_back(node, &cur, &ctx, shard, req.wait).await {
         return Err(unavailable(node, req));
     }
-    let outcome = node.store.write_local(&req.key, req.value.clone(), req.context.clock.clone()).map_err(|e| internal(req, e))?;
+    let outcome = node.store.write_local(&req.key, req.value.clone(), ctx.clock.clone()).map_err(|e| internal(req, e))?;
     node.store.wait_durable(outcome.generation).await.map_err(|e| internal(req, e))?;
     let address = (req.hop > 0).then(|| node.me().to_owned());
     let revealed = outcome.record.as_ref().or(outcome.previous.as_ref());
-    let ctx = reply_context(node, &req.context, revealed);
+    let reply_ctx = reply_context(cur.map.epoch(), &ctx, revealed);
     let was_live = outcome.previous.as_ref().is_some_and(Record::is_live);
     let reply = match (req.op, outcome.record.is_some()) {
         (Op::Put, _) if was_live => (StatusCode::OK, "Updated successfully", Some(true), None),
         (Op::Put, _) => (StatusCode::CREATED, "Added successfully", Some(false), None),
         (_, true) => (StatusCode::OK, "Deleted successfully", None, Some(true)),
         (_, false) => {
-            return Err(Box::new(ErrorReply { address, ..ErrorReply::new(&req.method, ApiError::KeyNotFound, ctx) }));
+            return Err(Box::new(ErrorReply { address, ..ErrorReply::new(&req.method, ApiError::KeyNotFound, reply_ctx) }));
         }
     };
     let (status, message, replaced, does_exist) = reply;
-    Ok(Reply { replaced, does_exist, address, ..Reply::message(message, ctx) }.into_response_with(status))
+    Ok(Reply { replaced, does_exist, address, ..Reply::message(message, reply_ctx) }.into_response_with(status))
 }
 
 /// The request's context plus the dot and deps of the record the reply
 /// reveals (same epoch only: older dots are satisfied everywhere).
-fn reply_context(node: &Node, ctx: &CausalContext, record: Option<&Record>) -> Value {
+fn reply_context(epoch: u64, ctx: &CausalContext, record: Option<&Record>) -> Value {
     let mut out = ctx.clone();
-    out.epoch = node.map.epoch();
+    out.epoch = epoch;
     if let Some(rec) = record.filter(|r| r.dot.epoch == out.epoch) {
         out.clock.observe(&rec.dot.origin, rec.dot.seq);
         out.clock.merge(&rec.deps);
@@ -299,6 +335,17 @@ fn reply_context(node: &Node, ctx: &CausalContext, record: Option<&Record>) -> V
 fn unavailable(node: &Node, req: &KeyRequest) -> Reject {
     let address = (req.hop > 0).then(|| node.me().to_owned());
     Box::new(ErrorReply { address, ..ErrorReply::new(&req.method, ApiError::Unavailable, req.context.to_json()) })
+}
+
+/// 503 marked so the entry node routes again once it has caught up with
+/// the view this node is at.
+fn misrouted(node: &Node, req: &KeyRequest, epoch: u64) -> Reject {
+    let address = (req.hop > 0).then(|| node.me().to_owned());
+    Box::new(ErrorReply {
+        address,
+        misrouted_epoch: Some(epoch),
+        ..ErrorReply::new(&req.method, ApiError::Unavailable, req.context.to_json())
+    })
 }
 
 fn internal(req: &KeyRequest, e: impl std::error::Error + Send + Sync + 'static) -> Reject {

@@ -14,6 +14,7 @@ mod internal;
 mod keys;
 mod reply;
 mod request;
+mod view;
 
 use std::sync::Arc;
 
@@ -21,7 +22,7 @@ use axum::Router;
 use axum::extract::DefaultBodyLimit;
 use axum::http::{Method, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{any, get, post};
+use axum::routing::{any, get, post, put};
 use serde_json::Value;
 
 pub use error::ApiError;
@@ -43,6 +44,8 @@ pub fn router(node: Arc<Node>) -> Router {
         .route("/kv-store/key-count", get(cluster::key_count))
         .route("/kv-store/shards", get(cluster::shards))
         .route("/kv-store/shards/{id}", get(cluster::shard_info))
+        .route("/kv-store/view-change", put(view::view_change))
+        .route("/join", post(view::join))
         .route("/health", get(cluster::health))
         .route("/ready", get(cluster::ready))
         .route("/metrics", get(cluster::metrics));
@@ -51,6 +54,13 @@ pub fn router(node: Arc<Node>) -> Router {
         .route("/internal/pull", post(internal::pull))
         .route("/internal/snapshot", post(internal::snapshot))
         .route("/internal/heartbeat", post(internal::heartbeat))
+        .route("/internal/view/prepare", post(internal::view_prepare))
+        .route("/internal/view/sync", post(internal::view_sync))
+        .route("/internal/view/transfer", post(internal::view_transfer))
+        .route("/internal/view/receive", post(internal::view_receive))
+        .route("/internal/view/commit", post(internal::view_commit))
+        .route("/internal/view/abort", post(internal::view_abort))
+        .route("/internal/view/current", post(internal::view_current))
         .route_layer(axum::middleware::from_fn_with_state(node.clone(), internal::authenticate));
     router = router.merge(internal);
     if node.config.faults {

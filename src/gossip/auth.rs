@@ -55,7 +55,7 @@ pub struct Incoming<'a> {
 
 pub struct Auth {
     key: Option<Vec<u8>>,
-    view: Vec<String>,
+    view: Mutex<Vec<String>>,
     allowed: Mutex<(HashSet<IpAddr>, Option<Instant>)>,
     seen: Mutex<HashMap<Vec<u8>, u64>>,
 }
@@ -68,9 +68,24 @@ impl Auth {
     pub fn new(key: Option<&str>, view: &[String]) -> Self {
         Self {
             key: key.filter(|k| !k.is_empty()).map(|k| k.as_bytes().to_vec()),
-            view: view.to_vec(),
+            view: Mutex::new(view.to_vec()),
             allowed: Mutex::new((HashSet::new(), None)),
             seen: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Adds nodes of a new view to the addresses accepted without a key.
+    pub fn extend_view(&self, nodes: &[String]) {
+        let mut view = self.view.lock();
+        let mut grew = false;
+        for n in nodes {
+            if !view.contains(n) {
+                view.push(n.clone());
+                grew = true;
+            }
+        }
+        if grew {
+            self.allowed.lock().1 = None;
         }
     }
 
@@ -140,7 +155,8 @@ impl Auth {
         };
         if due {
             let mut ips = HashSet::new();
-            for node in &self.view {
+            let view = self.view.lock().clone();
+            for node in &view {
                 if let Ok(addrs) = tokio::net::lookup_host(node.as_str()).await {
                     ips.extend(addrs.map(|a| canonical(a.ip())));
                 }

@@ -8,6 +8,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use super::Auth;
+use super::viewchange::Step;
 use super::{
     BoxFuture, EXCHANGE_TIMEOUT, GossipError, HEARTBEAT_TIMEOUT, Heartbeat, HeartbeatAck, PUSH_TIMEOUT, PullRequest, PullResponse,
     ReplicateAck, ReplicateBatch, SnapshotPage, SnapshotRequest, Transport,
@@ -72,5 +73,15 @@ impl Transport for HttpTransport {
 
     fn heartbeat<'a>(&'a self, peer: &'a str, msg: &'a Heartbeat) -> BoxFuture<'a, Result<HeartbeatAck, GossipError>> {
         Box::pin(self.post(peer, "/internal/heartbeat", msg, HEARTBEAT_TIMEOUT))
+    }
+
+    fn view<'a>(
+        &'a self,
+        peer: &'a str,
+        step: Step,
+        body: &'a serde_json::Value,
+        timeout: Duration,
+    ) -> BoxFuture<'a, Result<serde_json::Value, GossipError>> {
+        Box::pin(self.post(peer, step.path(), body, timeout))
     }
 }

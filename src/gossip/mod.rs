@@ -32,6 +32,7 @@ pub mod detector;
 mod http;
 mod messages;
 mod replicator;
+pub mod viewchange;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -100,10 +101,38 @@ pub trait Transport: Send + Sync + 'static {
     fn pull<'a>(&'a self, peer: &'a str, req: &'a PullRequest, timeout: Duration) -> BoxFuture<'a, Result<PullResponse, GossipError>>;
     fn snapshot<'a>(&'a self, peer: &'a str, req: &'a SnapshotRequest) -> BoxFuture<'a, Result<SnapshotPage, GossipError>>;
     fn heartbeat<'a>(&'a self, peer: &'a str, msg: &'a Heartbeat) -> BoxFuture<'a, Result<HeartbeatAck, GossipError>>;
+    /// One step of the view-change protocol (see [`viewchange`]).
+    fn view<'a>(
+        &'a self,
+        peer: &'a str,
+        step: viewchange::Step,
+        body: &'a serde_json::Value,
+        timeout: Duration,
+    ) -> BoxFuture<'a, Result<serde_json::Value, GossipError>>;
+}
+
+/// The highest epoch any peer has reported, so a node that missed a view
+/// change's commit can find out and catch up.
+#[derive(Debug, Default)]
+pub struct EpochHint {
+    seen: Mutex<(u64, String)>,
+}
+
+impl EpochHint {
+    pub fn saw(&self, epoch: u64, peer: &str) {
+        let mut seen = self.seen.lock();
+        if epoch > seen.0 {
+            *seen = (epoch, peer.to_owned());
+        }
+    }
+
+    pub fn highest(&self) -> (u64, String) {
+        self.seen.lock().clone()
+    }
 }
 
 /// Cuts `records` to [`MAX_BATCH_BYTES`] (keeping at least one).
-pub(crate) fn fit_batch(records: &mut Vec<crate::store::Record>) {
+pub fn fit_batch(records: &mut Vec<crate::store::Record>) {
     let mut bytes = 0;
     let keep = records
         .iter()
@@ -124,15 +153,24 @@ pub struct Gossip {
     shard: Vec<String>,
     /// Every node of the view (heartbeat targets).
     view: Vec<String>,
-    pub detector: FailureDetector,
+    pub detector: Arc<FailureDetector>,
+    /// Highest epoch a peer reported, and who (a missed view change).
+    pub epoch_hint: Arc<EpochHint>,
     /// Latest applied clock reported by each peer of the shard.
     peer_clocks: Mutex<HashMap<String, Clock>>,
     snapshot_running: AtomicBool,
 }
 
 impl Gossip {
-    pub fn new(store: Arc<Store>, transport: Arc<dyn Transport>, metrics: Arc<Metrics>, shard: Vec<String>, view: Vec<String>) -> Self {
-        let detector = FailureDetector::new(store.me());
+    pub fn new(
+        store: Arc<Store>,
+        transport: Arc<dyn Transport>,
+        metrics: Arc<Metrics>,
+        detector: Arc<FailureDetector>,
+        epoch_hint: Arc<EpochHint>,
+        shard: Vec<String>,
+        view: Vec<String>,
+    ) -> Self {
         Self {
             store,
             transport,
@@ -140,6 +178,7 @@ impl Gossip {
             shard,
             view,
             detector,
+            epoch_hint,
             peer_clocks: Mutex::new(HashMap::new()),
             snapshot_running: AtomicBool::new(false),
         }
@@ -221,6 +260,7 @@ impl Gossip {
 
     pub fn handle_heartbeat(&self, msg: &Heartbeat) -> HeartbeatAck {
         self.detector.heard_from(&msg.from);
+        self.epoch_hint.saw(msg.epoch, &msg.from);
         HeartbeatAck { epoch: self.store.epoch() }
     }
 
@@ -263,6 +303,44 @@ impl Gossip {
         let want = self.want();
         let want = &want;
         futures_util::future::join_all(self.peers().map(|peer| self.exchange(peer, want, timeout))).await;
+    }
+
+    /// Brings this replica to the union of its shard (view change step 2):
+    /// exchanges with every peer until it has everything each peer has.
+    /// Fails if any peer cannot be reached.
+    pub async fn sync_with_shard(&self, deadline: tokio::time::Instant) -> Result<(), GossipError> {
+        for peer in self.peers() {
+            loop {
+                let want = self.want();
+                let req = PullRequest { from: self.me().to_owned(), epoch: self.store.epoch(), want };
+                let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+                if left.is_zero() {
+                    return Err(GossipError::Unreachable { peer: peer.clone(), reason: "view-change sync timed out".into() });
+                }
+                let resp = self.transport.pull(peer, &req, left.min(EXCHANGE_TIMEOUT)).await?;
+                self.learned(peer, &resp.applied);
+                let got = resp.records.len();
+                self.store.apply_remote(resp.records, &self.shard)?;
+                if resp.snapshot_needed {
+                    self.fetch_snapshot_pages(peer).await?;
+                }
+                let mine = self.store.applied();
+                if got == 0 && self.shard.iter().all(|o| mine.get(o) >= resp.applied.get(o)) {
+                    break;
+                }
+                if got == 0 {
+                    // The peer has records we cannot apply yet (deps): give
+                    // the other exchanges a moment.
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Copies a peer's whole shard state, after a missed view change.
+    pub async fn rebuild_from(&self, peer: &str) -> Result<usize, GossipError> {
+        self.fetch_snapshot_pages(peer).await
     }
 
     /// Copies a peer's whole shard state, then raises `applied` to the clock
@@ -353,8 +431,9 @@ async fn heartbeat_loop(gossip: Arc<Gossip>, mut shutdown: watch::Receiver<bool>
         futures_util::future::join_all(targets.iter().map(|peer| {
             let gossip = &gossip;
             async move {
-                if let Ok(Ok(_)) = tokio::time::timeout(HEARTBEAT_TIMEOUT, gossip.transport.heartbeat(peer, msg)).await {
+                if let Ok(Ok(ack)) = tokio::time::timeout(HEARTBEAT_TIMEOUT, gossip.transport.heartbeat(peer, msg)).await {
                     gossip.detector.heard_from(peer);
+                    gossip.epoch_hint.saw(ack.epoch, peer);
                 }
             }
         }))

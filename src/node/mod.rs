@@ -1,23 +1,31 @@
 //! A running node: the state every handler shares, and its start/stop.
 //!
-//! `Node::start` opens the store, binds the listener, starts the flusher and
-//! the replicators, and returns a [`NodeHandle`]; `NodeHandle::shutdown` (or a
-//! SIGTERM/SIGINT via [`NodeHandle::run_until_signal`]) stops accepting, lets
-//! in-flight requests finish, stops gossip, and flushes storage.
+//! `Node::start` opens the store, loads the view (the persisted one if a view
+//! change ever committed, else VIEW/REPL_FACTOR), binds the listener, starts
+//! the flusher and the gossip tasks of the current epoch, and returns a
+//! [`NodeHandle`]; `NodeHandle::shutdown` (or SIGTERM/SIGINT via
+//! [`NodeHandle::run_until_signal`]) stops accepting, lets in-flight requests
+//! finish, stops gossip, and flushes storage.
+//!
+//! The view, its shard map and the gossip tasks form one [`Epoch`], swapped
+//! as a whole when a view change commits (`view_change`).
+
+pub mod view_change;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
+use parking_lot::{Mutex, RwLock};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use crate::config::Config;
 use crate::faults::Faults;
-use crate::gossip::{Auth, Gossip, HttpTransport};
+use crate::gossip::{Auth, EpochHint, FailureDetector, Gossip, HttpTransport, Transport};
 use crate::metrics::Metrics;
-use crate::shard::ShardMap;
+use crate::shard::{ShardMap, View};
 use crate::store::{Store, StoreError, run_flusher};
 
 /// How long start-up waits for peers to hand over missed records before the
@@ -30,23 +38,36 @@ const POOL_IDLE_PER_HOST: usize = 64;
 pub enum NodeError {
     #[error("cannot open the data directory {dir}: {source}")]
     Store { dir: String, source: StoreError },
+    #[error("the stored view in {dir} is unreadable: {source}")]
+    StoredView { dir: String, source: serde_json::Error },
     #[error("cannot listen on {addr}: {source}")]
     Bind { addr: SocketAddr, source: std::io::Error },
     #[error("cannot build the HTTP client: {0}")]
     Client(#[from] reqwest::Error),
 }
 
+/// One epoch's view, shard map and gossip.
+pub struct Epoch {
+    pub map: ShardMap,
+    pub gossip: Arc<Gossip>,
+}
+
 /// State shared by every request handler and background task.
 pub struct Node {
     pub config: Config,
-    pub map: ShardMap,
     pub store: Arc<Store>,
-    pub gossip: Arc<Gossip>,
     pub faults: Arc<Faults>,
     pub metrics: Arc<Metrics>,
     pub auth: Arc<Auth>,
+    pub detector: Arc<FailureDetector>,
+    pub epoch_hint: Arc<EpochHint>,
+    pub transport: Arc<dyn Transport>,
     /// Client for forwarded requests (keep-alive, pooled).
     pub client: reqwest::Client,
+    current: RwLock<Arc<Epoch>>,
+    epoch_tx: watch::Sender<u64>,
+    epoch_tasks: Mutex<(watch::Sender<bool>, Vec<JoinHandle<()>>)>,
+    pub change: view_change::ChangeState,
     round_robin: AtomicUsize,
     ready: AtomicBool,
 }
@@ -54,6 +75,21 @@ pub struct Node {
 impl Node {
     pub fn me(&self) -> &str {
         &self.config.address
+    }
+
+    /// The current epoch's view, map and gossip.
+    pub fn current(&self) -> Arc<Epoch> {
+        self.current.read().clone()
+    }
+
+    pub fn epoch(&self) -> u64 {
+        self.current().map.epoch()
+    }
+
+    /// Waits (bounded) until this node has reached `epoch`.
+    pub async fn wait_for_epoch(&self, epoch: u64, bound: Duration) -> bool {
+        let mut rx = self.epoch_tx.subscribe();
+        matches!(tokio::time::timeout(bound, rx.wait_for(|e| *e >= epoch)).await, Ok(Ok(_)))
     }
 
     pub fn next_round_robin(&self) -> usize {
@@ -64,15 +100,63 @@ impl Node {
         self.ready.load(Ordering::Relaxed)
     }
 
+    fn make_epoch(&self, view: View) -> Arc<Epoch> {
+        let map = ShardMap::new(view, &self.config.address);
+        let gossip = Arc::new(Gossip::new(
+            self.store.clone(),
+            self.transport.clone(),
+            self.metrics.clone(),
+            self.detector.clone(),
+            self.epoch_hint.clone(),
+            map.my_replicas().to_vec(),
+            map.view.nodes.clone(),
+        ));
+        Arc::new(Epoch { map, gossip })
+    }
+
+    /// Makes `view` current: swaps the map and restarts the gossip tasks.
+    fn install_epoch(&self, view: View) {
+        let epoch = self.make_epoch(view);
+        let (stop, handles) = {
+            let (tx, _) = watch::channel(false);
+            let tasks = epoch.gossip.spawn_tasks(tx.subscribe());
+            let mut guard = self.epoch_tasks.lock();
+            let old = std::mem::replace(&mut *guard, (tx, tasks));
+            *self.current.write() = epoch.clone();
+            old
+        };
+        let _ = stop.send(true);
+        drop(handles);
+        self.epoch_tx.send_replace(epoch.map.epoch());
+        if epoch.map.my_shard().is_none() {
+            tracing::warn!(address = %self.config.address, "this node is not in the view: serving as a proxy until a view change adds it");
+        }
+    }
+
     /// Opens the store and binds; serving starts at once.
     pub async fn start(config: Config) -> Result<NodeHandle, NodeError> {
-        let map = ShardMap::new(config.view.clone(), &config.address);
-        if map.my_shard().is_none() {
-            tracing::warn!(address = %config.address, "this node is not in VIEW: serving as a proxy until a view change adds it");
-        }
-        let store = Store::open(&config.data_dir, &config.address, map.epoch(), config.durability)
-            .map_err(|source| NodeError::Store { dir: config.data_dir.display().to_string(), source })?;
+        let dir = config.data_dir.display().to_string();
+        let store = Store::open(&config.data_dir, &config.address, config.durability)
+            .map_err(|source| NodeError::Store { dir: dir.clone(), source })?;
         let store = Arc::new(store);
+        let view = match store.stored_view().map_err(|source| NodeError::Store { dir: dir.clone(), source })? {
+            Some(bytes) => {
+                let view: View = serde_json::from_slice(&bytes).map_err(|source| NodeError::StoredView { dir: dir.clone(), source })?;
+                if view.nodes != config.view.nodes || view.repl_factor != config.view.repl_factor {
+                    tracing::warn!(stored = ?view.nodes, epoch = view.epoch, "using the view of the last committed view change, not VIEW/REPL_FACTOR");
+                }
+                view
+            }
+            None => {
+                let bytes = serde_json::to_vec(&config.view).expect("a view serialises");
+                store.store_view(&bytes).map_err(|source| NodeError::Store { dir: dir.clone(), source })?;
+                config.view.clone()
+            }
+        };
+        // Staged records of a change that never committed here are void.
+        if let Err(e) = store.discard_other_stages(None) {
+            tracing::warn!(error = %e, "dropping stale staged records failed");
+        }
         let client = reqwest::Client::builder()
             .pool_max_idle_per_host(POOL_IDLE_PER_HOST)
             .connect_timeout(Duration::from_millis(500))
@@ -80,32 +164,53 @@ impl Node {
             .build()?;
         let faults = Arc::new(Faults::new(config.faults));
         let metrics = Arc::new(Metrics::default());
-        let auth = Arc::new(Auth::new(config.cluster_key.as_deref(), &config.view.nodes));
-        if !auth.has_key() && config.view.nodes.len() > 1 {
+        let auth = Arc::new(Auth::new(config.cluster_key.as_deref(), &view.nodes));
+        if !auth.has_key() && view.nodes.len() > 1 {
             tracing::warn!("CLUSTER_KEY is not set: internal traffic is accepted from any process at a view address");
         }
-        let transport = Arc::new(HttpTransport::new(client.clone(), config.address.clone(), faults.clone(), auth.clone()));
-        let gossip = Arc::new(Gossip::new(store.clone(), transport, metrics.clone(), map.my_replicas().to_vec(), map.view.nodes.clone()));
+        let transport: Arc<dyn Transport> =
+            Arc::new(HttpTransport::new(client.clone(), config.address.clone(), faults.clone(), auth.clone()));
         let bind = config.bind_addr();
         let listener = tokio::net::TcpListener::bind(bind).await.map_err(|source| NodeError::Bind { addr: bind, source })?;
         let local_addr = listener.local_addr().map_err(|source| NodeError::Bind { addr: bind, source })?;
+        let detector = Arc::new(FailureDetector::new(&config.address));
+        let (shutdown_tx, shutdown_rx) = watch::channel(false);
+        let (epoch_stop, _) = watch::channel(false);
+        let placeholder = {
+            let map = ShardMap::new(view.clone(), &config.address);
+            let gossip = Arc::new(Gossip::new(
+                store.clone(),
+                transport.clone(),
+                metrics.clone(),
+                detector.clone(),
+                Arc::new(EpochHint::default()),
+                Vec::new(),
+                Vec::new(),
+            ));
+            Arc::new(Epoch { map, gossip })
+        };
         let node = Arc::new(Node {
             config,
-            map,
             store: store.clone(),
-            gossip: gossip.clone(),
             faults,
             metrics,
             auth,
+            detector,
+            epoch_hint: Arc::new(EpochHint::default()),
+            transport,
             client,
+            current: RwLock::new(placeholder),
+            epoch_tx: watch::Sender::new(view.epoch),
+            epoch_tasks: Mutex::new((epoch_stop, Vec::new())),
+            change: view_change::ChangeState::default(),
             round_robin: AtomicUsize::new(0),
             ready: AtomicBool::new(false),
         });
+        node.install_epoch(view);
 
-        let (shutdown_tx, shutdown_rx) = watch::channel(false);
         let mut tasks = vec![tokio::spawn(run_flusher(store.clone(), shutdown_rx.clone()))];
-        tasks.extend(gossip.spawn_tasks(shutdown_rx.clone()));
         tasks.push(tokio::spawn(catch_up_then_ready(node.clone())));
+        tasks.push(tokio::spawn(view_change::watch_for_missed_changes(node.clone(), shutdown_rx.clone())));
 
         let app = crate::api::router(node.clone());
         let mut server_shutdown = shutdown_rx.clone();
@@ -116,9 +221,10 @@ impl Node {
                 })
                 .await
         });
+        let cur = node.current();
         tracing::info!(
-            address = %node.config.address, bind = %local_addr, shard = ?node.map.my_shard(),
-            view = ?node.map.view.nodes, repl_factor = node.map.view.repl_factor, "node started"
+            address = %node.config.address, bind = %local_addr, shard = ?cur.map.my_shard(), epoch = cur.map.epoch(),
+            view = ?cur.map.view.nodes, repl_factor = cur.map.view.repl_factor, "node started"
         );
         Ok(NodeHandle { node, local_addr, shutdown: shutdown_tx, server, tasks })
     }
@@ -127,7 +233,7 @@ impl Node {
 /// Pulls what peers have that this node missed while it was down, then
 /// reports ready.
 async fn catch_up_then_ready(node: Arc<Node>) {
-    node.gossip.pull_from_peers(STARTUP_CATCH_UP).await;
+    node.current().gossip.pull_from_peers(STARTUP_CATCH_UP).await;
     node.ready.store(true, Ordering::Relaxed);
 }
 
@@ -149,7 +255,13 @@ impl NodeHandle {
             Err(e) => tracing::error!(error = %e, "server task failed"),
             Ok(Ok(())) => {}
         }
-        for t in self.tasks {
+        let (stop, handles) = {
+            let mut guard = self.node.epoch_tasks.lock();
+            let (tx, _) = watch::channel(true);
+            std::mem::replace(&mut *guard, (tx, Vec::new()))
+        };
+        let _ = stop.send(true);
+        for t in handles.into_iter().chain(self.tasks) {
             let _ = t.await;
         }
         if let Err(e) = self.node.store.flush() {

@@ -12,8 +12,9 @@
 //!   failure detector (`gossip::detector`) trusts; callers reorder replicas
 //!   with `FailureDetector::alive_first`.
 //!
-//! Not here yet: view change (epochs other than the one loaded at start-up).
+//! - A view change moves a key only to nodes that gain it (`change`).
 
+pub mod change;
 mod placement;
 mod view;
 

@@ -37,6 +37,8 @@ pub fn applied(origin: &str) -> Vec<u8> {
 }
 
 pub const COUNTER: &str = "counter";
+pub const EPOCH: &str = "epoch";
+pub const VIEW: &str = "view";
 pub const APPLIED_PREFIX: &str = "applied/";
 
 pub const TOMBSTONE: u8 = b't';

@@ -2,6 +2,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use parking_lot::Mutex;
@@ -61,8 +62,11 @@ struct State {
 pub struct Store {
     db: sled::Db,
     tree: sled::Tree,
+    /// Records received for a view change in progress, by change id.
+    staging: sled::Tree,
     me: String,
-    epoch: u64,
+    /// Current epoch; changes only in `commit_epoch`, under the state lock.
+    epoch: AtomicU64,
     state: Mutex<State>,
     pub durability: Durability,
     /// Notified on every apply: the hold-back gate's wake-up.
@@ -71,7 +75,7 @@ pub struct Store {
 
 impl Store {
     /// Opens (or creates) the store in `dir` for the node `me`.
-    pub fn open(dir: &Path, me: &str, epoch: u64, mode: DurabilityMode) -> Result<Store, StoreError> {
+    pub fn open(dir: &Path, me: &str, mode: DurabilityMode) -> Result<Store, StoreError> {
         let db = sled::Config::new()
             .path(dir)
             // Our own flusher decides when to flush (group commit).
@@ -79,6 +83,8 @@ impl Store {
             .cache_capacity(256 * 1024 * 1024)
             .open()?;
         let tree = db.open_tree("causalkv")?;
+        let staging = db.open_tree("staging")?;
+        let epoch = read_u64(&tree, &keys::meta(keys::EPOCH))?;
         let counter = read_u64(&tree, &keys::meta(keys::COUNTER))?;
         let mut applied = Clock::new();
         for item in tree.scan_prefix(keys::meta(keys::APPLIED_PREFIX)) {
@@ -105,8 +111,9 @@ impl Store {
         Ok(Store {
             db,
             tree,
+            staging,
             me: me.to_owned(),
-            epoch,
+            epoch: AtomicU64::new(epoch),
             state: Mutex::new(state),
             durability: Durability::new(mode, counter),
             gate: Gate::default(),
@@ -118,7 +125,18 @@ impl Store {
     }
 
     pub fn epoch(&self) -> u64 {
-        self.epoch
+        self.epoch.load(Ordering::Acquire)
+    }
+
+    /// The view persisted by the last committed view change (JSON), if any.
+    pub fn stored_view(&self) -> Result<Option<Vec<u8>>, StoreError> {
+        Ok(self.tree.get(keys::meta(keys::VIEW))?.map(|v| v.to_vec()))
+    }
+
+    /// Persists the view of the current epoch (first start).
+    pub fn store_view(&self, view_json: &[u8]) -> Result<(), StoreError> {
+        self.tree.insert(keys::meta(keys::VIEW), view_json)?;
+        self.flush()
     }
 
     pub fn get(&self, key: &str) -> Result<Option<Record>, StoreError> {
@@ -142,7 +160,7 @@ impl Store {
         }
         let seq = st.counter + 1;
         let record =
-            Record { key: key.to_owned(), value, dot: Dot { epoch: self.epoch, origin: self.me.clone(), seq }, deps, hlc: st.hlc.tick() };
+            Record { key: key.to_owned(), value, dot: Dot { epoch: self.epoch(), origin: self.me.clone(), seq }, deps, hlc: st.hlc.tick() };
         let encoded = record.encode();
         let mut batch = sled::Batch::default();
         batch.insert(keys::record(key), encoded.clone());
@@ -178,7 +196,7 @@ impl Store {
             let o = &record.dot.origin;
             // Own records come back only after this node lost its data; they
             // are re-applied so their seqs are never handed out again.
-            if record.dot.epoch != self.epoch || record.dot.seq <= st.applied.get(o) {
+            if record.dot.epoch != self.epoch() || record.dot.seq <= st.applied.get(o) {
                 continue;
             }
             if st.pending_len >= MAX_PENDING_RECORDS {
@@ -375,7 +393,7 @@ impl Store {
         let mut batch = sled::Batch::default();
         let mut overlay: HashMap<String, Record> = HashMap::new();
         for record in records {
-            if record.dot.epoch != self.epoch {
+            if record.dot.epoch > self.epoch() {
                 continue;
             }
             let current = match overlay.get(&record.key) {
@@ -439,6 +457,111 @@ impl Store {
         Ok(generation)
     }
 
+    /// Every live record, in key order, after `after_key` (view-change
+    /// transfers read the whole shard this way, page by page).
+    pub fn live_page(&self, after_key: Option<&str>, limit: usize) -> Result<(Vec<Record>, Option<String>), StoreError> {
+        let mut after = after_key.map(String::from);
+        let mut out = Vec::new();
+        loop {
+            let page = self.snapshot_page(after.as_deref(), limit)?;
+            let done = page.len() < limit;
+            after = page.last().map(|r| r.key.clone());
+            out.extend(page.into_iter().filter(Record::is_live));
+            if done || out.len() >= limit {
+                return Ok((out, if done { None } else { after }));
+            }
+        }
+    }
+
+    /// Keeps records sent for view change `change` until it commits or aborts.
+    pub fn stage(&self, change: &str, records: &[Record]) -> Result<(), StoreError> {
+        let mut batch = sled::Batch::default();
+        for r in records {
+            batch.insert(staging_key(change, &r.key), r.encode());
+        }
+        self.staging.apply_batch(batch)?;
+        self.staging.flush()?;
+        Ok(())
+    }
+
+    /// Drops whatever was staged for view change `change` (abort).
+    pub fn discard_stage(&self, change: &str) -> Result<(), StoreError> {
+        let mut batch = sled::Batch::default();
+        for item in self.staging.scan_prefix(staging_prefix(change)) {
+            batch.remove(item?.0);
+        }
+        self.staging.apply_batch(batch)?;
+        Ok(())
+    }
+
+    /// Drops staged records of every change but `keep` (stale ones after a
+    /// restart or a superseded change).
+    pub fn discard_other_stages(&self, keep: Option<&str>) -> Result<(), StoreError> {
+        let keep = keep.map(staging_prefix);
+        let mut batch = sled::Batch::default();
+        for item in self.staging.iter() {
+            let (k, _) = item?;
+            if keep.as_ref().is_none_or(|p| !k.starts_with(p)) {
+                batch.remove(k);
+            }
+        }
+        self.staging.apply_batch(batch)?;
+        Ok(())
+    }
+
+    /// Enters `new_epoch` atomically: merges the records staged for `change`,
+    /// keeps only live records of keys this node owns under the new view,
+    /// and restarts the causal bookkeeping (counter, applied clock, logs,
+    /// tombstones) for the new epoch. Returns the live-key count.
+    pub fn commit_epoch(&self, change: &str, new_epoch: u64, view_json: &[u8], owns: impl Fn(&str) -> bool) -> Result<u64, StoreError> {
+        let mut st = self.state.lock();
+        let mut batch = sled::Batch::default();
+        let mut kept: HashMap<String, Record> = HashMap::new();
+        for item in self.tree.scan_prefix([keys::RECORD]) {
+            let (k, v) = item?;
+            let record = Record::decode(&v)?;
+            if record.is_live() && owns(&record.key) {
+                kept.insert(record.key.clone(), record);
+            } else {
+                batch.remove(k);
+            }
+        }
+        for item in self.staging.scan_prefix(staging_prefix(change)) {
+            let (_, v) = item?;
+            let record = Record::decode(&v)?;
+            if !record.is_live() || !owns(&record.key) {
+                continue;
+            }
+            if kept.get(&record.key).is_none_or(|current| record.wins_over(current)) {
+                st.hlc.observe(record.hlc);
+                batch.insert(keys::record(&record.key), record.encode());
+                kept.insert(record.key.clone(), record);
+            }
+        }
+        for prefix in [vec![keys::LOG], vec![keys::TOMBSTONE], keys::meta(keys::APPLIED_PREFIX), keys::meta(keys::LOG_FLOOR_PREFIX)] {
+            for item in self.tree.scan_prefix(prefix) {
+                batch.remove(item?.0);
+            }
+        }
+        batch.insert(keys::meta(keys::COUNTER), &0u64.to_be_bytes());
+        batch.insert(keys::meta(keys::EPOCH), &new_epoch.to_be_bytes());
+        batch.insert(keys::meta(keys::VIEW), view_json);
+        self.tree.apply_batch(batch)?;
+        st.counter = 0;
+        st.applied = Clock::new();
+        st.pending.clear();
+        st.pending_len = 0;
+        st.log_floor = Clock::new();
+        st.live = kept.len() as u64;
+        st.written_gen += 1;
+        self.epoch.store(new_epoch, Ordering::Release);
+        drop(st);
+        self.discard_stage(change)?;
+        self.flush()?;
+        self.gate.notify();
+        Ok(kept.len() as u64)
+    }
+
     pub fn log_floor(&self) -> Clock {
         self.state.lock().log_floor.clone()
     }
@@ -491,6 +614,18 @@ impl Store {
     }
 }
 
+fn staging_prefix(change: &str) -> Vec<u8> {
+    let mut k = change.as_bytes().to_vec();
+    k.push(0);
+    k
+}
+
+fn staging_key(change: &str, key: &str) -> Vec<u8> {
+    let mut k = staging_prefix(change);
+    k.extend_from_slice(key.as_bytes());
+    k
+}
+
 fn read_u64(tree: &sled::Tree, key: &[u8]) -> Result<u64, StoreError> {
     Ok(tree.get(key)?.map(|v| u64_from(&v)).unwrap_or(0))
 }
@@ -511,7 +646,7 @@ mod tests {
     }
 
     fn open(dir: &Path, me: &str) -> Store {
-        Store::open(dir, me, 0, DurabilityMode::Async).unwrap()
+        Store::open(dir, me, DurabilityMode::Async).unwrap()
     }
 
     #[test]
