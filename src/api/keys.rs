@@ -19,7 +19,7 @@ use super::error::MISROUTED_HEADER;
 use super::error::{ApiError, ErrorReply};
 use super::forward::{Forward, forward};
 use super::reply::Reply;
-use super::request::{check_value, hop, parse_body, parse_key, read_body, sender, wait_override};
+use super::request::{check_value, hop, parse_body, parse_key, read_body, sender, sender_epoch, wait_override};
 use crate::causal::CausalContext;
 use crate::metrics::RequestLabel;
 use crate::node::{Epoch, Node};
@@ -68,6 +68,8 @@ struct KeyRequest {
     context: CausalContext,
     hop: u8,
     wait: Duration,
+    /// Epoch of the node that forwarded this request.
+    sender_epoch: Option<u64>,
 }
 
 type Reject = Box<ErrorReply>;
@@ -130,7 +132,7 @@ fn parse(
         (2, Some(w)) => w.min(node.config.causal_wait),
         _ => node.config.causal_wait,
     };
-    Ok(KeyRequest { method: method.clone(), op, key, value, context: parsed.context, hop, wait })
+    Ok(KeyRequest { method: method.clone(), op, key, value, context: parsed.context, hop, wait, sender_epoch: sender_epoch(headers) })
 }
 
 /// Sends the request where it belongs: served here when this node is a
@@ -138,16 +140,25 @@ fn parse(
 /// node which moved on to a newer view comes back marked misrouted: the entry
 /// node catches up with that view and routes it once more.
 async fn route(node: &Node, req: &KeyRequest) -> Result<Response, Reject> {
+    if let Some(epoch) = req.sender_epoch.filter(|e| *e > node.epoch()) {
+        // Forwarded by a node that already committed a newer view: route by it.
+        node.wait_for_epoch(epoch, req.wait).await;
+    }
     if req.context.epoch > node.epoch() && !node.wait_for_epoch(req.context.epoch, req.wait).await {
         // A view this node has not reached: it cannot tell what is missing.
         return Err(unavailable(node, req));
     }
-    let mut resp = route_in(node, &node.current(), req).await?;
+    if req.hop == 0 && matches!(req.op, Op::Put | Op::Delete) && !node.change.wait_unpaused(WRITE_QUEUE_BOUND).await {
+        // Writes queue while a view change is prepared here; they are routed
+        // by whichever view is in force once it is decided.
+        return Err(unavailable(node, req));
+    }
+    let resp = route_in(node, &node.current(), req).await.unwrap_or_else(|rej| rej.into_response());
     if req.hop == 0
         && let Some(epoch) = misrouted_epoch(&resp)
     {
         node.wait_for_epoch(epoch, req.wait).await;
-        resp = route_in(node, &node.current(), req).await?;
+        return route_in(node, &node.current(), req).await;
     }
     Ok(resp)
 }

@@ -19,6 +19,8 @@ use crate::causal::CausalContext;
 /// Marks a forwarded request and how many hops it has made (1: entry node
 /// to a replica; 2: hold-back fallback to another replica of the shard).
 pub const HOP_HEADER: &str = "x-causalkv-hop";
+/// On a forwarded request: the epoch of the node that forwarded it.
+pub const EPOCH_HEADER: &str = "x-causalkv-epoch";
 /// On a hop-2 request: how long the target may hold it back.
 pub const WAIT_HEADER: &str = "x-causalkv-wait-ms";
 pub use crate::gossip::FROM_HEADER;
@@ -122,6 +124,11 @@ pub fn hop(headers: &HeaderMap) -> u8 {
 /// The hold-back bound a hop-2 request asks for.
 pub fn wait_override(headers: &HeaderMap) -> Option<Duration> {
     headers.get(WAIT_HEADER).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok()).map(Duration::from_millis)
+}
+
+/// The epoch of the node that forwarded a request, if it said.
+pub fn sender_epoch(headers: &HeaderMap) -> Option<u64> {
+    headers.get(EPOCH_HEADER).and_then(|v| v.to_str().ok()).and_then(|v| v.parse().ok())
 }
 
 /// The sending node of an internal or forwarded request.

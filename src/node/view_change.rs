@@ -91,6 +91,12 @@ impl ChangeState {
         }
     }
 
+    /// Waits (up to `bound`) until writes are not paused.
+    pub async fn wait_unpaused(&self, bound: Duration) -> bool {
+        let mut rx = self.paused.subscribe();
+        tokio::time::timeout(bound, rx.wait_for(|p| !*p)).await.is_ok()
+    }
+
     pub fn is_paused(&self) -> bool {
         *self.paused.borrow()
     }

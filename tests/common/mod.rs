@@ -118,9 +118,15 @@ impl Cluster {
     }
 
     pub async fn start_with(n: usize, rf: usize, env: &[(&str, &str)]) -> Cluster {
+        Self::start_with_view(n, n, rf, env).await
+    }
+
+    /// Starts `n` nodes whose VIEW holds only the first `in_view` of them
+    /// (the others are proxies until a view change adds them).
+    pub async fn start_with_view(n: usize, in_view: usize, rf: usize, env: &[(&str, &str)]) -> Cluster {
         let tmp = tempfile::tempdir().expect("temp dir");
         let addrs: Vec<String> = (0..n).map(|_| format!("127.0.0.1:{}", free_port())).collect();
-        let view = addrs.join(",");
+        let view = addrs[..in_view].join(",");
         let mut nodes = Vec::new();
         for (i, addr) in addrs.iter().enumerate() {
             let mut node_env = vec![("VIEW".to_string(), view.clone()), ("REPL_FACTOR".to_string(), rf.to_string())];

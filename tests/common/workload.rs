@@ -103,14 +103,24 @@ impl Workload {
                         ctx = body["causal-context"].clone();
                         (Outcome::Ok, None)
                     }
-                    _ => (Outcome::Failed, None),
+                    other => {
+                        eprintln!("session {s}: GET {key} at {node} failed: {other:?}");
+                        (Outcome::Failed, None)
+                    }
                 };
                 ops.push(Op { session: s, kind: OpKind::Read { key, value }, outcome, context: ctx.clone() });
             } else {
                 let value = format!("s{s}-w{n}");
                 let acked = match client.put(&url).json(&json!({"value": value, "causal-context": ctx})).send().await {
                     Ok(r) if r.status().is_success() => r.json::<Value>().await.ok(),
-                    _ => None,
+                    Ok(r) => {
+                        eprintln!("session {s}: PUT {key} at {node} failed: {} {:?}", r.status(), r.text().await);
+                        None
+                    }
+                    Err(e) => {
+                        eprintln!("session {s}: PUT {key} at {node} failed: {e}");
+                        None
+                    }
                 };
                 let outcome = match acked {
                     Some(body) => {
