@@ -79,6 +79,10 @@ pub struct RunReport {
     pub get: Summary,
     pub put: Summary,
     pub reconnects: u64,
+    /// CPU time the load generator itself used in the measured window
+    /// (user + system), and that as a share of all cores' time.
+    pub client_cpu_seconds: f64,
+    pub client_cpu_share: f64,
     pub error_samples: Vec<String>,
     pub preload: Option<Preload>,
     pub holdback: Option<Holdback>,
@@ -109,6 +113,11 @@ impl RunReport {
         }
         rows.push(("all".to_string(), &self.all));
         let mut out = super::stats::table(&title, &rows);
+        out.push_str(&format!(
+            "load generator CPU: {:.2} s ({:.0}% of all cores)\n",
+            self.client_cpu_seconds,
+            self.client_cpu_share * 100.0
+        ));
         if let Some(p) = &self.preload {
             out.push_str(&format!("preload: {} keys in {:.2} s ({:.0}/s), {} errors\n", p.keys, p.seconds, p.rate, p.errors));
         }
@@ -150,6 +159,8 @@ pub async fn run(cfg: RunConfig) -> Result<RunReport, String> {
             get: empty.clone(),
             put: empty,
             reconnects: 0,
+            client_cpu_seconds: 0.0,
+            client_cpu_share: 0.0,
             error_samples: Vec::new(),
             preload,
             holdback: None,
@@ -184,8 +195,9 @@ pub async fn run(cfg: RunConfig) -> Result<RunReport, String> {
         let counted = counted.clone();
         tasks.push(tokio::spawn(session_loop(cfg, i, main, reader, measure_start, end, counted)));
     }
+    tokio::time::sleep_until(measure_start).await;
+    let cpu_before = cpu_seconds();
     if scrape {
-        tokio::time::sleep_until(measure_start).await;
         before = Some(promtext::scrape(&cfg.nodes).await.map_err(|e| format!("scraping /metrics: {e}"))?);
     }
     let mut get = OpStats::default();
@@ -198,6 +210,8 @@ pub async fn run(cfg: RunConfig) -> Result<RunReport, String> {
         reconnects += r;
     }
     let seconds = Instant::now().saturating_duration_since(measure_start).as_secs_f64();
+    let client_cpu_seconds = cpu_seconds() - cpu_before;
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
     let holdback = match before {
         Some(before) => {
             let after = promtext::scrape(&cfg.nodes).await.map_err(|e| format!("scraping /metrics: {e}"))?;
@@ -224,6 +238,8 @@ pub async fn run(cfg: RunConfig) -> Result<RunReport, String> {
         get: get.summary(seconds),
         put: put.summary(seconds),
         reconnects,
+        client_cpu_seconds,
+        client_cpu_share: if seconds > 0.0 { client_cpu_seconds / (seconds * cores) } else { 0.0 },
         error_samples,
         preload,
         holdback,
@@ -291,6 +307,20 @@ async fn session_loop(
     }
     let reconnects = main.reconnects + reader.map_or(0, |r| r.reconnects);
     (get, put, reconnects)
+}
+
+/// User + system CPU seconds of this process so far.
+pub fn cpu_seconds() -> f64 {
+    let mut usage = std::mem::MaybeUninit::<libc::rusage>::zeroed();
+    // SAFETY: getrusage fills the struct it is given; RUSAGE_SELF is always valid.
+    let rc = unsafe { libc::getrusage(libc::RUSAGE_SELF, usage.as_mut_ptr()) };
+    if rc != 0 {
+        return 0.0;
+    }
+    // SAFETY: initialised by the successful call above.
+    let u = unsafe { usage.assume_init() };
+    let tv = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
+    tv(u.ru_utime) + tv(u.ru_stime)
 }
 
 async fn timed(limit: Duration, fut: impl std::future::Future<Output = Outcome>) -> Outcome {

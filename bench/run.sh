@@ -1,0 +1,336 @@
+#!/usr/bin/env bash
+# The full benchmark: causalkv (1 node; 1 shard × 3 replicas; 3 shards × 2),
+# etcd (3 members), Redis (1 server) and the HTTP ceiling, all on loopback,
+# driven by causalkv-bench with the same code; then visibility latency,
+# hold-back share and footprint. Writes bench/results/<stamp>.{json,md,png}
+# and refreshes the generated part of docs/BENCHMARKS.md.
+#
+# Settings (environment):
+#   BENCH_SECONDS  measured seconds per run            (10)
+#   BENCH_WARMUP   warm-up seconds per run              (2)
+#   BENCH_RUNS     runs per row, the median is reported (3)
+#   BENCH_CONNS    connection counts                    ("1 16 64 256")
+#   BENCH_KEYS     distinct keys of the rows            (10000)
+#   BENCH_TARGETS  subset of: ceiling causalkv-1 causalkv-3 causalkv-6 etcd redis
+#   BENCH_EXTRAS   subset of: visibility holdback footprint
+#   FOOTPRINT_KEYS keys loaded for the footprint        (1000000)
+#   BENCH_TMP      where data directories go (a real disk, not tmpfs) (/var/tmp)
+#   BENCH_NO_DOCS  set to 1 to leave docs/BENCHMARKS.md alone
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+cd "$ROOT"
+
+BENCH_SECONDS=${BENCH_SECONDS:-10}
+BENCH_WARMUP=${BENCH_WARMUP:-2}
+BENCH_RUNS=${BENCH_RUNS:-3}
+BENCH_CONNS=${BENCH_CONNS:-"1 16 64 256"}
+BENCH_KEYS=${BENCH_KEYS:-10000}
+BENCH_TARGETS=${BENCH_TARGETS:-"ceiling causalkv-1 causalkv-3 causalkv-6 etcd redis"}
+BENCH_EXTRAS=${BENCH_EXTRAS:-"visibility holdback footprint"}
+FOOTPRINT_KEYS=${FOOTPRINT_KEYS:-1000000}
+BENCH_TMP=${BENCH_TMP:-/var/tmp}
+STAMP=${BENCH_STAMP:-$(date -u +%Y-%m-%d-%H%M)}
+
+log() { printf '[%(%H:%M:%S)T] %s\n' -1 "$*" >&2; }
+die() {
+    log "error: $*"
+    exit 1
+}
+has() { [[ " $2 " == *" $1 "* ]]; }
+
+# ---------------------------------------------------------------- install
+as_root() { if [[ $(id -u) == 0 ]]; then "$@"; else sudo "$@"; fi; }
+missing=()
+command -v etcd >/dev/null || missing+=(etcd-server)
+command -v redis-server >/dev/null || missing+=(redis-server)
+command -v redis-cli >/dev/null || missing+=(redis-tools)
+command -v curl >/dev/null || missing+=(curl)
+command -v python3 >/dev/null || missing+=(python3 python3-venv)
+if ((${#missing[@]})); then
+    log "installing ${missing[*]}"
+    as_root apt-get update
+    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y "${missing[@]}"
+fi
+# The Debian packages may start their own service on the default ports; ours use others.
+
+VENV=bench/.venv
+if ! "$VENV/bin/python" -c 'import matplotlib' 2>/dev/null; then
+    log "setting up $VENV (matplotlib)"
+    if ! python3 -m venv "$VENV" 2>/dev/null; then
+        as_root apt-get update
+        as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y python3-venv
+        python3 -m venv "$VENV"
+    fi
+    "$VENV/bin/pip" install --quiet --disable-pip-version-check matplotlib
+fi
+PY="$VENV/bin/python"
+
+# ---------------------------------------------------------------- build
+log "building release binaries"
+cargo build --release --bins --quiet
+BIN=$ROOT/target/release/causalkv
+BENCH=$ROOT/target/release/causalkv-bench
+
+# ---------------------------------------------------------------- processes
+mkdir -p "$BENCH_TMP"
+WORK=$(mktemp -d "$BENCH_TMP/causalkv-bench.XXXXXX")
+RAW=$WORK/raw
+mkdir -p "$RAW" "$WORK/logs"
+PIDS=()
+
+stop_pids() {
+    local pid
+    for pid in "$@"; do kill -TERM "$pid" 2>/dev/null || true; done
+    for pid in "$@"; do
+        for _ in $(seq 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+        kill -KILL "$pid" 2>/dev/null || true
+        wait "$pid" 2>/dev/null || true
+    done
+}
+stop_all() {
+    ((${#PIDS[@]})) && stop_pids "${PIDS[@]}"
+    PIDS=()
+}
+cleanup() {
+    local rc=$?
+    stop_all
+    if [[ $rc != 0 ]]; then log "failed (status $rc); logs kept in $WORK/logs"; else rm -rf "$WORK"; fi
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+# start NAME CMD...: runs CMD in the background, logs in $WORK/logs/NAME.log.
+LAST_PID=
+start() {
+    local name=$1
+    shift
+    "$@" >"$WORK/logs/$name.log" 2>&1 &
+    LAST_PID=$!
+    PIDS+=("$LAST_PID")
+}
+
+# ports N: N free loopback ports, distinct.
+ports() {
+    python3 -c 'import socket,sys
+s=[socket.socket() for _ in range(int(sys.argv[1]))]
+for x in s: x.bind(("127.0.0.1",0))
+print(" ".join(str(x.getsockname()[1]) for x in s))' "$1"
+}
+
+wait_for() { # DESCRIPTION CMD...: polls CMD for up to 60 s
+    local what=$1
+    shift
+    for _ in $(seq 600); do
+        if "$@" >/dev/null 2>&1; then return 0; fi
+        sleep 0.1
+    done
+    die "$what did not come up (logs in $WORK/logs)"
+}
+http_ok() { curl -fsS -m 2 "$1" >/dev/null; }
+tcp_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+
+# causalkv NAME NODES RF [ENV...]: starts NODES causalkv processes; sets NODES_CSV.
+NODES_CSV=
+NODE_PIDS=()
+start_causalkv() {
+    local name=$1 n=$2 rf=$3
+    shift 3
+    local p addrs=() i=0
+    for p in $(ports "$n"); do addrs+=("127.0.0.1:$p"); done
+    NODES_CSV=$(IFS=,; echo "${addrs[*]}")
+    NODE_PIDS=()
+    for a in "${addrs[@]}"; do
+        start "$name-$i" env ADDRESS="$a" VIEW="$NODES_CSV" REPL_FACTOR="$rf" DATA_DIR="$WORK/data/$name-$i" \
+            DURABILITY=fsync RUST_LOG=warn "$@" "$BIN"
+        NODE_PIDS+=("$LAST_PID")
+        i=$((i + 1))
+    done
+    for a in "${addrs[@]}"; do wait_for "causalkv $a" http_ok "http://$a/ready"; done
+}
+
+# ---------------------------------------------------------------- rows
+COMMON=(--keys "$BENCH_KEYS" --key-size 16 --value-size 256 --duration "$BENCH_SECONDS" --warmup "$BENCH_WARMUP")
+
+# series SERIES KIND NODES OP [ARGS...]: every connection count, BENCH_RUNS times.
+series() {
+    local name=$1 kind=$2 nodes=$3 op=$4
+    shift 4
+    local ratio=0
+    [[ $op == put ]] && ratio=1
+    local c r line
+    for c in $BENCH_CONNS; do
+        for r in $(seq "$BENCH_RUNS"); do
+            line=$("$BENCH" --target "$kind" --nodes "$nodes" -c "$c" --put-ratio "$ratio" "${COMMON[@]}" --seed "$r" \
+                --label "$name/$op" --json "$RAW/run.$name.$op.c$c.r$r.json" "$@" 2>&1 | tee -a "$WORK/logs/bench.log" | grep '^all' || true)
+            if [[ -s $RAW/run.$name.$op.c$c.r$r.json ]]; then
+                log "$name $op c=$c run $r: $(awk '{printf "%s ops/s, p50 %s ms, p99 %s ms, errors %s", $2, $4, $5, $9}' <<<"$line")"
+            else
+                log "$name $op c=$c run $r: FAILED (see $WORK/logs/bench.log)"
+            fi
+        done
+    done
+}
+
+preload() { # KIND NODES
+    "$BENCH" --target "$1" --nodes "$2" -c 64 --keys "$BENCH_KEYS" --key-size 16 --value-size 256 --preload-only \
+        >>"$WORK/logs/bench.log"
+}
+
+median_put_rate() { # SERIES CONNS: median PUT throughput of the runs
+    python3 -c 'import json,glob,sys,statistics
+v=[json.load(open(f))["put"]["throughput"] for f in glob.glob(sys.argv[1])]
+print(int(statistics.median(v)) if v else 0)' "$RAW/run.$1.put.c$2.r*.json"
+}
+
+LOADAVG=$(cut -d' ' -f1-3 /proc/loadavg)
+log "work dir $WORK; ${BENCH_SECONDS}s runs (+${BENCH_WARMUP}s warm-up) × $BENCH_RUNS at connections: $BENCH_CONNS"
+
+if has ceiling "$BENCH_TARGETS"; then
+    read -r p < <(ports 1)
+    start ceiling "$BENCH" ceiling-server --port "$p"
+    wait_for "ceiling server" tcp_open "$p"
+    series ceiling ceiling "127.0.0.1:$p" put
+    series ceiling ceiling "127.0.0.1:$p" get
+    stop_all
+fi
+
+kv_target() { # NAME NODES RF
+    start_causalkv "$1" "$2" "$3"
+    series "$1" causalkv "$NODES_CSV" put
+    preload causalkv "$NODES_CSV"
+    series "$1" causalkv "$NODES_CSV" get
+}
+
+if has causalkv-1 "$BENCH_TARGETS"; then
+    kv_target causalkv-1 1 1
+    stop_all
+fi
+
+if has causalkv-3 "$BENCH_TARGETS"; then
+    kv_target causalkv-3 3 3
+    IFS=, read -r master w1 w2 <<<"$NODES_CSV"
+    if has holdback "$BENCH_EXTRAS"; then
+        log "hold-back: sessions write at the master and read at a worker right after"
+        "$BENCH" --target causalkv --nodes "$NODES_CSV" --pattern write-read -c 16 "${COMMON[@]}" \
+            --label causalkv-3/write-read --json "$RAW/holdback.json" | tee -a "$WORK/logs/bench.log" >&2
+    fi
+    if has visibility "$BENCH_EXTRAS"; then
+        max=$(median_put_rate causalkv-3 64)
+        [[ $max -gt 0 ]] || max=$(median_put_rate causalkv-3 "$(awk '{print $NF}' <<<"$BENCH_CONNS")")
+        rate=$((max / 2))
+        log "visibility at $rate PUT/s (half of the measured $max)"
+        "$BENCH" visibility --master "$master" --workers "$w1,$w2" --rate "$rate" -c 64 --duration "$BENCH_SECONDS" \
+            --warmup "$BENCH_WARMUP" --json "$RAW/visibility.json" | tee -a "$WORK/logs/bench.log" >&2
+    fi
+    stop_all
+fi
+
+if has causalkv-6 "$BENCH_TARGETS"; then
+    kv_target causalkv-6 6 2
+    stop_all
+fi
+
+if has etcd "$BENCH_TARGETS"; then
+    read -r c0 c1 c2 q0 q1 q2 < <(ports 6)
+    cports=("$c0" "$c1" "$c2")
+    qports=("$q0" "$q1" "$q2")
+    initial="m0=http://127.0.0.1:$q0,m1=http://127.0.0.1:$q1,m2=http://127.0.0.1:$q2"
+    for i in 0 1 2; do
+        start "etcd-$i" etcd --name "m$i" --data-dir "$WORK/data/etcd-$i" \
+            --listen-client-urls "http://127.0.0.1:${cports[$i]}" --advertise-client-urls "http://127.0.0.1:${cports[$i]}" \
+            --listen-peer-urls "http://127.0.0.1:${qports[$i]}" --initial-advertise-peer-urls "http://127.0.0.1:${qports[$i]}" \
+            --initial-cluster "$initial" --initial-cluster-token causalkv-bench --initial-cluster-state new \
+            --logger zap --log-level warn
+    done
+    for c in "${cports[@]}"; do
+        wait_for "etcd on $c" bash -c "curl -fsS -m 2 http://127.0.0.1:$c/health | grep -q '\"health\":\"true\"'"
+    done
+    nodes="127.0.0.1:$c0,127.0.0.1:$c1,127.0.0.1:$c2"
+    series etcd etcd "$nodes" put
+    preload etcd "$nodes"
+    series etcd etcd "$nodes" get
+    series etcd etcd "$nodes" get-serializable --serializable
+    stop_all
+fi
+
+if has redis "$BENCH_TARGETS"; then
+    read -r p < <(ports 1)
+    mkdir -p "$WORK/data/redis"
+    start redis redis-server --port "$p" --bind 127.0.0.1 --save "" --appendonly no --protected-mode no --dir "$WORK/data/redis"
+    wait_for "redis" bash -c "redis-cli -p $p ping | grep -q PONG"
+    series redis redis "127.0.0.1:$p" put
+    preload redis "127.0.0.1:$p"
+    series redis redis "127.0.0.1:$p" get
+    stop_all
+fi
+
+# ---------------------------------------------------------------- footprint
+rss_bytes() { awk '/^VmRSS:/ {print $2 * 1024}' "/proc/$1/status"; }
+now_ms() { date +%s%3N; }
+if has footprint "$BENCH_EXTRAS"; then
+    log "footprint: loading $FOOTPRINT_KEYS keys (16 B keys, 100 B values) into one node"
+    start_causalkv footprint 1 1
+    pid=${NODE_PIDS[0]}
+    addr=$NODES_CSV
+    dir="$WORK/data/footprint-0"
+    rss_empty=$(rss_bytes "$pid")
+    disk_empty=$(du -sb "$dir" | cut -f1)
+    t0=$(now_ms)
+    "$BENCH" --target causalkv --nodes "$addr" -c 64 --keys "$FOOTPRINT_KEYS" --key-size 16 --value-size 100 --preload-only \
+        --json "$RAW/footprint-load.json" >>"$WORK/logs/bench.log"
+    load_ms=$(($(now_ms) - t0))
+    sleep 2
+    rss_loaded=$(rss_bytes "$pid")
+    live=$(curl -fsS "http://$addr/kv-store/key-count" | python3 -c 'import json,sys; print(json.load(sys.stdin)["key-count"])')
+    t0=$(now_ms)
+    stop_pids "$pid"
+    stop_ms=$(($(now_ms) - t0))
+    disk_loaded=$(du -sb "$dir" | cut -f1)
+    t0=$(now_ms)
+    start footprint-restart env ADDRESS="$addr" VIEW="$addr" REPL_FACTOR=1 DATA_DIR="$dir" DURABILITY=fsync RUST_LOG=warn "$BIN"
+    pid=$LAST_PID
+    for _ in $(seq 120000); do http_ok "http://$addr/ready" && break; sleep 0.005; done
+    ready_ms=$(($(now_ms) - t0))
+    sleep 1
+    rss_restarted=$(rss_bytes "$pid")
+    live_restarted=$(curl -fsS "http://$addr/kv-store/key-count" | python3 -c 'import json,sys; print(json.load(sys.stdin)["key-count"])')
+    stop_all
+    cat >"$RAW/footprint.json" <<EOF
+{"mode": "footprint", "keys": $FOOTPRINT_KEYS, "key_bytes": 16, "value_bytes": 100, "live_keys": $live,
+ "live_keys_after_restart": $live_restarted, "load_ms": $load_ms, "rss_empty": $rss_empty, "rss_loaded": $rss_loaded,
+ "rss_restarted": $rss_restarted, "disk_empty": $disk_empty, "disk_loaded": $disk_loaded, "stop_ms": $stop_ms,
+ "restart_to_ready_ms": $ready_ms}
+EOF
+    log "footprint: $(cat "$RAW/footprint.json" | tr -d '\n')"
+fi
+
+# ---------------------------------------------------------------- machine
+"$BENCH" fsync-probe --dir "$WORK" --count 300 >"$RAW/fsync.json"
+cpu=$(awk -F': ' '/^model name/ {print $2; exit}' /proc/cpuinfo)
+mem_kb=$(awk '/^MemTotal:/ {print $2}' /proc/meminfo)
+fs=$(df -T "$WORK" | awk 'NR==2 {print $2}')
+M_NPROC=$(nproc) M_CPU=$cpu M_MEM=$((mem_kb * 1024)) M_KERNEL=$(uname -r) M_FS=$fs \
+    M_OS=$(. /etc/os-release 2>/dev/null && echo "${PRETTY_NAME:-}") \
+    M_ETCD=$(etcd --version 2>/dev/null | head -1) M_REDIS=$(redis-server --version 2>/dev/null) \
+    M_LOADAVG="$LOADAVG (after: $(cut -d' ' -f1-3 /proc/loadavg))" M_RUSTC=$(rustc --version) M_COMMIT=$(git rev-parse --short HEAD 2>/dev/null || true) \
+    S_SECONDS=$BENCH_SECONDS S_WARMUP=$BENCH_WARMUP S_RUNS=$BENCH_RUNS S_CONNS=$BENCH_CONNS S_KEYS=$BENCH_KEYS \
+    "$PY" - "$RAW/machine.json" <<'EOF'
+import json, os, sys
+e = os.environ
+json.dump({
+    "nproc": int(e["M_NPROC"]), "cpu": e["M_CPU"], "mem_bytes": int(e["M_MEM"]), "kernel": e["M_KERNEL"],
+    "os": e["M_OS"], "filesystem": e["M_FS"], "etcd": e["M_ETCD"], "redis": e["M_REDIS"],
+    "loadavg": e["M_LOADAVG"], "rustc": e["M_RUSTC"], "commit": e["M_COMMIT"],
+    "settings": {"seconds": float(e["S_SECONDS"]), "warmup": float(e["S_WARMUP"]), "runs": int(e["S_RUNS"]),
+                 "connections": [int(c) for c in e["S_CONNS"].split()], "keys": int(e["S_KEYS"]),
+                 "key_bytes": 16, "value_bytes": 256},
+}, open(sys.argv[1], "w"), indent=1)
+EOF
+
+# ---------------------------------------------------------------- report
+mkdir -p bench/results
+docs=(--doc docs/BENCHMARKS.md)
+[[ ${BENCH_NO_DOCS:-0} == 1 ]] && docs=()
+"$PY" bench/report.py --raw "$RAW" --stamp "$STAMP" --out bench/results "${docs[@]}"
+log "done: bench/results/$STAMP.{json,md,png}"
