@@ -11,11 +11,6 @@ use common::*;
 use reqwest::StatusCode;
 use serde_json::json;
 
-async fn metric(c: &Cluster, node: usize, name: &str) -> u64 {
-    let text = c.client.get(c.nodes[node].url("/metrics")).send().await.unwrap().text().await.unwrap();
-    text.lines().find(|l| l.starts_with(name)).and_then(|l| l.split_whitespace().last()).and_then(|v| v.parse().ok()).unwrap_or(0)
-}
-
 /// A key of shard 1 (master node 0), written once at node 0.
 async fn shard1_key(c: &Cluster, prefix: &str) -> (String, serde_json::Value) {
     for k in 0..200 {
@@ -101,9 +96,9 @@ async fn a_replica_that_lost_its_disk_is_rebuilt_from_a_snapshot() {
     for i in 0..30 {
         assert_eq!(c.delete(0, &format!("snap-{i}"), &last).await.status, StatusCode::OK);
     }
-    let compacted = wait_until(Duration::from_secs(15), || async { metric(&c, 0, "causalkv_log_entries_compacted").await >= 300 }).await;
+    let compacted = wait_until(Duration::from_secs(15), || async { c.metric(0, "causalkv_log_entries_compacted").await >= 300 }).await;
     assert!(compacted, "the master never compacted its log");
-    let purged = wait_until(Duration::from_secs(20), || async { metric(&c, 1, "causalkv_tombstones_purged").await >= 30 }).await;
+    let purged = wait_until(Duration::from_secs(20), || async { c.metric(1, "causalkv_tombstones_purged").await >= 30 }).await;
     assert!(purged, "stable tombstones were not purged");
     c.nodes[1].kill();
     std::fs::remove_dir_all(&c.nodes[1].data_dir).expect("wipe the worker's disk");
@@ -111,7 +106,7 @@ async fn a_replica_that_lost_its_disk_is_rebuilt_from_a_snapshot() {
     let rebuilt =
         wait_until(Duration::from_secs(20), || async { c.get_json(1, "/kv-store/key-count").await.body["key-count"] == json!(270) }).await;
     assert!(rebuilt, "the wiped worker was not rebuilt");
-    assert!(metric(&c, 1, "causalkv_snapshots_installed").await >= 1);
+    assert!(c.metric(1, "causalkv_snapshots_installed").await >= 1);
     for i in [0, 29, 30, 150, 299] {
         let get = c.get(1, &format!("snap-{i}"), &json!({})).await;
         let want = if i < 30 { StatusCode::NOT_FOUND } else { StatusCode::OK };
@@ -138,12 +133,12 @@ async fn a_deleted_key_never_comes_back_after_a_heal() {
     assert_eq!(del.status, StatusCode::OK);
     // Give compaction several rounds while the worker is away: nothing may be purged.
     tokio::time::sleep(Duration::from_secs(5)).await;
-    assert_eq!(metric(&c, 0, "causalkv_tombstones_purged").await, 0, "purged a tombstone a replica had not applied");
+    assert_eq!(c.metric(0, "causalkv_tombstones_purged").await, 0, "purged a tombstone a replica had not applied");
     c.set_faults(0, json!({})).await;
     c.set_faults(1, json!({})).await;
     let healed = wait_until(Duration::from_secs(10), || async { c.get(1, "gone", &json!({})).await.status == StatusCode::NOT_FOUND }).await;
     assert!(healed, "the worker never learned of the delete");
-    let purged = wait_until(Duration::from_secs(20), || async { metric(&c, 0, "causalkv_tombstones_purged").await >= 1 }).await;
+    let purged = wait_until(Duration::from_secs(20), || async { c.metric(0, "causalkv_tombstones_purged").await >= 1 }).await;
     assert!(purged);
     for node in 0..2 {
         assert_eq!(c.get(node, "gone", &json!({})).await.status, StatusCode::NOT_FOUND);

@@ -39,11 +39,6 @@ async fn post(c: &Cluster, node: usize, path: &str, sender: &str, body: &[u8], t
     req.body(body.to_vec()).send().await.expect("answer").status()
 }
 
-async fn metric(c: &Cluster, node: usize, name: &str) -> u64 {
-    let text = c.client.get(c.nodes[node].url("/metrics")).send().await.unwrap().text().await.unwrap();
-    text.lines().find(|l| l.starts_with(name)).and_then(|l| l.split_whitespace().last()).and_then(|v| v.parse().ok()).unwrap_or(0)
-}
-
 // With CLUSTER_KEY the cluster works, and forged / stale / unsigned /
 // replayed internal requests are refused without changing anything.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -73,7 +68,7 @@ async fn forged_and_replayed_internal_requests_are_rejected() {
     for (what, ts, sig) in cases {
         assert_eq!(post(&c, 1, path, &master, &body, ts, sig).await, StatusCode::UNAUTHORIZED, "{what}");
     }
-    assert!(metric(&c, 1, "causalkv_auth_rejected").await >= 5);
+    assert!(c.metric(1, "causalkv_auth_rejected").await >= 5);
     // Nothing changed at the target.
     let get = c.get(1, "k", &json!({})).await;
     assert_eq!(get.value(), Some(&json!("real")));

@@ -35,11 +35,6 @@ async fn load(c: &Cluster, prefix: &str, n: usize) -> BTreeMap<String, (Value, V
     written
 }
 
-async fn metric(c: &Cluster, node: usize, name: &str) -> u64 {
-    let text = c.client.get(c.nodes[node].url("/metrics")).send().await.unwrap().text().await.unwrap();
-    text.lines().find(|l| l.starts_with(name)).and_then(|l| l.split_whitespace().last()).and_then(|v| v.parse().ok()).unwrap_or(0)
-}
-
 /// The answer's shards agree with every node's view of them, every replica
 /// reports the same key count, counts sum to `total`, and every key is
 /// readable at every node with and without the writer's context (old
@@ -112,7 +107,7 @@ async fn growing_by_a_shard_moves_only_a_fair_share_of_keys() {
     check_after(&c, &answer, &[0, 1, 2], 1, &written).await;
     let mut moved = 0;
     for i in 0..3 {
-        moved += metric(&c, i, "causalkv_view_change_records_sent").await;
+        moved += c.metric(i, "causalkv_view_change_records_sent").await;
     }
     let share = moved as f64 / n as f64;
     println!("2 -> 3 shards: {moved} of {n} keys moved ({:.1}%)", share * 100.0);

@@ -73,7 +73,31 @@ pub struct Store {
     pub gate: Gate,
 }
 
+impl State {
+    /// Keeps the live-key count right when a key goes from `was_live` to `is_live`.
+    fn count_live(&mut self, was_live: bool, is_live: bool) {
+        match (was_live, is_live) {
+            (false, true) => self.live += 1,
+            (true, false) => self.live -= 1,
+            _ => {}
+        }
+    }
+}
+
 impl Store {
+    /// Applies `batch` while the state lock is held, so generations follow
+    /// the order of batches; then wakes held-back requests and the flusher.
+    /// Returns the generation to wait on for durability.
+    fn finish_batch(&self, mut st: parking_lot::MutexGuard<'_, State>, batch: sled::Batch) -> Result<u64, StoreError> {
+        self.tree.apply_batch(batch)?;
+        st.written_gen += 1;
+        let generation = st.written_gen;
+        drop(st);
+        self.gate.notify();
+        self.durability.kick();
+        Ok(generation)
+    }
+
     /// Opens (or creates) the store in `dir` for the node `me`.
     pub fn open(dir: &Path, me: &str, mode: DurabilityMode) -> Result<Store, StoreError> {
         let db = sled::Config::new()
@@ -170,19 +194,10 @@ impl Store {
         if !record.is_live() {
             batch.insert(keys::tombstone(&self.me, seq), key.as_bytes());
         }
-        self.tree.apply_batch(batch)?;
         st.counter = seq;
         st.applied.set(&self.me, seq);
-        match (was_live, record.is_live()) {
-            (false, true) => st.live += 1,
-            (true, false) => st.live -= 1,
-            _ => {}
-        }
-        st.written_gen += 1;
-        let generation = st.written_gen;
-        drop(st);
-        self.gate.notify();
-        self.durability.kick();
+        st.count_live(was_live, record.is_live());
+        let generation = self.finish_batch(st, batch)?;
         Ok(WriteOutcome { record: Some(record), previous, generation })
     }
 
@@ -252,12 +267,7 @@ impl Store {
                     }
                     let wins = current.as_ref().is_none_or(|c| record.wins_over(c));
                     if wins {
-                        let was_live = current.as_ref().is_some_and(Record::is_live);
-                        match (was_live, record.is_live()) {
-                            (false, true) => st.live += 1,
-                            (true, false) => st.live -= 1,
-                            _ => {}
-                        }
+                        st.count_live(current.as_ref().is_some_and(Record::is_live), record.is_live());
                         batch.insert(keys::record(&record.key), encoded);
                         if !record.is_live() {
                             batch.insert(keys::tombstone(&origin, record.dot.seq), record.key.as_bytes());
@@ -273,16 +283,7 @@ impl Store {
             }
         }
         st.pending.retain(|_, q| !q.is_empty());
-        if out.applied_now > 0 {
-            self.tree.apply_batch(batch)?;
-            st.written_gen += 1;
-        }
-        out.generation = st.written_gen;
-        drop(st);
-        if out.applied_now > 0 {
-            self.gate.notify();
-            self.durability.kick();
-        }
+        out.generation = if out.applied_now > 0 { self.finish_batch(st, batch)? } else { st.written_gen };
         Ok(out)
     }
 
@@ -404,24 +405,14 @@ impl Store {
                 continue;
             }
             st.hlc.observe(record.hlc);
-            match (current.as_ref().is_some_and(Record::is_live), record.is_live()) {
-                (false, true) => st.live += 1,
-                (true, false) => st.live -= 1,
-                _ => {}
-            }
+            st.count_live(current.as_ref().is_some_and(Record::is_live), record.is_live());
             batch.insert(keys::record(&record.key), record.encode());
             if !record.is_live() {
                 batch.insert(keys::tombstone(&record.dot.origin, record.dot.seq), record.key.as_bytes());
             }
             overlay.insert(record.key.clone(), record);
         }
-        self.tree.apply_batch(batch)?;
-        st.written_gen += 1;
-        let generation = st.written_gen;
-        drop(st);
-        self.gate.notify();
-        self.durability.kick();
-        Ok(generation)
+        self.finish_batch(st, batch)
     }
 
     /// After a snapshot: raises `applied` to the snapshot's clock. The log
@@ -448,13 +439,7 @@ impl Store {
                 st.pending_len -= dropped;
             }
         }
-        self.tree.apply_batch(batch)?;
-        st.written_gen += 1;
-        let generation = st.written_gen;
-        drop(st);
-        self.gate.notify();
-        self.durability.kick();
-        Ok(generation)
+        self.finish_batch(st, batch)
     }
 
     /// Every live record, in key order, after `after_key` (view-change

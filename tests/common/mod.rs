@@ -187,6 +187,17 @@ impl Cluster {
         send(self.client.get(self.nodes[i].url(path))).await
     }
 
+    /// The value of a Prometheus counter or gauge of node `i` (0 if absent).
+    pub async fn metric(&self, i: usize, name: &str) -> u64 {
+        let text = self.client.get(self.nodes[i].url("/metrics")).send().await.expect("metrics").text().await.expect("metrics text");
+        text.lines()
+            .find(|l| l.starts_with(name))
+            .and_then(|l| l.split_whitespace().last())
+            .and_then(|v| v.parse::<f64>().ok())
+            .map(|v| v as u64)
+            .unwrap_or(0)
+    }
+
     /// Sets the fault switches of node `i` (needs `CAUSALKV_FAULTS=1`).
     pub async fn set_faults(&self, i: usize, faults: Value) {
         let resp = self.client.put(self.nodes[i].url("/internal/faults")).json(&faults).send().await.expect("set faults");
