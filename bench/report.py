@@ -25,6 +25,18 @@ END = "<!-- results:end -->"
 TARGET_CONNS = 64
 
 
+def load_quiet(raw):
+    path = os.path.join(raw, "quiet.tsv")
+    if not os.path.exists(path):
+        return []
+    out = []
+    for line in open(path):
+        parts = line.rstrip("\n").split("\t")
+        if len(parts) == 3:
+            out.append({"run": parts[0], "busy_pct": int(parts[1]), "waited_s": int(parts[2])})
+    return out
+
+
 def load(raw):
     runs, extra = [], {}
     for path in sorted(glob.glob(os.path.join(raw, "*.json"))):
@@ -147,6 +159,8 @@ def machine_text(m, fs):
     if fs:
         lines.append(f"- Disk: {m.get('filesystem', '?')}; 4 KiB write + fdatasync p50 {fs['p50_ms']:.3f} ms, "
                      f"p99 {fs['p99_ms']:.3f} ms (mean {fs['mean_ms']:.3f} ms, {fs['samples']} samples)")
+    if m.get("quiet"):
+        lines.append(f"- Noise: {m['quiet']}")
     if m.get("loadavg"):
         lines.append(f"- Load average (1/5/15 min) before the run: {m['loadavg']}")
     lines.append(f"- Software: {m.get('etcd', '?')}; {m.get('redis', '?')}; {m.get('rustc', '?')}; causalkv commit {m.get('commit', '?')}")
@@ -262,10 +276,17 @@ def main():
     machine = extra.get("machine", {})
     fs = extra.get("fsync")
     rs = ratios(rows, extra)
+    quiet = load_quiet(a.raw)
+    if quiet:
+        busy = sorted(q["busy_pct"] for q in quiet)
+        noisy = [q for q in quiet if q["busy_pct"] > 25]
+        machine["quiet"] = (f"other work before each run: median {statistics.median(busy):.0f}% of the cores busy, "
+                            f"max {busy[-1]}%; {len(noisy)} of {len(quiet)} runs started on a machine more than 25% busy"
+                            + (f" ({', '.join(q['run'] for q in noisy[:8])}{', …' if len(noisy) > 8 else ''})" if noisy else ""))
     os.makedirs(a.out, exist_ok=True)
     base = os.path.join(a.out, a.stamp)
 
-    result = {"stamp": a.stamp, "machine": machine, "fsync_probe": fs, "rows": rows, "ratios": rs,
+    result = {"stamp": a.stamp, "machine": machine, "quiet": quiet, "fsync_probe": fs, "rows": rows, "ratios": rs,
               "visibility": extra.get("visibility"), "holdback": extra.get("holdback"), "footprint": extra.get("footprint"),
               "runs": runs}
     with open(base + ".json", "w") as f:

@@ -16,6 +16,9 @@
 #   FOOTPRINT_KEYS keys loaded for the footprint        (1000000)
 #   BENCH_TMP      where data directories go (a real disk, not tmpfs) (/var/tmp)
 #   BENCH_NO_DOCS  set to 1 to leave docs/BENCHMARKS.md alone
+#   BENCH_QUIET_PCT   before each run, wait while the machine is busier than this
+#                     (% of all cores, sampled over 0.5 s; 0 = never wait)  (25)
+#   BENCH_QUIET_WAIT  longest such wait in seconds, then run anyway          (120)
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
@@ -30,6 +33,8 @@ BENCH_TARGETS=${BENCH_TARGETS:-"ceiling causalkv-1 causalkv-3 causalkv-6 etcd re
 BENCH_EXTRAS=${BENCH_EXTRAS:-"visibility holdback footprint"}
 FOOTPRINT_KEYS=${FOOTPRINT_KEYS:-1000000}
 BENCH_TMP=${BENCH_TMP:-/var/tmp}
+BENCH_QUIET_PCT=${BENCH_QUIET_PCT:-25}
+BENCH_QUIET_WAIT=${BENCH_QUIET_WAIT:-120}
 STAMP=${BENCH_STAMP:-$(date -u +%Y-%m-%d-%H%M)}
 
 log() { printf '[%(%H:%M:%S)T] %s\n' -1 "$*" >&2; }
@@ -127,7 +132,7 @@ wait_for() { # DESCRIPTION CMD...: polls CMD for up to 60 s
     done
     die "$what did not come up (logs in $WORK/logs)"
 }
-http_ok() { curl -fsS -m 2 "$1" >/dev/null; }
+http_ok() { curl -fsS -m 2 "$1" >/dev/null 2>&1; }
 tcp_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 
 # causalkv NAME NODES RF [ENV...]: starts NODES causalkv processes; sets NODES_CSV.
@@ -149,6 +154,32 @@ start_causalkv() {
     for a in "${addrs[@]}"; do wait_for "causalkv $a" http_ok "http://$a/ready"; done
 }
 
+# ---------------------------------------------------------------- quiet
+# busy_pct SECONDS: share of all cores' time spent busy (by any process).
+busy_pct() {
+    local a b tot=0 idle i
+    read -ra a < /proc/stat
+    sleep "$1"
+    read -ra b < /proc/stat
+    for i in 1 2 3 4 5 6 7 8; do tot=$((tot + b[i] - a[i])); done
+    idle=$((b[4] - a[4] + b[5] - a[5]))
+    echo $((tot > 0 ? 100 * (tot - idle) / tot : 0))
+}
+# wait_quiet NAME: waits (bounded) until other work on the machine calms down;
+# records the busy share seen before the run in $RAW/quiet.tsv.
+wait_quiet() {
+    local busy=0 start=$SECONDS
+    if ((BENCH_QUIET_PCT > 0)); then
+        while busy=$(busy_pct 0.5); ((busy > BENCH_QUIET_PCT)); do
+            if ((SECONDS - start >= BENCH_QUIET_WAIT)); then
+                log "machine still ${busy}% busy after $((SECONDS - start)) s: running $1 anyway"
+                break
+            fi
+        done
+    fi
+    printf '%s\t%s\t%s\n' "$1" "$busy" "$((SECONDS - start))" >>"$RAW/quiet.tsv"
+}
+
 # ---------------------------------------------------------------- rows
 COMMON=(--keys "$BENCH_KEYS" --key-size 16 --value-size 256 --duration "$BENCH_SECONDS" --warmup "$BENCH_WARMUP")
 
@@ -161,6 +192,7 @@ series() {
     local c r line
     for c in $BENCH_CONNS; do
         for r in $(seq "$BENCH_RUNS"); do
+            wait_quiet "$name/$op/c$c/r$r"
             line=$("$BENCH" --target "$kind" --nodes "$nodes" -c "$c" --put-ratio "$ratio" "${COMMON[@]}" --seed "$r" \
                 --label "$name/$op" --json "$RAW/run.$name.$op.c$c.r$r.json" "$@" 2>&1 | tee -a "$WORK/logs/bench.log" | grep '^all' || true)
             if [[ -s $RAW/run.$name.$op.c$c.r$r.json ]]; then
@@ -184,6 +216,8 @@ print(int(statistics.median(v)) if v else 0)' "$RAW/run.$1.put.c$2.r*.json"
 }
 
 LOADAVG=$(cut -d' ' -f1-3 /proc/loadavg)
+# The disk, measured first, before any target has written to it.
+"$BENCH" fsync-probe --dir "$WORK" --count 300 >"$RAW/fsync.json"
 log "work dir $WORK; ${BENCH_SECONDS}s runs (+${BENCH_WARMUP}s warm-up) × $BENCH_RUNS at connections: $BENCH_CONNS"
 
 if has ceiling "$BENCH_TARGETS"; then
@@ -212,6 +246,7 @@ if has causalkv-3 "$BENCH_TARGETS"; then
     IFS=, read -r master w1 w2 <<<"$NODES_CSV"
     if has holdback "$BENCH_EXTRAS"; then
         log "hold-back: sessions write at the master and read at a worker right after"
+        wait_quiet holdback
         "$BENCH" --target causalkv --nodes "$NODES_CSV" --pattern write-read -c 16 "${COMMON[@]}" \
             --label causalkv-3/write-read --json "$RAW/holdback.json" | tee -a "$WORK/logs/bench.log" >&2
     fi
@@ -220,6 +255,7 @@ if has causalkv-3 "$BENCH_TARGETS"; then
         [[ $max -gt 0 ]] || max=$(median_put_rate causalkv-3 "$(awk '{print $NF}' <<<"$BENCH_CONNS")")
         rate=$((max / 2))
         log "visibility at $rate PUT/s (half of the measured $max)"
+        wait_quiet visibility
         "$BENCH" visibility --master "$master" --workers "$w1,$w2" --rate "$rate" -c 64 --duration "$BENCH_SECONDS" \
             --warmup "$BENCH_WARMUP" --json "$RAW/visibility.json" | tee -a "$WORK/logs/bench.log" >&2
     fi
@@ -306,7 +342,6 @@ EOF
 fi
 
 # ---------------------------------------------------------------- machine
-"$BENCH" fsync-probe --dir "$WORK" --count 300 >"$RAW/fsync.json"
 cpu=$(awk -F': ' '/^model name/ {print $2; exit}' /proc/cpuinfo)
 mem_kb=$(awk '/^MemTotal:/ {print $2}' /proc/meminfo)
 fs=$(df -T "$WORK" | awk 'NR==2 {print $2}')
