@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use clap::Args;
 
+use crate::gossip::mycelium::{DEFAULT_API, DEFAULT_TOPIC, MyceliumConfig};
 use crate::shard::{View, normalise_address};
 use crate::store::DurabilityMode;
 
@@ -50,6 +51,20 @@ pub struct NodeArgs {
     /// Enables the test-only fault switches (/internal/faults).
     #[arg(long, env = "CAUSALKV_FAULTS", action = clap::ArgAction::SetTrue, value_parser = clap::builder::FalseyValueParser::new())]
     pub faults: bool,
+    /// How replicas gossip: `http` (the `/internal` endpoints) or `mycelium`
+    /// (the local Mycelium daemon's message API).
+    #[arg(long, env = "GOSSIP_TRANSPORT", default_value = "http")]
+    pub gossip_transport: String,
+    /// The local Mycelium daemon's API (with GOSSIP_TRANSPORT=mycelium).
+    #[arg(long, env = "MYCELIUM_API", default_value = DEFAULT_API)]
+    pub mycelium_api: String,
+    /// The cluster's Mycelium message topic (one per cluster).
+    #[arg(long, env = "MYCELIUM_TOPIC", default_value = DEFAULT_TOPIC)]
+    pub mycelium_topic: String,
+    /// `node=overlay-ip-or-public-key,...`: the Mycelium identity of each
+    /// VIEW node whose host is not an overlay address.
+    #[arg(long, env = "MYCELIUM_PEERS")]
+    pub mycelium_peers: Option<String>,
 }
 
 /// A validated node configuration.
@@ -66,6 +81,8 @@ pub struct Config {
     pub durability: DurabilityMode,
     pub faults: bool,
     pub cluster_key: Option<String>,
+    /// Set when gossip goes over Mycelium (`GOSSIP_TRANSPORT=mycelium`).
+    pub mycelium: Option<MyceliumConfig>,
 }
 
 impl Config {
@@ -88,6 +105,13 @@ impl Config {
             return Err(format!("MAX_VALUE_BYTES must be between 1 and {MAX_VALUE_LIMIT}"));
         }
         let durability = args.durability.parse::<DurabilityMode>()?;
+        let mycelium = match args.gossip_transport.trim().to_ascii_lowercase().as_str() {
+            "http" => None,
+            "mycelium" => {
+                Some(MyceliumConfig::parse(&args.mycelium_api, &args.mycelium_topic, args.mycelium_peers.as_deref(), &view.nodes)?)
+            }
+            other => return Err(format!("GOSSIP_TRANSPORT must be http or mycelium, not {other:?}")),
+        };
         let data_dir = args.data_dir.clone().unwrap_or_else(|| PathBuf::from("data").join(address.replace([':', '[', ']'], "_")));
         Ok(Config {
             address,
@@ -100,6 +124,7 @@ impl Config {
             durability,
             faults: args.faults,
             cluster_key: args.cluster_key.clone().filter(|k| !k.is_empty()),
+            mycelium,
         })
     }
 
@@ -108,5 +133,72 @@ impl Config {
         let ip: std::net::IpAddr =
             if self.address.starts_with('[') { std::net::Ipv6Addr::UNSPECIFIED.into() } else { std::net::Ipv4Addr::UNSPECIFIED.into() };
         (ip, self.port).into()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::*;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        node: NodeArgs,
+    }
+
+    fn config(args: &[&str]) -> Result<Config, String> {
+        let cli = Cli::try_parse_from(std::iter::once("causalkv").chain(args.iter().copied())).map_err(|e| e.to_string())?;
+        Config::from_args(&cli.node)
+    }
+
+    #[test]
+    fn ipv6_view_addresses_parse_bind_and_print() {
+        let c =
+            config(&["--address", "[4a0:0:0::1]:13800", "--view", "[4a0::1]:13800, [4A0::2]:13800,[4a0::3]:13801", "--repl-factor", "1"])
+                .unwrap();
+        assert_eq!(c.address, "[4a0::1]:13800", "printed compressed, in brackets");
+        assert_eq!(c.view.nodes, vec!["[4a0::1]:13800", "[4a0::2]:13800", "[4a0::3]:13801"]);
+        assert_eq!(c.bind_addr(), "[::]:13800".parse().unwrap(), "IPv6 nodes bind every IPv6 interface");
+        assert_eq!(c.data_dir, PathBuf::from("data").join("_4a0__1__13800"));
+        let map = crate::shard::ShardMap::new(c.view.clone(), &c.address);
+        assert_eq!(map.my_shard(), Some(1));
+        assert_eq!(map.replicas(2), ["[4a0::2]:13800"]);
+        // The canonical text parses back to itself (VIEW round trip).
+        let again = View::parse(&c.view.nodes.join(","), 1, 0).unwrap();
+        assert_eq!(again.nodes, c.view.nodes);
+        assert!(config(&["--address", "4a0::1:13800"]).is_err(), "IPv6 without brackets is ambiguous");
+        assert!(config(&["--address", "[4a0::1]"]).is_err(), "a port is required");
+        let v4 = config(&["--address", "127.0.0.1:13801"]).unwrap();
+        assert_eq!(v4.bind_addr(), "0.0.0.0:13801".parse().unwrap());
+    }
+
+    #[test]
+    fn gossip_transport_settings() {
+        assert!(config(&[]).unwrap().mycelium.is_none(), "http by default");
+        let c = config(&["--gossip-transport", "mycelium", "--address", "[4a0::1]:1", "--view", "[4a0::1]:1,[4a0::2]:1"]).unwrap();
+        let m = c.mycelium.unwrap();
+        assert_eq!(m.api, "http://127.0.0.1:8989");
+        assert_eq!(m.topic, "causalkv");
+        let err = config(&["--gossip-transport", "carrier-pigeon"]).unwrap_err();
+        assert!(err.starts_with("GOSSIP_TRANSPORT"), "{err}");
+        let err = config(&["--gossip-transport", "mycelium", "--view", "127.0.0.1:13800,127.0.0.1:13801"]).unwrap_err();
+        assert!(err.contains("no Mycelium identity for VIEW node 127.0.0.1:13800"), "{err}");
+        let c = config(&[
+            "--gossip-transport",
+            "mycelium",
+            "--view",
+            "127.0.0.1:13800,127.0.0.1:13801",
+            "--mycelium-peers",
+            "127.0.0.1:13800=4a0::1,127.0.0.1:13801=4a0::2",
+            "--mycelium-api",
+            "http://127.0.0.1:9001",
+            "--mycelium-topic",
+            "prod-kv",
+        ])
+        .unwrap();
+        let m = c.mycelium.unwrap();
+        assert_eq!((m.api.as_str(), m.topic.as_str()), ("http://127.0.0.1:9001", "prod-kv"));
     }
 }

@@ -18,6 +18,24 @@ pub struct PeerLabel {
     pub peer: String,
 }
 
+/// A gossip message kind (`replicate`, `pull`, `snapshot`, `heartbeat`).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct KindLabel {
+    pub kind: &'static str,
+}
+
+/// Why a Mycelium message was dropped.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabel {
+    pub reason: &'static str,
+}
+
+/// The path of an internal HTTP endpoint.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PathLabel {
+    pub path: String,
+}
+
 pub struct Metrics {
     registry: Registry,
     pub requests: Family<RequestLabel, Counter>,
@@ -39,6 +57,16 @@ pub struct Metrics {
     pub tombstones_purged: Counter,
     pub auth_rejected: Counter,
     pub view_change_records_sent: Counter,
+    pub internal_http_requests: Family<PathLabel, Counter>,
+    pub mycelium_messages_sent: Counter,
+    pub mycelium_messages_received: Counter,
+    pub mycelium_requests_sent: Family<KindLabel, Counter>,
+    pub mycelium_requests_received: Family<KindLabel, Counter>,
+    pub mycelium_timeouts: Family<KindLabel, Counter>,
+    pub mycelium_stray_replies: Counter,
+    pub mycelium_duplicates: Counter,
+    pub mycelium_rejected: Family<ReasonLabel, Counter>,
+    pub mycelium_daemon_errors: Counter,
 }
 
 impl Default for Metrics {
@@ -64,6 +92,16 @@ impl Default for Metrics {
             tombstones_purged: Counter::default(),
             auth_rejected: Counter::default(),
             view_change_records_sent: Counter::default(),
+            internal_http_requests: Family::default(),
+            mycelium_messages_sent: Counter::default(),
+            mycelium_messages_received: Counter::default(),
+            mycelium_requests_sent: Family::default(),
+            mycelium_requests_received: Family::default(),
+            mycelium_timeouts: Family::default(),
+            mycelium_stray_replies: Counter::default(),
+            mycelium_duplicates: Counter::default(),
+            mycelium_rejected: Family::default(),
+            mycelium_daemon_errors: Counter::default(),
             registry: Registry::default(),
         };
         registry.register("requests", "Client requests by operation and status", m.requests.clone());
@@ -89,6 +127,24 @@ impl Default for Metrics {
             "Records sent to nodes that gained them in view changes",
             m.view_change_records_sent.clone(),
         );
+        registry.register("internal_http_requests", "Internal HTTP requests received, by endpoint", m.internal_http_requests.clone());
+        registry.register("mycelium_messages_sent", "Messages handed to the Mycelium daemon", m.mycelium_messages_sent.clone());
+        registry.register("mycelium_messages_received", "Messages popped from the Mycelium daemon", m.mycelium_messages_received.clone());
+        registry.register("mycelium_requests_sent", "Gossip requests sent over Mycelium, by kind", m.mycelium_requests_sent.clone());
+        registry.register(
+            "mycelium_requests_received",
+            "Gossip requests received over Mycelium and handled, by kind",
+            m.mycelium_requests_received.clone(),
+        );
+        registry.register("mycelium_timeouts", "Gossip requests over Mycelium that got no reply in time", m.mycelium_timeouts.clone());
+        registry.register(
+            "mycelium_stray_replies",
+            "Mycelium replies nobody waited for (late or duplicate)",
+            m.mycelium_stray_replies.clone(),
+        );
+        registry.register("mycelium_duplicates", "Mycelium frames received twice (dropped)", m.mycelium_duplicates.clone());
+        registry.register("mycelium_rejected", "Mycelium messages dropped, by reason", m.mycelium_rejected.clone());
+        registry.register("mycelium_daemon_errors", "Failed calls to the Mycelium daemon's API", m.mycelium_daemon_errors.clone());
         Metrics { registry, ..m }
     }
 }

@@ -19,6 +19,7 @@ use crate::faults::FaultSet;
 use crate::gossip::auth::{Incoming, SIGNATURE_HEADER, TIMESTAMP_HEADER};
 use crate::gossip::viewchange::{Proposal, Receive};
 use crate::gossip::{GossipError, Heartbeat, PullRequest, ReplicateBatch, SnapshotRequest};
+use crate::metrics::PathLabel;
 use crate::node::Node;
 use crate::node::view_change::ChangeFail;
 
@@ -116,6 +117,7 @@ pub async fn heartbeat(State(node): State<Arc<Node>>, headers: HeaderMap, body: 
 /// before their bodies are parsed, so they change nothing.
 pub async fn authenticate(State(node): State<Arc<Node>>, req: Request, next: Next) -> Response {
     let (parts, body) = req.into_parts();
+    node.metrics.internal_http_requests.get_or_create(&PathLabel { path: parts.uri.path().to_owned() }).inc();
     let limit = crate::gossip::MAX_BATCH_BYTES + node.config.max_value_bytes + super::BODY_OVERHEAD;
     let Ok(bytes) = axum::body::to_bytes(body, limit).await else {
         return refuse(StatusCode::PAYLOAD_TOO_LARGE, "internal body too large");

@@ -89,6 +89,12 @@ impl Auth {
         }
     }
 
+    /// Every node of the views this node has known or been asked to
+    /// change to.
+    pub fn nodes(&self) -> Vec<String> {
+        self.view.lock().clone()
+    }
+
     pub fn has_key(&self) -> bool {
         self.key.is_some()
     }

@@ -18,19 +18,20 @@
 //! - **Failure detector** ([`detector`]): heartbeats to every node of the
 //!   view every [`HEARTBEAT_INTERVAL`]; any answer counts as a sign of life.
 //! - Receiving is transport-agnostic (`Gossip::handle_*`); a [`Transport`]
-//!   only moves messages.
+//!   only moves messages: [`HttpTransport`] (the `/internal/...` endpoints
+//!   feed the handlers) or [`MyceliumTransport`] (its own receive loop
+//!   feeds them, see [`mycelium`]).
 //!
 //! Invariants: a record leaves its origin only once durable; a replica
 //! acknowledges only what it has applied (and, with `DURABILITY=fsync`,
 //! flushed); per-origin seq order is enforced by the store.
-//!
-//! Not here yet: the Mycelium transport.
 
 pub mod auth;
 mod compaction;
 pub mod detector;
 mod http;
 mod messages;
+pub mod mycelium;
 mod replicator;
 pub mod viewchange;
 
@@ -47,6 +48,7 @@ pub use auth::Auth;
 pub use detector::FailureDetector;
 pub use http::{FROM_HEADER, HttpTransport};
 pub use messages::{Heartbeat, HeartbeatAck, PullRequest, PullResponse, ReplicateAck, ReplicateBatch, SnapshotPage, SnapshotRequest};
+pub use mycelium::{MyceliumConfig, MyceliumTransport};
 
 use crate::causal::Clock;
 use crate::metrics::Metrics;
@@ -95,6 +97,16 @@ pub enum GossipError {
 
 pub type BoxFuture<'a, T> = std::pin::Pin<Box<dyn std::future::Future<Output = T> + Send + 'a>>;
 
+/// Where a transport that receives by itself (not through the node's HTTP
+/// endpoints) hands what arrives.
+pub trait Inbound: Send + Sync + 'static {
+    /// The current epoch's gossip (it changes at every view change).
+    fn gossip(&self) -> Arc<Gossip>;
+    /// The nodes whose messages are accepted: the view's, and during a view
+    /// change those of the proposed view too.
+    fn members(&self) -> Vec<String>;
+}
+
 /// Moves gossip messages to a peer and returns its answer.
 pub trait Transport: Send + Sync + 'static {
     fn replicate<'a>(&'a self, peer: &'a str, batch: &'a ReplicateBatch) -> BoxFuture<'a, Result<ReplicateAck, GossipError>>;
@@ -109,6 +121,13 @@ pub trait Transport: Send + Sync + 'static {
         body: &'a serde_json::Value,
         timeout: Duration,
     ) -> BoxFuture<'a, Result<serde_json::Value, GossipError>>;
+    /// Starts the transport's own receiving, if it has any, as a task that
+    /// ends when `shutdown` turns true. The HTTP transport has none: the
+    /// `/internal/...` endpoints receive for it.
+    fn start_receiving(self: Arc<Self>, inbound: Arc<dyn Inbound>, shutdown: watch::Receiver<bool>) -> Option<JoinHandle<()>> {
+        let _ = (inbound, shutdown);
+        None
+    }
 }
 
 /// The highest epoch any peer has reported, so a node that missed a view

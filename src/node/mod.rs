@@ -23,7 +23,7 @@ use tokio::task::JoinHandle;
 
 use crate::config::Config;
 use crate::faults::Faults;
-use crate::gossip::{Auth, EpochHint, FailureDetector, Gossip, HttpTransport, Transport};
+use crate::gossip::{Auth, EpochHint, FailureDetector, Gossip, HttpTransport, Inbound, MyceliumTransport, Transport};
 use crate::metrics::Metrics;
 use crate::shard::{ShardMap, View};
 use crate::store::{Store, StoreError, run_flusher};
@@ -168,8 +168,13 @@ impl Node {
         if !auth.has_key() && view.nodes.len() > 1 {
             tracing::warn!("CLUSTER_KEY is not set: internal traffic is accepted from any process at a view address");
         }
-        let transport: Arc<dyn Transport> =
-            Arc::new(HttpTransport::new(client.clone(), config.address.clone(), faults.clone(), auth.clone()));
+        let http = HttpTransport::new(client.clone(), config.address.clone(), faults.clone(), auth.clone());
+        let transport: Arc<dyn Transport> = match &config.mycelium {
+            Some(m) => {
+                Arc::new(MyceliumTransport::new(m.clone(), config.address.clone(), http, faults.clone(), auth.clone(), metrics.clone())?)
+            }
+            None => Arc::new(http),
+        };
         let bind = config.bind_addr();
         let listener = tokio::net::TcpListener::bind(bind).await.map_err(|source| NodeError::Bind { addr: bind, source })?;
         let local_addr = listener.local_addr().map_err(|source| NodeError::Bind { addr: bind, source })?;
@@ -209,6 +214,9 @@ impl Node {
         node.install_epoch(view);
 
         let mut tasks = vec![tokio::spawn(run_flusher(store.clone(), shutdown_rx.clone()))];
+        // A transport that receives by itself (Mycelium) runs for the node's
+        // lifetime and hands messages to whichever epoch is current.
+        tasks.extend(node.transport.clone().start_receiving(node.clone(), shutdown_rx.clone()));
         tasks.push(tokio::spawn(catch_up_then_ready(node.clone())));
         tasks.push(tokio::spawn(view_change::watch_for_missed_changes(node.clone(), shutdown_rx.clone())));
 
@@ -227,6 +235,25 @@ impl Node {
             view = ?cur.map.view.nodes, repl_factor = cur.map.view.repl_factor, "node started"
         );
         Ok(NodeHandle { node, local_addr, shutdown: shutdown_tx, server, tasks })
+    }
+}
+
+impl Inbound for Node {
+    fn gossip(&self) -> Arc<Gossip> {
+        self.current().gossip.clone()
+    }
+
+    fn members(&self) -> Vec<String> {
+        let mut nodes = self.current().map.view.nodes.clone();
+        if self.change.is_paused() {
+            // A view change is prepared: its new nodes count too.
+            for n in self.auth.nodes() {
+                if !nodes.contains(&n) {
+                    nodes.push(n);
+                }
+            }
+        }
+        nodes
     }
 }
 

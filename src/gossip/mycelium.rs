@@ -1,0 +1,694 @@
+//! The Mycelium transport (DESIGN.md "Transports"): gossip requests and
+//! replies travel as messages through the local Mycelium daemon's message
+//! API (MYCELIUM.md) instead of `/internal/...` HTTP requests.
+//!
+//! - **Request/reply over one-way messages.** Every gossip call (replicate,
+//!   pull, snapshot, heartbeat) becomes a request message with a fresh
+//!   correlation id; the peer answers with a reply message carrying the same
+//!   id, sent to the request's authenticated sender (`srcIp`). The caller
+//!   waits for that reply with the HTTP transport's time limits. Replies that
+//!   come late or twice find no waiter and are dropped (counted).
+//! - **Batching.** Each destination has an outbox drained by one sender task:
+//!   every request and reply queued while the previous send was in flight
+//!   goes in the next Mycelium message ([`wire::Frame`]), so the message rate
+//!   stays bounded under load; replication batches and pull answers carry up
+//!   to 1 024 records each. Frames over ~1 MB go as fragments.
+//! - **Receiving.** One node-lifetime task pops the cluster's topic
+//!   (`peek=false&timeout=0`, never a waiting GET: it would hold the daemon's
+//!   lock and stall every send) every [`MIN_POLL`] while replies are awaited
+//!   or messages flow, backing off to [`MAX_POLL`] while idle, and to
+//!   [`MAX_ERROR_BACKOFF`] while the daemon is unreachable. Requests go to
+//!   the current epoch's `Gossip::handle_*` — the code the HTTP endpoints
+//!   call — so the loop follows view changes.
+//! - **Who is heard.** A message is accepted only when its `srcIp`/`srcPk`
+//!   (authenticated by Mycelium) is the identity of a node of the view, or of
+//!   a view being changed to, and its frame names that same node; with
+//!   `CLUSTER_KEY` the frame's HMAC must verify too. Everything else is
+//!   dropped and counted (`causalkv_mycelium_rejected_total{reason}`).
+//! - **Loss, duplicates, order, daemon restarts.** Mycelium reorders, gives
+//!   up after 5 minutes and keeps its inbox in memory only. Nothing here
+//!   depends on order or delivery: a lost request or reply times out and the
+//!   replicator / anti-entropy retry; a duplicate request is applied again
+//!   harmlessly (apply is idempotent by seq); the store's seqs give order.
+//! - **Still over HTTP:** view-change steps ([`Transport::view`]) and client
+//!   forwarding use HTTP to the VIEW addresses (over the overlay when VIEW
+//!   holds overlay addresses and the daemon runs its TUN interface).
+
+mod daemon;
+pub mod settings;
+mod wire;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use parking_lot::Mutex;
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use serde_json::value::RawValue;
+use tokio::sync::{Notify, Semaphore, mpsc, oneshot, watch};
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+
+pub use settings::{DEFAULT_API, DEFAULT_TOPIC, Identity, MyceliumConfig};
+
+use super::auth::{AuthError, Incoming};
+use super::viewchange::{Proposal, Step};
+use super::{
+    Auth, BoxFuture, EXCHANGE_TIMEOUT, Gossip, GossipError, HEARTBEAT_TIMEOUT, Heartbeat, HeartbeatAck, HttpTransport, Inbound,
+    PUSH_TIMEOUT, PullRequest, PullResponse, ReplicateAck, ReplicateBatch, SnapshotPage, SnapshotRequest, Transport,
+};
+use crate::faults::Faults;
+use crate::metrics::{KindLabel, Metrics, ReasonLabel};
+use daemon::{Daemon, Received};
+use wire::{Frame, Msg, Reassembly, VERSION};
+
+/// Poll interval while replies are awaited or messages arrive.
+pub const MIN_POLL: Duration = Duration::from_millis(10);
+/// Longest poll interval while idle (a request waits at most this long in
+/// the daemon's inbox before it is seen).
+pub const MAX_POLL: Duration = Duration::from_millis(50);
+/// Longest pause between polls while the daemon cannot be reached.
+pub const MAX_ERROR_BACKOFF: Duration = Duration::from_secs(1);
+/// Requests handled at once; the poll loop waits when all are busy.
+const MAX_HANDLERS: usize = 256;
+/// A reply not handed to the daemon within this is dropped (the requester
+/// has given up by then).
+const REPLY_TTL: Duration = Duration::from_secs(10);
+/// Most queued messages taken into one sending round.
+const MAX_ROUND: usize = 1024;
+/// "Method" and "path" that `CLUSTER_KEY` HMACs of frames are computed over.
+const SIGNED_METHOD: &str = "MYCELIUM";
+const SIGNED_PATH: &str = "/mycelium/frame";
+/// At most one warning per this period about rejected messages.
+const WARN_EVERY: Duration = Duration::from_secs(10);
+
+/// A message waiting in an outbox.
+struct Outgoing {
+    /// A serialised [`Msg`].
+    text: String,
+    /// Dropped unsent after this.
+    deadline: Instant,
+    /// Told whether the daemon took the message (requests only).
+    done: Option<oneshot::Sender<Result<(), String>>>,
+}
+
+/// The reply a caller waits for.
+struct Reply {
+    status: u16,
+    body: Option<Box<RawValue>>,
+    error: Option<String>,
+}
+
+struct Waiter {
+    peer: String,
+    tx: oneshot::Sender<Reply>,
+}
+
+/// What the outbox senders share.
+struct Shared {
+    daemon: Daemon,
+    me: String,
+    auth: Arc<Auth>,
+    metrics: Arc<Metrics>,
+    ids: Ids,
+}
+
+/// Unique ids: a random per-process prefix and a counter.
+struct Ids {
+    nonce: u64,
+    next: AtomicU64,
+}
+
+impl Ids {
+    fn new() -> Self {
+        use std::hash::{BuildHasher, Hasher};
+        let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+        let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
+        h.write_u128(nanos);
+        h.write_u32(std::process::id());
+        Self { nonce: h.finish(), next: AtomicU64::new(1) }
+    }
+
+    fn next(&self) -> String {
+        format!("{:016x}-{:x}", self.nonce, self.next.fetch_add(1, Ordering::Relaxed))
+    }
+}
+
+pub struct MyceliumTransport {
+    cfg: MyceliumConfig,
+    shared: Arc<Shared>,
+    /// View-change steps.
+    http: HttpTransport,
+    faults: Arc<Faults>,
+    /// Requests waiting for their reply, by correlation id.
+    pending: Mutex<HashMap<String, Waiter>>,
+    outboxes: Mutex<HashMap<Identity, mpsc::UnboundedSender<Outgoing>>>,
+    reassembly: Mutex<Reassembly>,
+    handlers: Arc<Semaphore>,
+    /// A request went out: poll at the short interval.
+    wake: Notify,
+    topic: Vec<u8>,
+    last_warning: Mutex<Option<std::time::Instant>>,
+}
+
+/// Removes a caller's waiter however the call ends.
+struct PendingGuard<'a> {
+    pending: &'a Mutex<HashMap<String, Waiter>>,
+    id: &'a str,
+}
+
+impl Drop for PendingGuard<'_> {
+    fn drop(&mut self) {
+        self.pending.lock().remove(self.id);
+    }
+}
+
+fn kind_label(kind: &str) -> &'static str {
+    match kind {
+        "replicate" => "replicate",
+        "pull" => "pull",
+        "snapshot" => "snapshot",
+        "heartbeat" => "heartbeat",
+        _ => "unknown",
+    }
+}
+
+impl MyceliumTransport {
+    pub fn new(
+        cfg: MyceliumConfig,
+        me: String,
+        http: HttpTransport,
+        faults: Arc<Faults>,
+        auth: Arc<Auth>,
+        metrics: Arc<Metrics>,
+    ) -> Result<Self, reqwest::Error> {
+        let daemon = Daemon::new(&cfg)?;
+        let topic = daemon.topic_bytes();
+        Ok(Self {
+            cfg,
+            shared: Arc::new(Shared { daemon, me, auth, metrics, ids: Ids::new() }),
+            http,
+            faults,
+            pending: Mutex::new(HashMap::new()),
+            outboxes: Mutex::new(HashMap::new()),
+            reassembly: Mutex::new(Reassembly::default()),
+            handlers: Arc::new(Semaphore::new(MAX_HANDLERS)),
+            wake: Notify::new(),
+            topic,
+            last_warning: Mutex::new(None),
+        })
+    }
+
+    fn metrics(&self) -> &Metrics {
+        &self.shared.metrics
+    }
+
+    fn reject(&self, reason: &'static str, detail: impl FnOnce() -> String) {
+        self.metrics().mycelium_rejected.get_or_create(&ReasonLabel { reason }).inc();
+        let mut last = self.last_warning.lock();
+        if last.is_none_or(|t| t.elapsed() >= WARN_EVERY) {
+            *last = Some(std::time::Instant::now());
+            tracing::warn!(reason, detail = %detail(), "Mycelium message dropped (further ones only counted for a while)");
+        } else {
+            tracing::debug!(reason, detail = %detail(), "Mycelium message dropped");
+        }
+    }
+
+    /// Queues a message for `dst`; one sender task per destination.
+    fn enqueue(&self, dst: Identity, mut out: Outgoing) {
+        let mut boxes = self.outboxes.lock();
+        for _ in 0..2 {
+            let tx = boxes.entry(dst.clone()).or_insert_with(|| {
+                let (tx, rx) = mpsc::unbounded_channel();
+                tokio::spawn(send_loop(self.shared.clone(), dst.clone(), rx));
+                tx
+            });
+            match tx.send(out) {
+                Ok(()) => return,
+                Err(mpsc::error::SendError(back)) => {
+                    // The sender task is gone (it panicked): start another.
+                    boxes.remove(&dst);
+                    out = back;
+                }
+            }
+        }
+    }
+
+    /// Sends a request to `peer` and waits (at most `timeout`) for its reply.
+    async fn call<Req: Serialize, Resp: DeserializeOwned>(
+        &self,
+        peer: &str,
+        kind: &'static str,
+        body: &Req,
+        timeout: Duration,
+    ) -> Result<Resp, GossipError> {
+        let unreachable = |reason: String| GossipError::Unreachable { peer: peer.to_owned(), reason };
+        if self.faults.is_blocked(peer) {
+            return Err(unreachable("blocked by fault switch".into()));
+        }
+        let dst = self.cfg.identity_of(peer).ok_or_else(|| unreachable("no Mycelium identity (MYCELIUM_PEERS)".into()))?;
+        let deadline = Instant::now() + timeout;
+        let id = self.shared.ids.next();
+        let body = serde_json::value::to_raw_value(body).map_err(|e| unreachable(e.to_string()))?;
+        let text = serde_json::to_string(&Msg { id: id.clone(), kind: Some(kind.into()), status: None, body: Some(body), error: None })
+            .map_err(|e| unreachable(e.to_string()))?;
+        let (tx, rx) = oneshot::channel();
+        self.pending.lock().insert(id.clone(), Waiter { peer: peer.to_owned(), tx });
+        let _guard = PendingGuard { pending: &self.pending, id: &id };
+        let (done_tx, done_rx) = oneshot::channel();
+        self.enqueue(dst, Outgoing { text, deadline, done: Some(done_tx) });
+        self.metrics().mycelium_requests_sent.get_or_create(&KindLabel { kind }).inc();
+        self.wake.notify_one();
+        let waited = tokio::time::timeout_at(deadline, async {
+            match done_rx.await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => return Err(unreachable(e)),
+                Err(_) => return Err(unreachable("the message was not sent".into())),
+            }
+            rx.await.map_err(|_| unreachable("the transport stopped".into()))
+        })
+        .await;
+        let reply = match waited {
+            Ok(reply) => reply?,
+            Err(_) => {
+                self.metrics().mycelium_timeouts.get_or_create(&KindLabel { kind }).inc();
+                return Err(unreachable(format!("no {kind} reply over Mycelium within {timeout:?}")));
+            }
+        };
+        if reply.status != 200 {
+            tracing::debug!(%peer, status = reply.status, error = ?reply.error, "peer refused a Mycelium request");
+            return Err(GossipError::Rejected { peer: peer.to_owned(), status: reply.status });
+        }
+        let body = reply.body.ok_or_else(|| unreachable("reply without a body".into()))?;
+        serde_json::from_str(body.get()).map_err(|e| unreachable(format!("bad {kind} reply: {e}")))
+    }
+
+    /// Logs whether the local daemon is the identity the cluster knows this
+    /// node by (a mismatch means peers' messages go elsewhere).
+    async fn check_daemon(&self) {
+        match self.shared.daemon.admin().await {
+            Ok(admin) => {
+                let ip = admin.node_ip.parse().ok();
+                match self.cfg.identity_of(&self.shared.me) {
+                    Some(id) if !id.matches(ip.as_ref(), Some(&admin.node_pubkey)) => tracing::error!(
+                        expected = %id, daemon_ip = %admin.node_ip, daemon_pubkey = %admin.node_pubkey, api = %self.cfg.api,
+                        "the Mycelium daemon at MYCELIUM_API is not this node's identity (VIEW address / MYCELIUM_PEERS): peers' messages will not arrive here"
+                    ),
+                    _ => tracing::info!(ip = %admin.node_ip, pubkey = %admin.node_pubkey, topic = %self.cfg.topic, "gossip over Mycelium"),
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "the Mycelium daemon is not reachable yet; gossip resumes when it is"),
+        }
+    }
+
+    async fn receive_loop(self: Arc<Self>, inbound: Arc<dyn Inbound>, mut shutdown: watch::Receiver<bool>) {
+        self.check_daemon().await;
+        let mut idle = MIN_POLL;
+        let mut error_backoff = Duration::from_millis(100);
+        let mut failing = false;
+        loop {
+            if *shutdown.borrow() {
+                return;
+            }
+            match self.shared.daemon.pop().await {
+                Ok(Some(msg)) => {
+                    if std::mem::take(&mut failing) {
+                        tracing::info!("the Mycelium daemon answers again");
+                    }
+                    idle = MIN_POLL;
+                    self.received(msg, &inbound).await;
+                }
+                Ok(None) => {
+                    if std::mem::take(&mut failing) {
+                        tracing::info!("the Mycelium daemon answers again");
+                    }
+                    error_backoff = Duration::from_millis(100);
+                    let pause = if self.pending.lock().is_empty() {
+                        let p = idle;
+                        idle = (idle * 2).min(MAX_POLL);
+                        p
+                    } else {
+                        idle = MIN_POLL;
+                        MIN_POLL
+                    };
+                    tokio::select! {
+                        _ = tokio::time::sleep(pause) => {}
+                        _ = self.wake.notified() => { idle = MIN_POLL; }
+                        _ = shutdown.wait_for(|s| *s) => return,
+                    }
+                }
+                Err(e) => {
+                    self.metrics().mycelium_daemon_errors.inc();
+                    if !failing {
+                        tracing::warn!(error = %e, "polling the Mycelium daemon failed; retrying");
+                        failing = true;
+                    }
+                    tokio::select! {
+                        _ = tokio::time::sleep(error_backoff) => {}
+                        _ = shutdown.wait_for(|s| *s) => return,
+                    }
+                    error_backoff = (error_backoff * 2).min(MAX_ERROR_BACKOFF);
+                }
+            }
+        }
+    }
+
+    /// Which node of the view (or of a view being changed to) sent `msg`.
+    fn sender_of(&self, msg: &Received, inbound: &dyn Inbound) -> Option<String> {
+        inbound
+            .members()
+            .into_iter()
+            .find(|n| self.cfg.identity_of(n).is_some_and(|id| id.matches(msg.src_ip.as_ref(), msg.src_pk.as_deref())))
+    }
+
+    async fn received(self: &Arc<Self>, msg: Received, inbound: &Arc<dyn Inbound>) {
+        self.metrics().mycelium_messages_received.inc();
+        let src = || format!("message {} from srcIp {:?} srcPk {:?}", msg.id, msg.src_ip, msg.src_pk);
+        if msg.topic.as_deref() != Some(self.topic.as_slice()) {
+            self.reject("topic", src);
+            return;
+        }
+        let Some(sender) = self.sender_of(&msg, inbound.as_ref()) else {
+            self.reject("unknown_sender", || format!("{} is not a node of the view", src()));
+            return;
+        };
+        let reply_to = match (msg.src_ip, &msg.src_pk) {
+            (Some(ip), _) => Identity::Ip(ip),
+            (None, Some(pk)) => Identity::Pk(pk.to_ascii_lowercase()),
+            (None, None) => unreachable!("a matched sender has an ip or a pk"),
+        };
+        if self.faults.is_blocked(&sender) {
+            return;
+        }
+        let Ok(mut frame) = serde_json::from_slice::<Frame>(&msg.payload) else {
+            self.reject("malformed", || format!("unparsable frame from {sender}"));
+            return;
+        };
+        if let Some(frag) = frame.frag.take() {
+            if frame.from != sender {
+                self.reject("impersonation", || format!("fragment from {sender} claims to be from {}", frame.from));
+                return;
+            }
+            let whole = self.reassembly.lock().add(&sender, frag);
+            frame = match whole {
+                Ok(None) => return,
+                Ok(Some(bytes)) => match serde_json::from_slice::<Frame>(&bytes) {
+                    Ok(f) if f.frag.is_none() => f,
+                    _ => {
+                        self.reject("malformed", || format!("unparsable reassembled frame from {sender}"));
+                        return;
+                    }
+                },
+                Err(e) => {
+                    self.reject("malformed", || format!("bad fragment from {sender}: {e:?}"));
+                    return;
+                }
+            };
+        }
+        if frame.v != VERSION {
+            self.reject("malformed", || format!("frame version {} from {sender}", frame.v));
+            return;
+        }
+        if frame.from != sender {
+            self.reject("impersonation", || format!("a frame from {sender}'s daemon claims to be from {}", frame.from));
+            return;
+        }
+        let Some(msgs) = frame.msgs else {
+            self.reject("malformed", || format!("frame without messages from {sender}"));
+            return;
+        };
+        if self.shared.auth.has_key() {
+            let incoming = Incoming {
+                method: SIGNED_METHOD,
+                path: SIGNED_PATH,
+                sender: &sender,
+                timestamp: frame.ts.as_deref(),
+                signature: frame.sig.as_deref(),
+                body: msgs.get().as_bytes(),
+                peer_ip: None,
+            };
+            match self.shared.auth.verify(&incoming).await {
+                Ok(()) => {}
+                // A duplicate delivery of a frame already handled.
+                Err(AuthError::Replay) => {
+                    self.metrics().mycelium_duplicates.inc();
+                    return;
+                }
+                // Delivered too late (Mycelium retries for minutes).
+                Err(AuthError::Stale) => {
+                    self.reject("stale", || format!("frame from {sender} older than the signature window"));
+                    return;
+                }
+                Err(e) => {
+                    self.metrics().auth_rejected.inc();
+                    self.reject("auth", || format!("frame from {sender}: {e}"));
+                    return;
+                }
+            }
+        }
+        let Ok(msgs) = serde_json::from_str::<Vec<Msg>>(msgs.get()) else {
+            self.reject("malformed", || format!("unparsable messages from {sender}"));
+            return;
+        };
+        for m in msgs {
+            if m.kind.is_some() {
+                let Ok(permit) = self.handlers.clone().acquire_owned().await else { return };
+                let (this, inbound, sender, reply_to) = (self.clone(), inbound.clone(), sender.clone(), reply_to.clone());
+                tokio::spawn(async move {
+                    this.serve(inbound.gossip(), &sender, reply_to, m).await;
+                    drop(permit);
+                });
+            } else {
+                self.complete(&sender, m);
+            }
+        }
+    }
+
+    /// Hands a reply to the call waiting for it.
+    fn complete(&self, sender: &str, m: Msg) {
+        let mut pending = self.pending.lock();
+        match pending.get(&m.id) {
+            Some(w) if w.peer == sender => {
+                let w = pending.remove(&m.id).expect("present");
+                let reply = Reply { status: m.status.unwrap_or(500), body: m.body, error: m.error };
+                let _ = w.tx.send(reply);
+            }
+            Some(_) => {
+                drop(pending);
+                self.reject("impersonation", || format!("{sender} answered a request sent to another node"));
+            }
+            // Late (the caller gave up) or a duplicate.
+            None => {
+                self.metrics().mycelium_stray_replies.inc();
+            }
+        }
+    }
+
+    /// Runs one request against the current epoch's gossip and queues the reply.
+    async fn serve(&self, gossip: Arc<Gossip>, sender: &str, reply_to: Identity, m: Msg) {
+        let kind = kind_label(m.kind.as_deref().unwrap_or(""));
+        self.metrics().mycelium_requests_received.get_or_create(&KindLabel { kind }).inc();
+        let result = match &m.body {
+            Some(body) => dispatch(&gossip, sender, kind, body).await,
+            None => Err((400, "request without a body".to_owned())),
+        };
+        let reply = match result {
+            Ok(body) => Msg { id: m.id, kind: None, status: Some(200), body: Some(body), error: None },
+            Err((status, error)) => Msg { id: m.id, kind: None, status: Some(status), body: None, error: Some(error) },
+        };
+        match serde_json::to_string(&reply) {
+            Ok(text) => self.enqueue(reply_to, Outgoing { text, deadline: Instant::now() + REPLY_TTL, done: None }),
+            Err(e) => tracing::error!(error = %e, "serialising a Mycelium reply failed"),
+        }
+    }
+}
+
+type Refusal = (u16, String);
+
+fn parse<T: DeserializeOwned>(kind: &str, body: &RawValue) -> Result<T, Refusal> {
+    serde_json::from_str(body.get()).map_err(|e| (400, format!("bad {kind} body: {e}")))
+}
+
+fn same_sender(sender: &str, from: &str) -> Result<(), Refusal> {
+    if sender == from { Ok(()) } else { Err((403, format!("message from {sender} names {from} as its sender"))) }
+}
+
+fn raw<T: Serialize>(v: &T) -> Result<Box<RawValue>, Refusal> {
+    serde_json::value::to_raw_value(v).map_err(|e| (500, e.to_string()))
+}
+
+/// The status the HTTP endpoints answer for a gossip error.
+fn refusal(e: GossipError) -> Refusal {
+    match e {
+        GossipError::WrongEpoch { .. } => (409, e.to_string()),
+        other => {
+            tracing::error!(error = %other, "Mycelium request failed");
+            (500, "internal error".to_owned())
+        }
+    }
+}
+
+/// The same checks and handlers as the `/internal/...` endpoints.
+async fn dispatch(gossip: &Gossip, sender: &str, kind: &str, body: &RawValue) -> Result<Box<RawValue>, Refusal> {
+    match kind {
+        "replicate" => {
+            let batch: ReplicateBatch = parse(kind, body)?;
+            same_sender(sender, &batch.from)?;
+            if !gossip.shard().contains(&batch.from) {
+                return Err((403, "sender is not a replica of this shard".to_owned()));
+            }
+            raw(&gossip.handle_replicate(batch).await.map_err(refusal)?)
+        }
+        "pull" => {
+            let req: PullRequest = parse(kind, body)?;
+            same_sender(sender, &req.from)?;
+            raw(&gossip.handle_pull(&req).map_err(refusal)?)
+        }
+        "snapshot" => {
+            let req: SnapshotRequest = parse(kind, body)?;
+            same_sender(sender, &req.from)?;
+            raw(&gossip.handle_snapshot(&req).map_err(refusal)?)
+        }
+        "heartbeat" => {
+            let msg: Heartbeat = parse(kind, body)?;
+            same_sender(sender, &msg.from)?;
+            raw(&gossip.handle_heartbeat(&msg))
+        }
+        other => Err((400, format!("unknown message kind {other:?}"))),
+    }
+}
+
+/// Drains one destination's outbox: everything queued goes out in as few
+/// messages as fit, one send in flight at a time.
+async fn send_loop(shared: Arc<Shared>, dst: Identity, mut rx: mpsc::UnboundedReceiver<Outgoing>) {
+    while let Some(first) = rx.recv().await {
+        let mut round = vec![first];
+        while round.len() < MAX_ROUND {
+            match rx.try_recv() {
+                Ok(out) => round.push(out),
+                Err(_) => break,
+            }
+        }
+        let now = Instant::now();
+        let mut frame: Vec<Outgoing> = Vec::new();
+        let mut size = 0;
+        for out in round {
+            if out.deadline <= now {
+                if let Some(done) = out.done {
+                    let _ = done.send(Err("timed out before it could be sent".into()));
+                }
+                continue;
+            }
+            if !frame.is_empty() && size + out.text.len() + 512 > wire::MAX_FRAME_BYTES {
+                send_frame(&shared, &dst, std::mem::take(&mut frame)).await;
+                size = 0;
+            }
+            size += out.text.len() + 1;
+            frame.push(out);
+        }
+        if !frame.is_empty() {
+            send_frame(&shared, &dst, frame).await;
+        }
+    }
+}
+
+async fn send_frame(shared: &Shared, dst: &Identity, outs: Vec<Outgoing>) {
+    let texts: Vec<&str> = outs.iter().map(|o| o.text.as_str()).collect();
+    let msgs = wire::msgs_array(&texts);
+    let mut ts = None;
+    let mut sig = None;
+    for (name, value) in shared.auth.sign(SIGNED_METHOD, SIGNED_PATH, &shared.me, msgs.get().as_bytes()) {
+        if name == super::auth::TIMESTAMP_HEADER {
+            ts = Some(value);
+        } else {
+            sig = Some(value);
+        }
+    }
+    let frame = Frame { v: VERSION, from: shared.me.clone(), ts, sig, msgs: Some(msgs), frag: None };
+    let result = match serde_json::to_vec(&frame) {
+        Ok(bytes) if bytes.len() <= wire::MAX_FRAME_BYTES => post(shared, dst, &bytes).await,
+        Ok(bytes) => {
+            let mut result = Ok(());
+            for part in wire::fragment(&shared.me, &shared.ids.next(), &bytes) {
+                result = post(shared, dst, &part).await;
+                if result.is_err() {
+                    break;
+                }
+            }
+            result
+        }
+        Err(e) => Err(e.to_string()),
+    };
+    if let Err(e) = &result {
+        tracing::debug!(%dst, error = %e, "handing a message to the Mycelium daemon failed");
+    }
+    for out in outs {
+        if let Some(done) = out.done {
+            let _ = done.send(result.clone());
+        }
+    }
+}
+
+async fn post(shared: &Shared, dst: &Identity, payload: &[u8]) -> Result<(), String> {
+    match shared.daemon.send(dst, payload).await {
+        Ok(_) => {
+            shared.metrics.mycelium_messages_sent.inc();
+            Ok(())
+        }
+        Err(e) => {
+            shared.metrics.mycelium_daemon_errors.inc();
+            Err(e)
+        }
+    }
+}
+
+impl Transport for MyceliumTransport {
+    fn replicate<'a>(&'a self, peer: &'a str, batch: &'a ReplicateBatch) -> BoxFuture<'a, Result<ReplicateAck, GossipError>> {
+        Box::pin(async move {
+            if self.faults.replication_paused(peer) {
+                return Err(GossipError::Unreachable { peer: peer.to_owned(), reason: "replication paused by fault switch".into() });
+            }
+            self.call(peer, "replicate", batch, PUSH_TIMEOUT).await
+        })
+    }
+
+    fn pull<'a>(&'a self, peer: &'a str, req: &'a PullRequest, timeout: Duration) -> BoxFuture<'a, Result<PullResponse, GossipError>> {
+        Box::pin(self.call(peer, "pull", req, timeout))
+    }
+
+    fn snapshot<'a>(&'a self, peer: &'a str, req: &'a SnapshotRequest) -> BoxFuture<'a, Result<SnapshotPage, GossipError>> {
+        Box::pin(self.call(peer, "snapshot", req, EXCHANGE_TIMEOUT * 5))
+    }
+
+    fn heartbeat<'a>(&'a self, peer: &'a str, msg: &'a Heartbeat) -> BoxFuture<'a, Result<HeartbeatAck, GossipError>> {
+        Box::pin(self.call(peer, "heartbeat", msg, HEARTBEAT_TIMEOUT))
+    }
+
+    /// View-change steps go over HTTP. A change to a view with a node that
+    /// has no Mycelium identity is refused at prepare: its gossip could
+    /// never be delivered.
+    fn view<'a>(
+        &'a self,
+        peer: &'a str,
+        step: Step,
+        body: &'a serde_json::Value,
+        timeout: Duration,
+    ) -> BoxFuture<'a, Result<serde_json::Value, GossipError>> {
+        Box::pin(async move {
+            if step == Step::Prepare
+                && let Ok(p) = serde_json::from_value::<Proposal>(body.clone())
+                && let Some(node) = p.new.nodes.iter().find(|n| self.cfg.identity_of(n).is_none())
+            {
+                tracing::warn!(%node, "view change refused: the node has no Mycelium identity (add it to MYCELIUM_PEERS on every node)");
+                return Err(GossipError::Unreachable { peer: node.clone(), reason: "no Mycelium identity (MYCELIUM_PEERS)".into() });
+            }
+            self.http.view(peer, step, body, timeout).await
+        })
+    }
+
+    fn start_receiving(self: Arc<Self>, inbound: Arc<dyn Inbound>, shutdown: watch::Receiver<bool>) -> Option<JoinHandle<()>> {
+        Some(tokio::spawn(self.receive_loop(inbound, shutdown)))
+    }
+}

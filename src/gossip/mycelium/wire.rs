@@ -1,0 +1,241 @@
+//! What travels inside a Mycelium message's payload (JSON; the daemon API
+//! base64-encodes it).
+//!
+//! A payload is one [`Frame`] from one node to another:
+//! `{"v":1,"from":"<VIEW address>","msgs":[Msg,...]}` — every gossip request
+//! or reply queued for that destination while the previous send was in
+//! flight, so one Mycelium message carries many (each replication batch or
+//! pull answer itself carries many records). With `CLUSTER_KEY` the frame
+//! also has `ts` and `sig`: the HMAC of the `msgs` text (`gossip::auth`).
+//!
+//! A [`Msg`] is a request `{"id","kind","body"}` or a reply
+//! `{"id","status","body"|"error"}`; `id` correlates them.
+//!
+//! A frame whose JSON is larger than [`MAX_FRAME_BYTES`] (Mycelium takes
+//! about 1.5 MB of payload per message) is sent as fragments:
+//! `{"v":1,"from":…,"frag":{"id","i","n","data":"<base64 of a slice>"}}`,
+//! reassembled by the receiver ([`Reassembly`]); losing any fragment loses
+//! the frame, like losing a message.
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD as B64;
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
+
+/// Format version of frames.
+pub const VERSION: u32 = 1;
+/// Largest frame JSON sent as one message (base64 makes it 4/3 larger, well
+/// under Mycelium's 2 MiB request limit).
+pub const MAX_FRAME_BYTES: usize = 1_000_000;
+/// Bytes of frame text per fragment (base64 inside the fragment's JSON,
+/// then base64 again by the API: still under the limit).
+pub const FRAGMENT_BYTES: usize = 600_000;
+/// Most fragments of one frame the receiver accepts.
+pub const MAX_FRAGMENTS: u32 = 256;
+/// Most bytes held in partly received frames.
+pub const MAX_REASSEMBLY_BYTES: usize = 256 * 1024 * 1024;
+/// A partly received frame is dropped after this long.
+pub const REASSEMBLY_TIMEOUT: Duration = Duration::from_secs(60);
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct Frame {
+    pub v: u32,
+    /// The sending node's VIEW address.
+    pub from: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ts: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sig: Option<String>,
+    /// A JSON array of [`Msg`], kept as sent (it is what `sig` covers).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub msgs: Option<Box<RawValue>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub frag: Option<Fragment>,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct Fragment {
+    /// Identifies the fragmented frame (per sender).
+    pub id: String,
+    pub i: u32,
+    pub n: u32,
+    /// Base64 of this slice of the frame's JSON text.
+    pub data: String,
+}
+
+/// A request (has `kind`) or a reply (has `status`).
+#[derive(Debug, Serialize, Deserialize)]
+pub struct Msg {
+    /// Correlation id: a reply carries its request's.
+    pub id: String,
+    /// Request: `replicate`, `pull`, `snapshot` or `heartbeat`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kind: Option<String>,
+    /// Reply: 200, or the status the HTTP endpoint would have answered.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status: Option<u16>,
+    /// Request body, or a 200 reply's body (the same JSON as over HTTP).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub body: Option<Box<RawValue>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+/// Joins serialised messages into the `msgs` array.
+pub fn msgs_array(msgs: &[&str]) -> Box<RawValue> {
+    let mut text = String::with_capacity(msgs.iter().map(|m| m.len() + 1).sum::<usize>() + 2);
+    text.push('[');
+    for (i, m) in msgs.iter().enumerate() {
+        if i > 0 {
+            text.push(',');
+        }
+        text.push_str(m);
+    }
+    text.push(']');
+    RawValue::from_string(text).expect("serialised messages form a JSON array")
+}
+
+/// Splits a frame's text into fragment payloads (each a JSON frame).
+pub fn fragment(from: &str, frag_id: &str, frame: &[u8]) -> Vec<Vec<u8>> {
+    let chunks: Vec<&[u8]> = frame.chunks(FRAGMENT_BYTES).collect();
+    let n = chunks.len() as u32;
+    chunks
+        .iter()
+        .enumerate()
+        .map(|(i, chunk)| {
+            let f = Frame {
+                v: VERSION,
+                from: from.to_owned(),
+                ts: None,
+                sig: None,
+                msgs: None,
+                frag: Some(Fragment { id: frag_id.to_owned(), i: i as u32, n, data: B64.encode(chunk) }),
+            };
+            serde_json::to_vec(&f).expect("a fragment serialises")
+        })
+        .collect()
+}
+
+struct Partial {
+    parts: Vec<Option<Vec<u8>>>,
+    missing: u32,
+    bytes: usize,
+    started: Instant,
+}
+
+/// Partly received fragmented frames, by (sender, fragment id); bounded in
+/// bytes and age.
+#[derive(Default)]
+pub struct Reassembly {
+    partial: HashMap<(String, String), Partial>,
+    bytes: usize,
+}
+
+#[derive(Debug, PartialEq, Eq)]
+pub enum FragmentError {
+    Malformed,
+    TooLarge,
+}
+
+impl Reassembly {
+    /// Adds a fragment; returns the whole frame's text once every fragment
+    /// arrived. Duplicates are ignored.
+    pub fn add(&mut self, sender: &str, frag: Fragment) -> Result<Option<Vec<u8>>, FragmentError> {
+        self.expire();
+        if frag.n == 0 || frag.n > MAX_FRAGMENTS || frag.i >= frag.n {
+            return Err(FragmentError::Malformed);
+        }
+        let data = B64.decode(frag.data.as_bytes()).map_err(|_| FragmentError::Malformed)?;
+        if self.bytes + data.len() > MAX_REASSEMBLY_BYTES {
+            return Err(FragmentError::TooLarge);
+        }
+        let key = (sender.to_owned(), frag.id);
+        let partial = self.partial.entry(key.clone()).or_insert_with(|| Partial {
+            parts: vec![None; frag.n as usize],
+            missing: frag.n,
+            bytes: 0,
+            started: Instant::now(),
+        });
+        if partial.parts.len() != frag.n as usize {
+            return Err(FragmentError::Malformed);
+        }
+        let slot = &mut partial.parts[frag.i as usize];
+        if slot.is_some() {
+            return Ok(None);
+        }
+        partial.bytes += data.len();
+        self.bytes += data.len();
+        *slot = Some(data);
+        partial.missing -= 1;
+        if partial.missing > 0 {
+            return Ok(None);
+        }
+        let done = self.partial.remove(&key).expect("present");
+        self.bytes -= done.bytes;
+        Ok(Some(done.parts.into_iter().flatten().flatten().collect()))
+    }
+
+    fn expire(&mut self) {
+        let before = self.partial.len();
+        let mut freed = 0;
+        self.partial.retain(|_, p| {
+            let keep = p.started.elapsed() < REASSEMBLY_TIMEOUT;
+            if !keep {
+                freed += p.bytes;
+            }
+            keep
+        });
+        if self.partial.len() != before {
+            self.bytes -= freed;
+        }
+    }
+
+    #[cfg(test)]
+    pub fn held_bytes(&self) -> usize {
+        self.bytes
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn frames_round_trip_with_raw_bodies() {
+        let req = Msg {
+            id: "a1".into(),
+            kind: Some("pull".into()),
+            status: None,
+            body: Some(RawValue::from_string(r#"{"x": 1.0, "big": 12345678901234567890123}"#.into()).unwrap()),
+            error: None,
+        };
+        let text = serde_json::to_string(&req).unwrap();
+        let frame = Frame { v: VERSION, from: "n:1".into(), ts: None, sig: None, msgs: Some(msgs_array(&[&text, &text])), frag: None };
+        let bytes = serde_json::to_vec(&frame).unwrap();
+        let back: Frame = serde_json::from_slice(&bytes).unwrap();
+        let msgs: Vec<Msg> = serde_json::from_str(back.msgs.unwrap().get()).unwrap();
+        assert_eq!(msgs.len(), 2);
+        assert_eq!(msgs[1].body.as_ref().unwrap().get(), r#"{"x": 1.0, "big": 12345678901234567890123}"#);
+        assert_eq!(msgs[0].kind.as_deref(), Some("pull"));
+    }
+
+    #[test]
+    fn fragments_reassemble_in_any_order_once() {
+        let frame: Vec<u8> = (0..(FRAGMENT_BYTES * 2 + 17)).map(|i| b'a' + (i % 26) as u8).collect();
+        let parts = fragment("n:1", "f1", &frame);
+        assert_eq!(parts.len(), 3);
+        let mut r = Reassembly::default();
+        let decode = |p: &Vec<u8>| serde_json::from_slice::<Frame>(p).unwrap().frag.unwrap();
+        assert_eq!(r.add("n:1", decode(&parts[2])), Ok(None));
+        assert_eq!(r.add("n:1", decode(&parts[2])), Ok(None), "duplicate ignored");
+        assert_eq!(r.add("n:2", decode(&parts[0])), Ok(None), "other sender, other frame");
+        assert_eq!(r.add("n:1", decode(&parts[0])), Ok(None));
+        assert_eq!(r.add("n:1", decode(&parts[1])), Ok(Some(frame)));
+        assert!(r.held_bytes() > 0, "n:2's part is still held");
+        let bad = Fragment { id: "x".into(), i: 3, n: 3, data: String::new() };
+        assert_eq!(r.add("n:1", bad), Err(FragmentError::Malformed));
+    }
+}
