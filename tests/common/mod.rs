@@ -142,6 +142,27 @@ impl Cluster {
         cluster
     }
 
+    /// Starts nodes at `addrs` (VIEW = all of them, REPL_FACTOR = `rf`), node
+    /// `i` with the extra environment `envs[i]` (which may override VIEW),
+    /// and waits until all are ready.
+    pub async fn start_nodes(addrs: &[String], rf: usize, envs: &[Vec<(String, String)>]) -> Cluster {
+        let tmp = tempfile::tempdir().expect("temp dir");
+        let view = addrs.join(",");
+        let mut nodes = Vec::new();
+        for (i, addr) in addrs.iter().enumerate() {
+            let mut env = vec![("VIEW".to_string(), view.clone()), ("REPL_FACTOR".to_string(), rf.to_string())];
+            env.extend(envs.get(i).cloned().unwrap_or_default());
+            let mut node = NodeProc { addr: addr.clone(), data_dir: tmp.path().join(format!("node{i}")), env, child: None };
+            node.start();
+            nodes.push(node);
+        }
+        let mut cluster = Cluster { nodes, client: client(), _tmp: tmp };
+        for i in 0..addrs.len() {
+            cluster.wait_ready(i).await;
+        }
+        cluster
+    }
+
     pub fn addr(&self, i: usize) -> &str {
         &self.nodes[i].addr
     }
