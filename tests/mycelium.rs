@@ -10,7 +10,10 @@
 //!   converges;
 //! - messages from outside the view, or claiming another sender, or with a
 //!   bad `CLUSTER_KEY` signature are dropped and counted; values larger than
-//!   one Mycelium message still replicate (fragments).
+//!   one Mycelium message still replicate (fragments);
+//! - gossip follows a view change (and a change to a node without a
+//!   Mycelium identity is refused); a wiped replica is rebuilt from snapshot
+//!   pages sent over Mycelium.
 
 #[path = "common/checker.rs"]
 mod checker;
@@ -395,7 +398,9 @@ async fn gossip_follows_a_view_change_and_nodes_without_an_identity_are_refused(
         assert_eq!(r.value(), Some(&json!("v1")));
     }
     for (i, b) in before.iter().enumerate().skip(1) {
-        assert!(labelled(c, i, "mycelium_requests_received", "kind", "replicate").await > *b, "node {i} got new-epoch pushes");
+        let pushed =
+            wait_until(Duration::from_secs(5), || async { labelled(c, i, "mycelium_requests_received", "kind", "replicate").await > *b });
+        assert!(pushed.await, "node {i} got new-epoch pushes");
     }
     for i in 0..4 {
         for path in GOSSIP_PATHS {
@@ -409,4 +414,41 @@ async fn gossip_follows_a_view_change_and_nodes_without_an_identity_are_refused(
         unknown += labelled(c, i, "mycelium_rejected", "reason", "unknown_sender").await;
     }
     assert!(unknown > 0);
+}
+
+// A replica that lost its disk after the logs were compacted is rebuilt from
+// snapshot pages that travel over Mycelium; meanwhile its daemon kept
+// collecting messages for the dead node, which it finds stale on restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_wiped_replica_is_rebuilt_from_a_snapshot_over_mycelium() {
+    let mut m = mycelium_cluster(v4_addrs(2), 2, &[]).await;
+    let mut last = json!({});
+    for i in 0..300 {
+        let put = m.c.put(0, &format!("snap-{i}"), json!(i), &last).await;
+        assert!(put.status.is_success());
+        last = put.ctx();
+    }
+    let c = &m.c;
+    assert!(
+        wait_until(Duration::from_secs(15), || async { c.metric(0, "causalkv_log_entries_compacted").await >= 300 }).await,
+        "the master never compacted its log"
+    );
+    m.c.nodes[1].kill();
+    std::fs::remove_dir_all(&m.c.nodes[1].data_dir).expect("wipe the worker's disk");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    m.c.restart(1).await;
+    let c = &m.c;
+    assert!(
+        wait_until(Duration::from_secs(20), || async { c.get_json(1, "/kv-store/key-count").await.body["key-count"] == json!(300) }).await,
+        "the wiped worker was not rebuilt"
+    );
+    assert!(c.metric(1, "causalkv_snapshots_installed").await >= 1);
+    assert!(labelled(c, 0, "mycelium_requests_received", "kind", "snapshot").await >= 1);
+    let get = c.get(1, "snap-299", &last).await;
+    assert_eq!((get.status, get.address()), (StatusCode::OK, None));
+    for i in 0..2 {
+        for path in GOSSIP_PATHS {
+            assert_eq!(internal_http(c, i, path).await, 0, "node {i} received HTTP {path}");
+        }
+    }
 }

@@ -284,7 +284,9 @@ struct Daemon {
     peers: Mutex<Vec<String>>,
     counters: Counters,
     server: Mutex<Option<(oneshot::Sender<()>, tokio::task::JoinHandle<()>)>>,
-    net: std::sync::Weak<Net>,
+    /// Strong: a daemon may outlive the test's handles while its runtime
+    /// winds down (the cycle lives as long as the test process).
+    net: Arc<Net>,
 }
 
 impl Daemon {
@@ -309,7 +311,7 @@ impl Daemon {
     }
 
     fn net(&self) -> Arc<Net> {
-        self.net.upgrade().expect("the network outlives its daemons")
+        self.net.clone()
     }
 }
 
@@ -364,7 +366,7 @@ impl Network {
             peers: Mutex::new(Vec::new()),
             counters: Counters::default(),
             server: Mutex::new(None),
-            net: Arc::downgrade(&self.net),
+            net: self.net.clone(),
         });
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind a fake daemon");
         *d.port.lock().unwrap() = listener.local_addr().unwrap().port();
