@@ -115,27 +115,53 @@ start() {
     PIDS+=("$LAST_PID")
 }
 
-# ports N: N free loopback ports, distinct.
+# ports N: N free loopback ports, distinct, below the ephemeral range (so that
+# outgoing connections of other programs do not take them meanwhile).
 ports() {
-    python3 -c 'import socket,sys
-s=[socket.socket() for _ in range(int(sys.argv[1]))]
-for x in s: x.bind(("127.0.0.1",0))
-print(" ".join(str(x.getsockname()[1]) for x in s))' "$1"
+    python3 -c 'import random,socket,sys
+out=set()
+while len(out)<int(sys.argv[1]):
+    p=random.randrange(20000,32000)
+    s=socket.socket()
+    try: s.bind(("127.0.0.1",p)); out.add(p)
+    except OSError: pass
+    finally: s.close()
+print(" ".join(map(str,sorted(out))))' "$1"
 }
 
-wait_for() { # DESCRIPTION CMD...: polls CMD for up to 60 s
-    local what=$1
+# wait_for DESCRIPTION CMD...: polls CMD for up to 60 s; fails at once when a
+# process started since the last stop_all has exited (e.g. its port was taken).
+wait_for() {
+    local what=$1 pid
     shift
     for _ in $(seq 600); do
         if "$@" >/dev/null 2>&1; then return 0; fi
+        for pid in "${PIDS[@]}"; do
+            if ! kill -0 "$pid" 2>/dev/null; then
+                log "$what: a process exited during start-up (logs in $WORK/logs)"
+                return 1
+            fi
+        done
         sleep 0.1
     done
-    die "$what did not come up (logs in $WORK/logs)"
+    log "$what did not come up (logs in $WORK/logs)"
+    return 1
 }
 http_ok() { curl -fsS -m 2 "$1" >/dev/null 2>&1; }
 tcp_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 
-# causalkv NAME NODES RF [ENV...]: starts NODES causalkv processes; sets NODES_CSV.
+# attempt FN ARGS...: starts a target, up to 3 times with new ports.
+attempt() {
+    local i
+    for i in 1 2 3; do
+        if "$@"; then return 0; fi
+        stop_all
+        log "starting $1 failed (try $i of 3)"
+    done
+    die "could not start $*"
+}
+
+# start_causalkv NAME NODES RF [ENV...]: NODES causalkv processes; sets NODES_CSV.
 NODES_CSV=
 NODE_PIDS=()
 start_causalkv() {
@@ -146,12 +172,52 @@ start_causalkv() {
     NODES_CSV=$(IFS=,; echo "${addrs[*]}")
     NODE_PIDS=()
     for a in "${addrs[@]}"; do
+        rm -rf "$WORK/data/$name-$i"
         start "$name-$i" env ADDRESS="$a" VIEW="$NODES_CSV" REPL_FACTOR="$rf" DATA_DIR="$WORK/data/$name-$i" \
             DURABILITY=fsync RUST_LOG=warn "$@" "$BIN"
         NODE_PIDS+=("$LAST_PID")
         i=$((i + 1))
     done
-    for a in "${addrs[@]}"; do wait_for "causalkv $a" http_ok "http://$a/ready"; done
+    for a in "${addrs[@]}"; do wait_for "causalkv $a" http_ok "http://$a/ready" || return 1; done
+}
+
+CEILING=
+start_ceiling() {
+    local p
+    read -r p < <(ports 1)
+    CEILING=127.0.0.1:$p
+    start ceiling "$BENCH" ceiling-server --port "$p"
+    wait_for "ceiling server" tcp_open "$p"
+}
+
+ETCD=
+start_etcd() {
+    local c0 c1 c2 q0 q1 q2 i c
+    read -r c0 c1 c2 q0 q1 q2 < <(ports 6)
+    local cports=("$c0" "$c1" "$c2") qports=("$q0" "$q1" "$q2")
+    local initial="m0=http://127.0.0.1:$q0,m1=http://127.0.0.1:$q1,m2=http://127.0.0.1:$q2"
+    for i in 0 1 2; do
+        rm -rf "$WORK/data/etcd-$i"
+        start "etcd-$i" etcd --name "m$i" --data-dir "$WORK/data/etcd-$i" \
+            --listen-client-urls "http://127.0.0.1:${cports[$i]}" --advertise-client-urls "http://127.0.0.1:${cports[$i]}" \
+            --listen-peer-urls "http://127.0.0.1:${qports[$i]}" --initial-advertise-peer-urls "http://127.0.0.1:${qports[$i]}" \
+            --initial-cluster "$initial" --initial-cluster-token causalkv-bench --initial-cluster-state new \
+            --logger zap --log-level warn
+    done
+    for c in "${cports[@]}"; do
+        wait_for "etcd on $c" bash -c "curl -fsS -m 2 http://127.0.0.1:$c/health | grep -q '\"health\":\"true\"'" || return 1
+    done
+    ETCD="127.0.0.1:$c0,127.0.0.1:$c1,127.0.0.1:$c2"
+}
+
+REDIS=
+start_redis() {
+    local p
+    read -r p < <(ports 1)
+    mkdir -p "$WORK/data/redis"
+    start redis redis-server --port "$p" --bind 127.0.0.1 --save "" --appendonly no --protected-mode no --dir "$WORK/data/redis"
+    wait_for "redis" bash -c "redis-cli -p $p ping | grep -q PONG" || return 1
+    REDIS=127.0.0.1:$p
 }
 
 # ---------------------------------------------------------------- quiet
@@ -221,16 +287,14 @@ LOADAVG=$(cut -d' ' -f1-3 /proc/loadavg)
 log "work dir $WORK; ${BENCH_SECONDS}s runs (+${BENCH_WARMUP}s warm-up) × $BENCH_RUNS at connections: $BENCH_CONNS"
 
 if has ceiling "$BENCH_TARGETS"; then
-    read -r p < <(ports 1)
-    start ceiling "$BENCH" ceiling-server --port "$p"
-    wait_for "ceiling server" tcp_open "$p"
-    series ceiling ceiling "127.0.0.1:$p" put
-    series ceiling ceiling "127.0.0.1:$p" get
+    attempt start_ceiling
+    series ceiling ceiling "$CEILING" put
+    series ceiling ceiling "$CEILING" get
     stop_all
 fi
 
 kv_target() { # NAME NODES RF
-    start_causalkv "$1" "$2" "$3"
+    attempt start_causalkv "$1" "$2" "$3"
     series "$1" causalkv "$NODES_CSV" put
     preload causalkv "$NODES_CSV"
     series "$1" causalkv "$NODES_CSV" get
@@ -268,36 +332,19 @@ if has causalkv-6 "$BENCH_TARGETS"; then
 fi
 
 if has etcd "$BENCH_TARGETS"; then
-    read -r c0 c1 c2 q0 q1 q2 < <(ports 6)
-    cports=("$c0" "$c1" "$c2")
-    qports=("$q0" "$q1" "$q2")
-    initial="m0=http://127.0.0.1:$q0,m1=http://127.0.0.1:$q1,m2=http://127.0.0.1:$q2"
-    for i in 0 1 2; do
-        start "etcd-$i" etcd --name "m$i" --data-dir "$WORK/data/etcd-$i" \
-            --listen-client-urls "http://127.0.0.1:${cports[$i]}" --advertise-client-urls "http://127.0.0.1:${cports[$i]}" \
-            --listen-peer-urls "http://127.0.0.1:${qports[$i]}" --initial-advertise-peer-urls "http://127.0.0.1:${qports[$i]}" \
-            --initial-cluster "$initial" --initial-cluster-token causalkv-bench --initial-cluster-state new \
-            --logger zap --log-level warn
-    done
-    for c in "${cports[@]}"; do
-        wait_for "etcd on $c" bash -c "curl -fsS -m 2 http://127.0.0.1:$c/health | grep -q '\"health\":\"true\"'"
-    done
-    nodes="127.0.0.1:$c0,127.0.0.1:$c1,127.0.0.1:$c2"
-    series etcd etcd "$nodes" put
-    preload etcd "$nodes"
-    series etcd etcd "$nodes" get
-    series etcd etcd "$nodes" get-serializable --serializable
+    attempt start_etcd
+    series etcd etcd "$ETCD" put
+    preload etcd "$ETCD"
+    series etcd etcd "$ETCD" get
+    series etcd etcd "$ETCD" get-serializable --serializable
     stop_all
 fi
 
 if has redis "$BENCH_TARGETS"; then
-    read -r p < <(ports 1)
-    mkdir -p "$WORK/data/redis"
-    start redis redis-server --port "$p" --bind 127.0.0.1 --save "" --appendonly no --protected-mode no --dir "$WORK/data/redis"
-    wait_for "redis" bash -c "redis-cli -p $p ping | grep -q PONG"
-    series redis redis "127.0.0.1:$p" put
-    preload redis "127.0.0.1:$p"
-    series redis redis "127.0.0.1:$p" get
+    attempt start_redis
+    series redis redis "$REDIS" put
+    preload redis "$REDIS"
+    series redis redis "$REDIS" get
     stop_all
 fi
 
@@ -306,7 +353,7 @@ rss_bytes() { awk '/^VmRSS:/ {print $2 * 1024}' "/proc/$1/status"; }
 now_ms() { date +%s%3N; }
 if has footprint "$BENCH_EXTRAS"; then
     log "footprint: loading $FOOTPRINT_KEYS keys (16 B keys, 100 B values) into one node"
-    start_causalkv footprint 1 1
+    attempt start_causalkv footprint 1 1
     pid=${NODE_PIDS[0]}
     addr=$NODES_CSV
     dir="$WORK/data/footprint-0"
