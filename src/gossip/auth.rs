@@ -6,11 +6,17 @@
 //! wrong MAC, or whose MAC was already seen (a replay) is refused before it
 //! is parsed, so it changes nothing. Without a key, internal requests are
 //! accepted only from the IP addresses the view's nodes resolve to.
+//!
+//! [`ViewDns`] resolves the view's names for this check and for the HTTP
+//! client, without glibc (a static binary cannot load NSS modules).
 
 use std::collections::{HashMap, HashSet};
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use hickory_resolver::TokioResolver;
+use hickory_resolver::config::LookupIpStrategy;
 use hmac::{Hmac, KeyInit, Mac};
 use parking_lot::Mutex;
 use sha2::Sha256;
@@ -56,6 +62,7 @@ pub struct Incoming<'a> {
 pub struct Auth {
     key: Option<Vec<u8>>,
     view: Mutex<Vec<String>>,
+    dns: ViewDns,
     allowed: Mutex<(HashSet<IpAddr>, Option<Instant>)>,
     seen: Mutex<HashMap<Vec<u8>, u64>>,
 }
@@ -69,6 +76,7 @@ impl Auth {
         Self {
             key: key.filter(|k| !k.is_empty()).map(|k| k.as_bytes().to_vec()),
             view: Mutex::new(view.to_vec()),
+            dns: ViewDns::default(),
             allowed: Mutex::new((HashSet::new(), None)),
             seen: Mutex::new(HashMap::new()),
         }
@@ -163,13 +171,75 @@ impl Auth {
             let mut ips = HashSet::new();
             let view = self.view.lock().clone();
             for node in &view {
-                if let Ok(addrs) = tokio::net::lookup_host(node.as_str()).await {
-                    ips.extend(addrs.map(|a| canonical(a.ip())));
-                }
+                ips.extend(self.dns.lookup(host_of(node)).await.unwrap_or_default().into_iter().map(canonical));
             }
             *self.allowed.lock() = (ips, Some(Instant::now()));
         }
         if self.allowed.lock().0.contains(&ip) { Ok(()) } else { Err(AuthError::UnknownAddress(ip)) }
+    }
+}
+
+/// DNS for the view's names that works in a static binary: hickory reads
+/// `/etc/resolv.conf` and `/etc/hosts` itself (glibc could not load its NSS
+/// modules). Also the HTTP client's resolver (`reqwest::dns::Resolve`), so
+/// forwarding and gossip resolve the same way.
+///
+/// Answers are kept at most [`RESOLVE_EVERY`] and failures at most 1 s:
+/// reqwest's own hickory resolver keeps them for their full TTL, which for a
+/// missing name can be a day (the root zone's SOA), so a peer that looked a
+/// container up while it was stopped would not find it again after it
+/// restarts. Without a readable system configuration only IP literals
+/// resolve: there is deliberately no fallback to a public resolver.
+#[derive(Clone, Default)]
+pub struct ViewDns {
+    resolver: Arc<OnceLock<Option<TokioResolver>>>,
+}
+
+impl ViewDns {
+    /// Built on first use, inside the runtime that uses it.
+    fn resolver(&self) -> Option<&TokioResolver> {
+        self.resolver
+            .get_or_init(|| {
+                let built = TokioResolver::builder_tokio().and_then(|mut builder| {
+                    let options = builder.options_mut();
+                    options.positive_max_ttl = Some(RESOLVE_EVERY);
+                    options.negative_max_ttl = Some(Duration::from_secs(1));
+                    options.ip_strategy = LookupIpStrategy::Ipv4AndIpv6;
+                    builder.build()
+                });
+                built.inspect_err(|e| tracing::warn!(error = %e, "no DNS configuration: only IP addresses resolve")).ok()
+            })
+            .as_ref()
+    }
+
+    /// The addresses of a host (a name or an IP literal, no port).
+    pub async fn lookup(&self, host: &str) -> Result<Vec<IpAddr>, String> {
+        if let Ok(ip) = host.trim_start_matches('[').trim_end_matches(']').parse::<IpAddr>() {
+            return Ok(vec![ip]);
+        }
+        let resolver = self.resolver().ok_or_else(|| format!("cannot resolve {host}: no DNS configuration"))?;
+        let found = resolver.lookup_ip(host).await.map_err(|e| format!("cannot resolve {host}: {e}"))?;
+        Ok(found.iter().collect())
+    }
+}
+
+impl reqwest::dns::Resolve for ViewDns {
+    fn resolve(&self, name: reqwest::dns::Name) -> reqwest::dns::Resolving {
+        let dns = self.clone();
+        Box::pin(async move {
+            let ips = dns.lookup(name.as_str()).await?;
+            let addrs: reqwest::dns::Addrs = Box::new(ips.into_iter().map(|ip| SocketAddr::new(ip, 0)));
+            Ok(addrs)
+        })
+    }
+}
+
+/// The host part of a view entry (`host:port`, `[v6]:port`, or a bare host).
+fn host_of(entry: &str) -> &str {
+    match entry.strip_prefix('[') {
+        Some(rest) => rest.split(']').next().unwrap_or(rest),
+        None if entry.matches(':').count() == 1 => entry.split(':').next().unwrap_or(entry),
+        None => entry,
     }
 }
 
@@ -217,5 +287,26 @@ mod tests {
         assert_eq!(auth.verify_address(Some("127.0.0.1".parse().unwrap())).await, Ok(()));
         assert_eq!(auth.verify_address(Some("::ffff:127.0.0.1".parse().unwrap())).await, Ok(()));
         assert!(auth.verify_address(Some("10.9.9.9".parse().unwrap())).await.is_err());
+    }
+
+    #[tokio::test]
+    async fn view_names_resolve_without_glibc() {
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        assert_eq!((host_of("node1:13800"), host_of("[::1]:13800"), host_of("10.1.2.3")), ("node1", "::1", "10.1.2.3"));
+        let dns = ViewDns::default();
+        assert_eq!(dns.lookup("10.1.2.3").await, Ok(vec![ip("10.1.2.3")]));
+        assert_eq!(dns.lookup("[::1]").await, Ok(vec![ip("::1")]));
+        // From /etc/hosts, which hickory reads itself.
+        assert!(dns.lookup("localhost").await.unwrap().iter().any(IpAddr::is_loopback));
+        let auth = Auth::new(None, &["localhost:1".to_string()]);
+        assert_eq!(auth.verify_address(Some(ip("127.0.0.1"))).await, Ok(()));
+        // The HTTP client resolves through it too.
+        let client = reqwest::Client::builder().dns_resolver(Arc::new(ViewDns::default())).build().unwrap();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let app = axum::Router::new().route("/health", axum::routing::get(|| async { "ok" }));
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        let answer = client.get(format!("http://localhost:{port}/health")).send().await.unwrap();
+        assert_eq!(answer.text().await.unwrap(), "ok");
     }
 }

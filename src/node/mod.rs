@@ -161,6 +161,7 @@ impl Node {
             .pool_max_idle_per_host(POOL_IDLE_PER_HOST)
             .connect_timeout(Duration::from_millis(500))
             .tcp_nodelay(true)
+            .dns_resolver(Arc::new(crate::gossip::auth::ViewDns::default()))
             .build()?;
         let faults = Arc::new(Faults::new(config.faults));
         let metrics = Arc::new(Metrics::default());
