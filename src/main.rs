@@ -8,6 +8,7 @@ use clap::{Parser, Subcommand};
 use causalkv::{Config, Node, NodeArgs};
 
 mod cluster;
+mod probe;
 
 #[derive(Parser, Debug)]
 #[command(name = "causalkv", version, about = "A causally consistent, sharded, replicated key-value store")]
@@ -22,6 +23,9 @@ struct Cli {
 enum Command {
     /// Starts a local cluster: N node processes on consecutive ports.
     Cluster(cluster::ClusterArgs),
+    /// Health probe for container HEALTHCHECKs (exit 0 when the node answers 2xx).
+    #[command(hide = true)]
+    Probe(probe::ProbeArgs),
 }
 
 fn main() -> ExitCode {
@@ -48,6 +52,7 @@ fn main() -> ExitCode {
         .init();
     match cli.command {
         Some(Command::Cluster(args)) => cluster::run(args),
+        Some(Command::Probe(args)) => probe::run(&args),
         None => run_node(&cli.node),
     }
 }
