@@ -144,3 +144,26 @@ async fn a_deleted_key_never_comes_back_after_a_heal() {
         assert_eq!(c.get(node, "gone", &json!({})).await.status, StatusCode::NOT_FOUND);
     }
 }
+
+// Background compaction never leaves a no-op write waiting: a DELETE of a key
+// that was never written answers 404 at once, also after compaction rounds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deleting_a_missing_key_after_compaction_answers_at_once() {
+    let c = Cluster::start(2, 2).await;
+    for i in 0..20 {
+        assert!(c.put(0, &format!("cmp-{i}"), json!(i), &json!({})).await.status.is_success());
+    }
+    assert_eq!(c.delete(0, "cmp-0", &json!({})).await.status, StatusCode::OK);
+    let purged = wait_until(Duration::from_secs(20), || async { c.metric(0, "causalkv_tombstones_purged").await >= 1 }).await;
+    assert!(purged);
+    // Let compaction run a few more rounds with nothing to do.
+    tokio::time::sleep(Duration::from_millis(4500)).await;
+    for node in 0..2 {
+        for i in 0..3 {
+            let started = Instant::now();
+            let del = c.delete(node, &format!("never-{i}"), &json!({})).await;
+            assert_eq!(del.status, StatusCode::NOT_FOUND, "{}", del.body);
+            assert!(started.elapsed() < Duration::from_secs(1), "no-op delete took {:?}", started.elapsed());
+        }
+    }
+}

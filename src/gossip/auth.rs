@@ -65,6 +65,8 @@ pub struct Auth {
     dns: ViewDns,
     allowed: Mutex<(HashSet<IpAddr>, Option<Instant>)>,
     seen: Mutex<HashMap<Vec<u8>, u64>>,
+    /// Distinguishes requests signed in the same millisecond.
+    nonce: std::sync::atomic::AtomicU64,
 }
 
 fn now_ms() -> u64 {
@@ -79,6 +81,7 @@ impl Auth {
             dns: ViewDns::default(),
             allowed: Mutex::new((HashSet::new(), None)),
             seen: Mutex::new(HashMap::new()),
+            nonce: std::sync::atomic::AtomicU64::new(0),
         }
     }
 
@@ -107,10 +110,10 @@ impl Auth {
         self.key.is_some()
     }
 
-    fn keyed(key: &[u8], method: &str, path: &str, ts: u64, sender: &str, body: &[u8]) -> HmacSha256 {
+    fn keyed(key: &[u8], method: &str, path: &str, ts: &str, sender: &str, body: &[u8]) -> HmacSha256 {
         // HMAC accepts keys of any length.
         let mut mac = HmacSha256::new_from_slice(key).expect("HMAC takes any key length");
-        for part in [method.as_bytes(), path.as_bytes(), ts.to_string().as_bytes(), sender.as_bytes()] {
+        for part in [method.as_bytes(), path.as_bytes(), ts.as_bytes(), sender.as_bytes()] {
             mac.update(part);
             mac.update(b"\n");
         }
@@ -121,9 +124,11 @@ impl Auth {
     /// Headers to add to an outgoing internal request (none without a key).
     pub fn sign(&self, method: &str, path: &str, sender: &str, body: &[u8]) -> Vec<(&'static str, String)> {
         let Some(key) = &self.key else { return Vec::new() };
-        let ts = now_ms();
-        let mac = Self::keyed(key, method, path, ts, sender, body).finalize().into_bytes();
-        vec![(TIMESTAMP_HEADER, ts.to_string()), (SIGNATURE_HEADER, hex::encode(mac))]
+        // `<ms>.<nonce>`: two identical requests in the same millisecond
+        // still get different MACs, so neither is taken for a replay.
+        let ts = format!("{}.{}", now_ms(), self.nonce.fetch_add(1, std::sync::atomic::Ordering::Relaxed));
+        let mac = Self::keyed(key, method, path, &ts, sender, body).finalize().into_bytes();
+        vec![(TIMESTAMP_HEADER, ts), (SIGNATURE_HEADER, hex::encode(mac))]
     }
 
     /// Checks an incoming internal request.
@@ -136,13 +141,14 @@ impl Auth {
 
     fn verify_mac(&self, key: &[u8], req: &Incoming<'_>) -> Result<(), AuthError> {
         let Incoming { method, path, sender, body, .. } = *req;
-        let ts: u64 = req.timestamp.and_then(|t| t.parse().ok()).ok_or(AuthError::Missing)?;
+        let ts_text = req.timestamp.ok_or(AuthError::Missing)?;
+        let ts: u64 = ts_text.split('.').next().and_then(|t| t.parse().ok()).ok_or(AuthError::Missing)?;
         let sig = req.signature.and_then(|s| hex::decode(s).ok()).ok_or(AuthError::Missing)?;
         let now = now_ms();
         if now.abs_diff(ts) > WINDOW.as_millis() as u64 {
             return Err(AuthError::Stale);
         }
-        Self::keyed(key, method, path, ts, sender, body).verify_slice(&sig).map_err(|_| AuthError::BadSignature)?;
+        Self::keyed(key, method, path, ts_text, sender, body).verify_slice(&sig).map_err(|_| AuthError::BadSignature)?;
         let mut seen = self.seen.lock();
         if seen.len() >= MAX_SEEN {
             let horizon = now.saturating_sub(2 * WINDOW.as_millis() as u64);
@@ -279,6 +285,26 @@ mod tests {
         assert_eq!(auth.verify_mac(b"secret", &req("a:1", Some(&forged[0].1), Some(&forged[1].1), b"{}")), Err(AuthError::BadSignature));
         assert_eq!(auth.verify_mac(b"secret", &req("a:1", Some("1000"), Some(&sig), b"{}")), Err(AuthError::Stale));
         assert_eq!(auth.verify_mac(b"secret", &req("a:1", None, None, b"")), Err(AuthError::Missing));
+    }
+
+    #[tokio::test]
+    async fn identical_requests_signed_in_the_same_millisecond_both_pass() {
+        let auth = Auth::new(Some("secret"), &[]);
+        let a = auth.sign("POST", "/internal/pull", "a:1", b"{}");
+        let b = auth.sign("POST", "/internal/pull", "a:1", b"{}");
+        assert_ne!(a[1].1, b[1].1, "a nonce makes every signature unique");
+        for h in [a, b] {
+            let req = Incoming {
+                method: "POST",
+                path: "/internal/pull",
+                sender: "a:1",
+                timestamp: Some(&h[0].1),
+                signature: Some(&h[1].1),
+                body: b"{}",
+                peer_ip: None,
+            };
+            assert_eq!(auth.verify(&req).await, Ok(()));
+        }
     }
 
     #[tokio::test]

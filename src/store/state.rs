@@ -328,12 +328,8 @@ impl Store {
             }
             batch.insert(keys::log_floor(origin), &upto.to_be_bytes());
             let mut st = self.state.lock();
-            self.tree.apply_batch(batch)?;
             st.log_floor.set(origin, upto);
-            st.written_gen += 1;
-        }
-        if removed > 0 {
-            self.durability.kick();
+            self.finish_batch(st, batch)?;
         }
         Ok(removed)
     }
@@ -346,10 +342,12 @@ impl Store {
         for (origin, upto) in purgeable.iter() {
             let start = keys::tombstone(origin, 0);
             let end = keys::tombstone(origin, upto);
-            let mut st = self.state.lock();
+            let st = self.state.lock();
             let mut batch = sled::Batch::default();
+            let mut batch_is_empty = true;
             for item in self.tree.range(start..=end) {
                 let (idx, key) = item?;
+                batch_is_empty = false;
                 batch.remove(idx.clone());
                 let key = String::from_utf8_lossy(&key).into_owned();
                 let seq = u64_from(&idx[idx.len() - 8..]);
@@ -362,11 +360,9 @@ impl Store {
                     purged += 1;
                 }
             }
-            self.tree.apply_batch(batch)?;
-            st.written_gen += 1;
-        }
-        if purged > 0 {
-            self.durability.kick();
+            if !batch_is_empty {
+                self.finish_batch(st, batch)?;
+            }
         }
         Ok(purged)
     }
@@ -542,6 +538,9 @@ impl Store {
         st.log_floor = Clock::new();
         st.live = kept.len() as u64;
         st.written_gen += 1;
+        // The flush below covers this batch; the flusher must still publish
+        // the generation, or a later no-op write would wait for it.
+        self.durability.kick();
         self.epoch.store(new_epoch, Ordering::Release);
         drop(st);
         self.discard_stage(change)?;

@@ -65,6 +65,8 @@ impl Daemon {
             .timeout(API_TIMEOUT)
             .pool_max_idle_per_host(16)
             .tcp_nodelay(true)
+            // A static binary has no glibc resolver for a named MYCELIUM_API.
+            .dns_resolver(std::sync::Arc::new(crate::gossip::auth::ViewDns::default()))
             .build()?;
         let topic = B64.encode(cfg.topic.as_bytes());
         let pop_url = format!("{}/api/v1/messages?peek=false&timeout=0&topic={}", cfg.api, utf8_percent_encode(&topic, NON_ALPHANUMERIC));
