@@ -100,8 +100,27 @@ pub enum ChangeError {
     Step { step: Step, node: String, source: GossipError },
 }
 
+/// Attempts per step before the change aborts: steps before commit are
+/// idempotent (same change id), so a transient failure is retried.
+const STEP_ATTEMPTS: u32 = 3;
+/// Pause between attempts of a step.
+const STEP_RETRY_PAUSE: Duration = Duration::from_millis(200);
+
 async fn call(transport: &dyn Transport, node: &str, step: Step, body: &Value, timeout: Duration) -> Result<Value, ChangeError> {
-    transport.view(node, step, body, timeout).await.map_err(|source| ChangeError::Step { step, node: node.to_owned(), source })
+    let mut attempt = 1;
+    loop {
+        match transport.view(node, step, body, timeout).await {
+            Ok(v) => return Ok(v),
+            Err(source) if attempt >= STEP_ATTEMPTS || matches!(step, Step::Commit | Step::Abort) => {
+                return Err(ChangeError::Step { step, node: node.to_owned(), source });
+            }
+            Err(e) => {
+                tracing::debug!(%node, ?step, attempt, error = %e, "view-change step failed; retrying");
+                attempt += 1;
+                tokio::time::sleep(STEP_RETRY_PAUSE).await;
+            }
+        }
+    }
 }
 
 async fn everyone(
