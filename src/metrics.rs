@@ -57,6 +57,7 @@ pub struct Metrics {
     pub tombstones_purged: Counter,
     pub auth_rejected: Counter,
     pub view_change_records_sent: Counter,
+    pub expired_writes: Counter,
     pub internal_http_requests: Family<PathLabel, Counter>,
     pub mycelium_messages_sent: Counter,
     pub mycelium_messages_received: Counter,
@@ -92,6 +93,7 @@ impl Default for Metrics {
             tombstones_purged: Counter::default(),
             auth_rejected: Counter::default(),
             view_change_records_sent: Counter::default(),
+            expired_writes: Counter::default(),
             internal_http_requests: Family::default(),
             mycelium_messages_sent: Counter::default(),
             mycelium_messages_received: Counter::default(),
@@ -126,6 +128,11 @@ impl Default for Metrics {
             "view_change_records_sent",
             "Records sent to nodes that gained them in view changes",
             m.view_change_records_sent.clone(),
+        );
+        registry.register(
+            "expired_writes",
+            "Forwarded writes dropped because the forwarding node had given up on them",
+            m.expired_writes.clone(),
         );
         registry.register("internal_http_requests", "Internal HTTP requests received, by endpoint", m.internal_http_requests.clone());
         registry.register("mycelium_messages_sent", "Messages handed to the Mycelium daemon", m.mycelium_messages_sent.clone());

@@ -57,7 +57,18 @@ async fn writes_continue_when_the_master_freezes() {
     );
     // Once thawed, the old master converges on the last write.
     let converged = wait_until(Duration::from_secs(10), || async { c.get(0, &key, &json!({})).await.value() == Some(&json!(29)) }).await;
-    assert!(converged, "the thawed master did not catch up");
+    if !converged {
+        let at0 = c.get(0, &key, &json!({})).await;
+        let at1 = c.get(1, &key, &json!({})).await;
+        let m = c.client.get(c.nodes[0].url("/metrics")).send().await.unwrap().text().await.unwrap();
+        let m: Vec<&str> = m
+            .lines()
+            .filter(|l| {
+                !l.starts_with('#') && (l.contains("replicat") || l.contains("pending") || l.contains("snapshot") || l.contains("auth"))
+            })
+            .collect();
+        panic!("the thawed master did not catch up: node0 {} / node1 {}\n{}", at0.body, at1.body, m.join("\n"));
+    }
 }
 
 // RF 3: a write that reached only one worker before its origin died still

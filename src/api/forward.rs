@@ -16,7 +16,7 @@ use serde_json::value::RawValue;
 
 use super::error::MISROUTED_HEADER;
 use super::reply::json_response;
-use super::request::{EPOCH_HEADER, FROM_HEADER, HOP_HEADER, WAIT_HEADER};
+use super::request::{DEADLINE_HEADER, EPOCH_HEADER, FROM_HEADER, HOP_HEADER, WAIT_HEADER, unix_ms};
 use crate::node::Node;
 
 /// Characters left as they are in a forwarded key's path segment.
@@ -60,6 +60,7 @@ pub async fn forward(node: &Node, target: &str, fwd: &Forward<'_>) -> Result<Res
         .header(HOP_HEADER, fwd.hop.to_string())
         .header(FROM_HEADER, node.me())
         .header(EPOCH_HEADER, node.epoch().to_string())
+        .header(DEADLINE_HEADER, (unix_ms() + fwd.timeout.as_millis() as u64).to_string())
         .timeout(fwd.timeout)
         .body(body);
     if let Some(wait) = fwd.wait {

@@ -19,7 +19,7 @@ use super::error::MISROUTED_HEADER;
 use super::error::{ApiError, ErrorReply};
 use super::forward::{Forward, forward};
 use super::reply::Reply;
-use super::request::{check_value, hop, parse_body, parse_key, read_body, sender, sender_epoch, wait_override};
+use super::request::{check_value, deadline, hop, parse_body, parse_key, read_body, sender, sender_epoch, unix_ms, wait_override};
 use crate::causal::CausalContext;
 use crate::metrics::RequestLabel;
 use crate::node::{Epoch, Node};
@@ -70,6 +70,8 @@ struct KeyRequest {
     wait: Duration,
     /// Epoch of the node that forwarded this request.
     sender_epoch: Option<u64>,
+    /// When the forwarding node gives up on this request (unix ms).
+    deadline: Option<u64>,
 }
 
 type Reject = Box<ErrorReply>;
@@ -132,7 +134,17 @@ fn parse(
         (2, Some(w)) => w.min(node.config.causal_wait),
         _ => node.config.causal_wait,
     };
-    Ok(KeyRequest { method: method.clone(), op, key, value, context: parsed.context, hop, wait, sender_epoch: sender_epoch(headers) })
+    Ok(KeyRequest {
+        method: method.clone(),
+        op,
+        key,
+        value,
+        context: parsed.context,
+        hop,
+        wait,
+        sender_epoch: sender_epoch(headers),
+        deadline: deadline(headers),
+    })
 }
 
 /// Sends the request where it belongs: served here when this node is a
@@ -309,6 +321,11 @@ async fn write_local(node: &Node, req: &KeyRequest) -> Result<Response, Reject> 
     }
     let ctx = req.context.at_epoch(cur.map.epoch());
     if !hold_back(node, &cur, &ctx, shard, req.wait).await {
+        return Err(unavailable(node, req));
+    }
+    if req.deadline.is_some_and(|d| unix_ms() > d) {
+        // The sender has given up and may have had another replica take it.
+        node.metrics.expired_writes.inc();
         return Err(unavailable(node, req));
     }
     let outcome = node.store.write_local(&req.key, req.value.clone(), ctx.clock.clone()).map_err(|e| internal(req, e))?;

@@ -21,6 +21,11 @@ use crate::causal::CausalContext;
 pub const HOP_HEADER: &str = "x-causalkv-hop";
 /// On a forwarded request: the epoch of the node that forwarded it.
 pub const EPOCH_HEADER: &str = "x-causalkv-epoch";
+/// On a forwarded request: when (unix ms) the forwarding node stops waiting.
+/// A write that reaches this point unexecuted is dropped, because the sender
+/// may already have had it taken by another replica (a node frozen with the
+/// request in its socket buffer must not replay it later with a newer HLC).
+pub const DEADLINE_HEADER: &str = "x-causalkv-deadline-ms";
 /// On a hop-2 request: how long the target may hold it back.
 pub const WAIT_HEADER: &str = "x-causalkv-wait-ms";
 pub use crate::gossip::FROM_HEADER;
@@ -129,6 +134,16 @@ pub fn wait_override(headers: &HeaderMap) -> Option<Duration> {
 /// The epoch of the node that forwarded a request, if it said.
 pub fn sender_epoch(headers: &HeaderMap) -> Option<u64> {
     headers.get(EPOCH_HEADER).and_then(|v| v.to_str().ok()).and_then(|v| v.parse().ok())
+}
+
+/// The deadline a forwarding node set, if any (unix ms).
+pub fn deadline(headers: &HeaderMap) -> Option<u64> {
+    headers.get(DEADLINE_HEADER).and_then(|v| v.to_str().ok()).and_then(|v| v.parse().ok())
+}
+
+/// Milliseconds since the Unix epoch.
+pub fn unix_ms() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
 }
 
 /// The sending node of an internal or forwarded request.
