@@ -109,3 +109,15 @@ fn the_readme_cluster_and_curl_session_work_as_shown() {
         assert!(std::net::TcpStream::connect(("127.0.0.1", base + i)).is_err(), "node {i} still listening after Ctrl-C");
     }
 }
+
+// `cargo run --release` (the README's first command) must start a node even
+// though the package has more than one binary.
+#[test]
+fn cargo_run_starts_the_node_binary() {
+    let manifest = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/Cargo.toml")).unwrap();
+    let has_other_bins = std::path::Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/src/bin")).exists() || manifest.contains("[[bin]]");
+    if has_other_bins {
+        assert!(manifest.lines().any(|l| l.replace(' ', "") == "default-run=\"causalkv\""), "Cargo.toml needs default-run = \"causalkv\"");
+    }
+    assert!(std::path::Path::new(common::BIN).exists());
+}
