@@ -2,7 +2,7 @@
 # Profiles one causalkv node (DURABILITY=fsync) under causalkv-bench load:
 # CPU profile of the node (perf record -g), its top functions and shared
 # objects, the CPU split between node, load generator and the rest, and the
-# fdatasync calls per second (perf stat on the syscall tracepoint).
+# fdatasync/fsync/sync_file_range calls (perf stat on syscall tracepoints).
 #
 #   bench/profile.sh [get|put] [CONNECTIONS] [SECONDS]      (default: get 64 5)
 #
@@ -59,8 +59,8 @@ perf record -F 499 -g -p "$node" -o "$WORK/perf.data" -- sleep "$SECS" 2>/dev/nu
 read -ra cpu1 </proc/stat
 n1=$(ticks "$node")
 b1=$(ticks "$bench")
-syncs=$(perf stat -x, -e syscalls:sys_enter_fdatasync,syscalls:sys_enter_fsync -p "$node" -- sleep "$SECS" 2>&1 >/dev/null |
-    awk -F, '{s += $1} END {print s + 0}') || syncs="?"
+syncs=$(perf stat -x, -e syscalls:sys_enter_fdatasync,syscalls:sys_enter_fsync,syscalls:sys_enter_sync_file_range \
+    -p "$node" -- sleep "$SECS" 2>&1 >/dev/null | awk -F, '{sub(/^syscalls:sys_enter_/, "", $3); printf "%s %s, ", $3, $1}') || syncs="?"
 wait "$bench" || true
 
 total=0
@@ -73,7 +73,7 @@ idle=$((cpu1[4] - cpu0[4] + cpu1[5] - cpu0[5]))
     echo
     echo "CPU over ${SECS}s of all cores' time: node $((100 * (n1 - n0) / total))%, load generator $((100 * (b1 - b0) / total))%," \
         "everything else $((100 * (total - idle - (n1 - n0) - (b1 - b0)) / total))%, idle $((100 * idle / total))%"
-    echo "fdatasync+fsync calls by the node: $syncs in ${SECS}s"
+    echo "disk syncs by the node in ${SECS}s: $syncs"
     echo
     echo "## node: shared objects (self time)"
     perf report -i "$WORK/perf.data" --no-children --sort dso --stdio --percent-limit 1 2>/dev/null | grep -E '^ +[0-9]'

@@ -178,7 +178,7 @@ def extras_text(extra):
     if vis:
         out.append("### Visibility latency (1 shard × 3 replicas)\n")
         out.append(f"Write acknowledged by the master → readable by a GET without context at each worker, "
-                   f"{vis['probes']} probes under {vis['background']['throughput']:,.0f} background PUT/s "
+                   f"{vis['probes']} probes in {vis['seconds']:g} s under {vis['background']['throughput']:,.0f} background PUT/s "
                    f"({vis['config']['rate']:,.0f} asked: half the measured PUT maximum at 64 connections).\n")
         out.append("| worker | p50 ms | p99 ms | p99.9 ms | max ms | timeouts |\n|---|---:|---:|---:|---:|---:|")
         for w in vis["workers"]:
@@ -264,19 +264,31 @@ def chart(rows, conns, path):
 
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("--raw", required=True)
+    ap.add_argument("--raw", help="directory of raw reports written by bench/run.sh")
+    ap.add_argument("--from-json", help="re-render from an earlier bench/results/<stamp>.json instead")
     ap.add_argument("--stamp", required=True)
     ap.add_argument("--out", required=True)
     ap.add_argument("--doc")
     a = ap.parse_args()
 
-    runs, extra = load(a.raw)
+    if a.from_json:
+        with open(a.from_json) as f:
+            saved = json.load(f)
+        runs = saved["runs"]
+        extra = {k: saved[k] for k in ("visibility", "holdback", "footprint", "machine") if saved.get(k)}
+        if saved.get("fsync_probe"):
+            extra["fsync"] = saved["fsync_probe"]
+        quiet = saved.get("quiet") or []
+    elif a.raw:
+        runs, extra = load(a.raw)
+        quiet = load_quiet(a.raw)
+    else:
+        ap.error("give --raw or --from-json")
     rows = aggregate(runs)
     conns = sorted({r["connections"] for r in rows})
     machine = extra.get("machine", {})
     fs = extra.get("fsync")
     rs = ratios(rows, extra)
-    quiet = load_quiet(a.raw)
     if quiet:
         busy = sorted(q["busy_pct"] for q in quiet)
         noisy = [q for q in quiet if q["busy_pct"] > 25]

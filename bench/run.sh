@@ -13,6 +13,7 @@
 #   BENCH_KEYS     distinct keys of the rows            (10000)
 #   BENCH_TARGETS  subset of: ceiling causalkv-1 causalkv-3 causalkv-6 etcd redis
 #   BENCH_EXTRAS   subset of: visibility holdback footprint
+#   BENCH_VIS_SECONDS measured seconds of the visibility run (15)
 #   FOOTPRINT_KEYS keys loaded for the footprint        (1000000)
 #   BENCH_TMP      where data directories go (a real disk, not tmpfs) (/var/tmp)
 #   BENCH_NO_DOCS  set to 1 to leave docs/BENCHMARKS.md alone
@@ -32,6 +33,7 @@ BENCH_KEYS=${BENCH_KEYS:-10000}
 BENCH_TARGETS=${BENCH_TARGETS:-"ceiling causalkv-1 causalkv-3 causalkv-6 etcd redis"}
 BENCH_EXTRAS=${BENCH_EXTRAS:-"visibility holdback footprint"}
 FOOTPRINT_KEYS=${FOOTPRINT_KEYS:-1000000}
+BENCH_VIS_SECONDS=${BENCH_VIS_SECONDS:-15}
 BENCH_TMP=${BENCH_TMP:-/var/tmp}
 BENCH_QUIET_PCT=${BENCH_QUIET_PCT:-25}
 BENCH_QUIET_WAIT=${BENCH_QUIET_WAIT:-120}
@@ -320,7 +322,7 @@ if has causalkv-3 "$BENCH_TARGETS"; then
         rate=$((max / 2))
         log "visibility at $rate PUT/s (half of the measured $max)"
         wait_quiet visibility
-        "$BENCH" visibility --master "$master" --workers "$w1,$w2" --rate "$rate" -c 64 --duration "$BENCH_SECONDS" \
+        "$BENCH" visibility --master "$master" --workers "$w1,$w2" --rate "$rate" -c 64 --duration "$BENCH_VIS_SECONDS" \
             --warmup "$BENCH_WARMUP" --json "$RAW/visibility.json" | tee -a "$WORK/logs/bench.log" >&2
     fi
     stop_all
