@@ -44,6 +44,8 @@ pub struct Metrics {
     pub holdback_waits: Counter,
     pub holdback_unsatisfied: Counter,
     pub holdback_seconds: Histogram,
+    /// Write (at its origin) to applied here, for pushed records.
+    pub visibility_seconds: Histogram,
     pub replication_lag: Family<PeerLabel, Gauge>,
     pub replication_batches: Counter,
     pub replication_failures: Counter,
@@ -80,6 +82,7 @@ impl Default for Metrics {
             holdback_waits: Counter::default(),
             holdback_unsatisfied: Counter::default(),
             holdback_seconds: Histogram::new(exponential_buckets(0.0001, 2.0, 16)),
+            visibility_seconds: Histogram::new(exponential_buckets(0.0005, 2.0, 16)),
             replication_lag: Family::default(),
             replication_batches: Counter::default(),
             replication_failures: Counter::default(),
@@ -112,6 +115,11 @@ impl Default for Metrics {
         registry.register("holdback_waits", "Requests held back for causal dependencies", m.holdback_waits.clone());
         registry.register("holdback_unsatisfied", "Held-back requests not satisfied locally in time", m.holdback_unsatisfied.clone());
         registry.register("holdback_seconds", "Time requests spent held back", m.holdback_seconds.clone());
+        registry.register(
+            "visibility_seconds",
+            "From a write at its origin to its application at this replica (pushed records; origin's HLC wall clock)",
+            m.visibility_seconds.clone(),
+        );
         registry.register("replication_lag_records", "Own durable writes not yet acknowledged, per peer", m.replication_lag.clone());
         registry.register("replication_batches", "Replication batches acknowledged", m.replication_batches.clone());
         registry.register("replication_failures", "Replication pushes that failed", m.replication_failures.clone());

@@ -94,6 +94,8 @@ async fn writes_replicate_and_key_counts_add_up() {
     })
     .await;
     assert!(converged, "replicas did not converge to {live} keys");
+    let visible = c.metric(1, "causalkv_visibility_seconds_count").await;
+    assert!(visible > 0, "the worker measured visibility of pushed writes");
     let mut total = 0;
     for id in [1, 2] {
         let info = c.get_json(3, &format!("/kv-store/shards/{id}")).await;

@@ -229,7 +229,20 @@ impl Gossip {
     pub async fn handle_replicate(&self, batch: ReplicateBatch) -> Result<ReplicateAck, GossipError> {
         self.check_epoch(batch.epoch)?;
         self.detector.heard_from(&batch.from);
+        // Visibility: the record's HLC carries its origin's wall clock (ms)
+        // when it was written; exact on one host, skewed by clock offset across hosts.
+        let applied = self.store.applied();
+        let now_ms = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0);
+        let ages: Vec<f64> = batch
+            .records
+            .iter()
+            .filter(|r| r.dot.seq > applied.get(&r.dot.origin))
+            .map(|r| now_ms.saturating_sub(r.hlc >> 16) as f64 / 1000.0)
+            .collect();
         let outcome = self.store.apply_remote(batch.records, &self.shard)?;
+        for age in ages {
+            self.metrics.visibility_seconds.observe(age);
+        }
         self.metrics.replicated_records.inc_by(outcome.applied_now as u64);
         self.metrics.pending_dropped.inc_by(outcome.dropped as u64);
         self.store.wait_durable(outcome.generation).await?;
