@@ -10,6 +10,10 @@ use causalkv::{Config, Node, NodeArgs};
 mod cluster;
 mod probe;
 
+// sled copies tree nodes on every write: allocation-heavy (see Cargo.toml).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser, Debug)]
 #[command(name = "causalkv", version, about = "A causally consistent, sharded, replicated key-value store")]
 struct Cli {

@@ -52,6 +52,10 @@ pub struct Metrics {
     pub replicated_records: Counter,
     pub live_keys: Gauge,
     pub pending_records: Gauge,
+    pub wal_syncs: Gauge,
+    pub wal_synced_entries: Gauge,
+    pub wal_checkpoints: Gauge,
+    pub wal_replayed_entries: Gauge,
     pub pending_dropped: Counter,
     pub snapshots_installed: Counter,
     pub log_limit_hits: Counter,
@@ -89,6 +93,10 @@ impl Default for Metrics {
             replicated_records: Counter::default(),
             live_keys: Gauge::default(),
             pending_records: Gauge::default(),
+            wal_syncs: Gauge::default(),
+            wal_synced_entries: Gauge::default(),
+            wal_checkpoints: Gauge::default(),
+            wal_replayed_entries: Gauge::default(),
             pending_dropped: Counter::default(),
             snapshots_installed: Counter::default(),
             log_limit_hits: Counter::default(),
@@ -126,6 +134,22 @@ impl Default for Metrics {
         registry.register("replicated_records", "Remote records applied", m.replicated_records.clone());
         registry.register("live_keys", "Live keys stored at this node", m.live_keys.clone());
         registry.register("pending_records", "Records waiting for predecessors", m.pending_records.clone());
+        registry.register("wal_syncs", "Write-ahead log write+fdatasync rounds since start (group commits)", m.wal_syncs.clone());
+        registry.register(
+            "wal_synced_entries",
+            "Write-ahead log entries made durable since start (divided by wal_syncs: the group-commit batch size)",
+            m.wal_synced_entries.clone(),
+        );
+        registry.register(
+            "wal_checkpoints",
+            "Checkpoints (sled flushed, older log segments deleted) since start",
+            m.wal_checkpoints.clone(),
+        );
+        registry.register(
+            "wal_replayed_entries",
+            "Write-ahead log entries replayed at start-up (non-zero after a crash)",
+            m.wal_replayed_entries.clone(),
+        );
         registry.register("pending_dropped", "Records dropped because the pending queue was full", m.pending_dropped.clone());
         registry.register("snapshots_installed", "Shard snapshots fetched because logs were compacted", m.snapshots_installed.clone());
         registry.register("log_limit_hits", "Times a per-origin log hit its size limit", m.log_limit_hits.clone());

@@ -130,5 +130,11 @@ pub async fn ready(State(node): State<Arc<Node>>) -> Response {
 pub async fn metrics(State(node): State<Arc<Node>>) -> Response {
     node.metrics.live_keys.set(node.store.live_count() as i64);
     node.metrics.pending_records.set(node.store.pending_len() as i64);
+    let wal = &node.store.stats;
+    let load = |a: &std::sync::atomic::AtomicU64| a.load(std::sync::atomic::Ordering::Relaxed) as i64;
+    node.metrics.wal_syncs.set(load(&wal.syncs));
+    node.metrics.wal_synced_entries.set(load(&wal.synced_entries));
+    node.metrics.wal_checkpoints.set(load(&wal.checkpoints));
+    node.metrics.wal_replayed_entries.set(load(&wal.replayed_entries));
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], node.metrics.render()).into_response()
 }

@@ -26,7 +26,7 @@ use crate::faults::Faults;
 use crate::gossip::{Auth, EpochHint, FailureDetector, Gossip, HttpTransport, Inbound, MyceliumTransport, Transport};
 use crate::metrics::Metrics;
 use crate::shard::{ShardMap, View};
-use crate::store::{Store, StoreError, run_flusher};
+use crate::store::{Store, StoreError, run_checkpointer, run_flusher};
 
 /// How long start-up waits for peers to hand over missed records before the
 /// node reports ready anyway (a peer may be down).
@@ -214,7 +214,10 @@ impl Node {
         });
         node.install_epoch(view);
 
-        let mut tasks = vec![tokio::spawn(run_flusher(store.clone(), shutdown_rx.clone()))];
+        let mut tasks = vec![
+            tokio::spawn(run_flusher(store.clone(), shutdown_rx.clone())),
+            tokio::spawn(run_checkpointer(store.clone(), shutdown_rx.clone())),
+        ];
         // A transport that receives by itself (Mycelium) runs for the node's
         // lifetime and hands messages to whichever epoch is current.
         tasks.extend(node.transport.clone().start_receiving(node.clone(), shutdown_rx.clone()));

@@ -1,6 +1,7 @@
 //! Group commit: writers register the generation of their batch; one flusher
-//! task flushes sled once for everything written so far and publishes the
-//! generation (and own seq) that is now durable.
+//! task writes and syncs the write-ahead log once for everything appended so
+//! far and publishes the generation (and own seq) that is now durable. A
+//! checkpointer flushes sled in the background so the log stays short.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -29,7 +30,7 @@ impl std::str::FromStr for DurabilityMode {
     }
 }
 
-/// Pause after a failed flush before retrying, so a broken disk does not spin.
+/// Pause after a failed sync before retrying, so a broken disk does not spin.
 const FLUSH_RETRY: Duration = Duration::from_millis(100);
 
 pub struct Durability {
@@ -57,46 +58,77 @@ impl Durability {
         self.durable_seq.subscribe()
     }
 
+    /// Called in sync order. The own seq is published as is: it restarts at
+    /// 0 when a new epoch begins.
+    pub(super) fn publish(&self, generation: u64, own_seq: u64) {
+        self.durable_gen.send_if_modified(|d| {
+            let changed = generation > *d;
+            *d = (*d).max(generation);
+            changed
+        });
+        self.durable_seq.send_if_modified(|d| {
+            let changed = own_seq != *d;
+            *d = own_seq;
+            changed
+        });
+    }
+
     pub(super) async fn wait_for(&self, generation: u64, bound: Duration) -> bool {
         let mut rx = self.durable_gen.subscribe();
         matches!(tokio::time::timeout(bound, rx.wait_for(|d| *d >= generation)).await, Ok(Ok(_)))
     }
 }
 
-/// Runs the flusher until `shutdown` fires, then flushes one last time.
+/// Runs the group commit until `shutdown` fires: whenever entries wait, one
+/// write + `fdatasync` of the log covers all of them.
 pub async fn run_flusher(store: Arc<Store>, mut shutdown: watch::Receiver<bool>) {
     loop {
         tokio::select! {
             _ = store.durability.kick.notified() => {}
             _ = shutdown.wait_for(|s| *s) => break,
         }
-        loop {
-            let (generation, seq) = store.written();
-            if generation <= *store.durability.durable_gen.borrow() {
-                break;
-            }
+        while store.wal_has_unwritten() {
             let s = store.clone();
-            match tokio::task::spawn_blocking(move || s.flush_blocking()).await {
-                Ok(Ok(())) => {
-                    store.durability.durable_gen.send_replace(generation);
-                    store.durability.durable_seq.send_if_modified(|d| {
-                        let changed = seq > *d;
-                        *d = (*d).max(seq);
-                        changed
-                    });
-                }
+            match tokio::task::spawn_blocking(move || s.sync_wal()).await {
+                Ok(Ok(_)) => {}
                 Ok(Err(e)) => {
-                    tracing::error!(error = %e, "flush failed; retrying");
+                    tracing::error!(error = %e, "write-ahead log sync failed; retrying");
                     tokio::time::sleep(FLUSH_RETRY).await;
                 }
                 Err(e) => {
-                    tracing::error!(error = %e, "flush task failed; retrying");
+                    tracing::error!(error = %e, "write-ahead log sync task failed; retrying");
                     tokio::time::sleep(FLUSH_RETRY).await;
                 }
             }
         }
     }
-    if let Err(e) = store.flush() {
-        tracing::error!(error = %e, "final flush failed");
+}
+
+/// How often the checkpointer looks at the log.
+const CHECKPOINT_POLL: Duration = Duration::from_secs(1);
+/// A log segment this long is checkpointed at once: it bounds the replay
+/// work after a crash (tens of ms per MiB).
+const CHECKPOINT_BYTES: u64 = 32 * 1024 * 1024;
+/// A log segment with anything in it is checkpointed at least this often.
+const CHECKPOINT_EVERY: Duration = Duration::from_secs(30);
+
+/// Checkpoints sled in the background (off the write path) until `shutdown`.
+pub async fn run_checkpointer(store: Arc<Store>, mut shutdown: watch::Receiver<bool>) {
+    let mut last = tokio::time::Instant::now();
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(CHECKPOINT_POLL) => {}
+            _ = shutdown.wait_for(|s| *s) => return,
+        }
+        let len = store.wal_segment_len();
+        if len < CHECKPOINT_BYTES && (len == 0 || last.elapsed() < CHECKPOINT_EVERY) {
+            continue;
+        }
+        let s = store.clone();
+        match tokio::task::spawn_blocking(move || s.checkpoint()).await {
+            Ok(Ok(())) => last = tokio::time::Instant::now(),
+            Ok(Err(e)) => tracing::error!(error = %e, "checkpoint failed; retrying later"),
+            Err(e) => tracing::error!(error = %e, "checkpoint task failed; retrying later"),
+        }
     }
 }

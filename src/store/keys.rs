@@ -39,6 +39,8 @@ pub fn applied(origin: &str) -> Vec<u8> {
 pub const COUNTER: &str = "counter";
 pub const EPOCH: &str = "epoch";
 pub const VIEW: &str = "view";
+/// The write-ahead log segment recovery starts from (see `wal.rs`).
+pub const WAL_CHECKPOINT: &str = "wal_checkpoint";
 pub const APPLIED_PREFIX: &str = "applied/";
 
 pub const TOMBSTONE: u8 = b't';
