@@ -2,13 +2,11 @@
 //! hold-back gate, and the local read/write (DESIGN.md "Write path",
 //! "Read path").
 
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::body::Body;
-use axum::extract::rejection::{PathRejection, QueryRejection};
-use axum::extract::{Path, Query, State};
+use axum::extract::rejection::PathRejection;
+use axum::extract::{FromRequestParts, Path, Request, State};
 use axum::http::{HeaderMap, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde_json::Value;
@@ -19,7 +17,9 @@ use super::error::MISROUTED_HEADER;
 use super::error::{ApiError, ErrorReply};
 use super::forward::{Forward, forward};
 use super::reply::Reply;
-use super::request::{check_value, deadline, hop, parse_body, parse_key, read_body, sender, sender_epoch, unix_ms, wait_override};
+use super::request::{
+    check_value, deadline, hop, parse_body, parse_key, query_context, read_body, sender, sender_epoch, unix_ms, wait_override,
+};
 use crate::causal::CausalContext;
 use crate::metrics::RequestLabel;
 use crate::node::{Epoch, Node};
@@ -76,26 +76,25 @@ struct KeyRequest {
 
 type Reject = Box<ErrorReply>;
 
-pub async fn handle(
-    State(node): State<Arc<Node>>,
-    method: Method,
-    headers: HeaderMap,
-    path: Result<Path<String>, PathRejection>,
-    query: Result<Query<HashMap<String, String>>, QueryRejection>,
-    body: Body,
-) -> Response {
+pub async fn handle(State(node): State<Arc<Node>>, req: Request) -> Response {
     let started = Instant::now();
-    let op = match method {
+    // Taken apart here rather than by extractors, which would clone the
+    // headers and decode the query of every request.
+    let (mut parts, body) = req.into_parts();
+    let op = match parts.method {
         Method::PUT => Op::Put,
         Method::GET => Op::Get,
         Method::DELETE => Op::Delete,
-        _ => return ErrorReply::new(&method, ApiError::MethodNotAllowed, Value::Object(Default::default())).into_response(),
+        _ => return ErrorReply::new(&parts.method, ApiError::MethodNotAllowed, empty()).into_response(),
     };
+    let path = Path::<String>::from_request_parts(&mut parts, &()).await;
+    let query = query_context(&parts.uri);
     let body = read_body(body, node.config.max_value_bytes + super::BODY_OVERHEAD).await;
-    let response = match parse(&node, &method, op, &headers, path, query, body) {
+    let (method, headers) = (&parts.method, &parts.headers);
+    let response = match parse(&node, method, op, headers, path, query.as_deref(), body) {
         Ok(req) => {
-            if req.hop > 0 && sender(&headers).is_some_and(|s| node.faults.is_blocked(s)) {
-                ErrorReply::new(&method, ApiError::Unavailable, req.context.to_json()).into_response()
+            if req.hop > 0 && sender(headers).is_some_and(|s| node.faults.is_blocked(s)) {
+                ErrorReply::new(method, ApiError::Unavailable, req.context.to_json()).into_response()
             } else {
                 match route(&node, &req).await {
                     Ok(resp) => resp,
@@ -110,23 +109,25 @@ pub async fn handle(
     response
 }
 
+fn empty() -> Value {
+    Value::Object(Default::default())
+}
+
 fn parse(
     node: &Node,
     method: &Method,
     op: Op,
     headers: &HeaderMap,
     path: Result<Path<String>, PathRejection>,
-    query: Result<Query<HashMap<String, String>>, QueryRejection>,
+    query: Option<&str>,
     body: Result<Vec<u8>, ApiError>,
 ) -> Result<KeyRequest, Reject> {
-    let key =
-        parse_key(path, node.config.max_key_length).map_err(|e| Box::new(ErrorReply::new(method, e, Value::Object(Default::default()))))?;
-    let parsed = parse_body(body, query).map_err(|(e, ctx)| Box::new(ErrorReply::new(method, e, ctx)))?;
+    let reject = |e, ctx| Box::new(ErrorReply::new(method, e, ctx));
+    let key = parse_key(path, node.config.max_key_length).map_err(|e| reject(e, empty()))?;
+    let bytes = body.map_err(|e| reject(e, empty()))?;
+    let mut parsed = parse_body(&bytes, query).map_err(|e| reject(e, empty()))?;
     let value = match op {
-        Op::Put => Some(
-            check_value(parsed.value, node.config.max_value_bytes)
-                .map_err(|e| Box::new(ErrorReply::new(method, e, parsed.raw_context.clone())))?,
-        ),
+        Op::Put => Some(check_value(parsed.value.take(), node.config.max_value_bytes).map_err(|e| reject(e, parsed.raw_context()))?),
         _ => None,
     };
     let hop = hop(headers);

@@ -5,9 +5,9 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use axum::body::Body as RequestBody;
-use axum::extract::rejection::{PathRejection, QueryRejection};
+use axum::extract::rejection::PathRejection;
 use axum::extract::{Path, Query};
-use axum::http::HeaderMap;
+use axum::http::{HeaderMap, Uri};
 use futures_util::StreamExt;
 use serde::Deserialize;
 use serde_json::Value;
@@ -31,19 +31,30 @@ pub const WAIT_HEADER: &str = "x-causalkv-wait-ms";
 pub use crate::gossip::FROM_HEADER;
 
 #[derive(Deserialize)]
-struct Body {
+struct Body<'a> {
     #[serde(default)]
     value: Option<Box<RawValue>>,
-    #[serde(rename = "causal-context", default)]
-    context: Option<Value>,
+    /// Kept as text: parsed by [`CausalContext::parse_json`] without a
+    /// `Value` in between (`null` is `None`, as for an absent field).
+    #[serde(rename = "causal-context", default, borrow)]
+    context: Option<&'a RawValue>,
 }
 
 /// The parts of a request body the API uses.
-pub struct ParsedBody {
+pub struct ParsedBody<'a> {
     pub value: Option<Box<RawValue>>,
     pub context: CausalContext,
-    /// The context as sent, echoed on errors that happen before parsing it.
-    pub raw_context: Value,
+    /// The context text as sent (body or query), if any.
+    raw_context: Option<&'a str>,
+}
+
+impl ParsedBody<'_> {
+    /// The context as sent, echoed on errors that happen before it is used
+    /// (only errors need it, so it is parsed into a `Value` only then).
+    pub fn raw_context(&self) -> Value {
+        // The text parsed once already (as part of the body, or on its own).
+        self.raw_context.and_then(|text| serde_json::from_str(text).ok()).unwrap_or_else(|| Value::Object(Default::default()))
+    }
 }
 
 /// Most bytes of an oversized body read (and discarded) before answering 413:
@@ -69,28 +80,34 @@ pub async fn read_body(body: RequestBody, limit: usize) -> Result<Vec<u8>, ApiEr
     if total > limit { Err(ApiError::ValueTooLarge) } else { Ok(buf) }
 }
 
-/// Parses an optional JSON body and the `causal-context` query parameter.
-pub fn parse_body(
-    body: Result<Vec<u8>, ApiError>,
-    query: Result<Query<HashMap<String, String>>, QueryRejection>,
-) -> Result<ParsedBody, (ApiError, Value)> {
-    let empty = || Value::Object(Default::default());
-    let bytes = body.map_err(|e| (e, empty()))?;
-    let parsed: Body = match bytes.iter().find(|b| !b.is_ascii_whitespace()) {
+/// Parses an optional JSON body and the `causal-context` query parameter
+/// (`query`, see [`query_context`]; used when the body has no context).
+/// Every error answers with the empty context.
+pub fn parse_body<'a>(bytes: &'a [u8], query: Option<&'a str>) -> Result<ParsedBody<'a>, ApiError> {
+    let parsed: Body<'a> = match bytes.iter().find(|b| !b.is_ascii_whitespace()) {
         None => Body { value: None, context: None },
         // serde would also accept an array as a struct (fields by position).
-        Some(b'{') => serde_json::from_slice(&bytes).map_err(|_| (ApiError::BadBody, empty()))?,
-        Some(_) => return Err((ApiError::BadBody, empty())),
+        Some(b'{') => serde_json::from_slice(bytes).map_err(|_| ApiError::BadBody)?,
+        Some(_) => return Err(ApiError::BadBody),
     };
     let raw_context = match parsed.context {
-        Some(v) => v,
-        None => match query.ok().and_then(|Query(q)| q.get("causal-context").cloned()) {
-            Some(text) if !text.trim().is_empty() => serde_json::from_str(&text).map_err(|_| (ApiError::InvalidContext, empty()))?,
-            _ => empty(),
-        },
+        Some(raw) => Some(raw.get()),
+        None => query.filter(|text| !text.trim().is_empty()),
     };
-    let context = CausalContext::from_json(&raw_context).map_err(|_| (ApiError::InvalidContext, empty()))?;
+    let context = match raw_context {
+        Some(text) => CausalContext::parse_json(text).map_err(|_| ApiError::InvalidContext)?,
+        None => CausalContext::default(),
+    };
     Ok(ParsedBody { value: parsed.value, context, raw_context })
+}
+
+/// The `causal-context` query parameter of a request, if it has one. Only a
+/// URI with a query is decoded (as axum's `Query` extractor does it, so a
+/// repeated parameter keeps the last value).
+pub fn query_context(uri: &Uri) -> Option<String> {
+    uri.query()?;
+    let Query(mut params) = Query::<HashMap<String, String>>::try_from_uri(uri).ok()?;
+    params.remove("causal-context")
 }
 
 /// Validates the key from the path.
