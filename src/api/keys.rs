@@ -2,6 +2,7 @@
 //! hold-back gate, and the local read/write (DESIGN.md "Write path",
 //! "Read path").
 
+use std::borrow::Cow;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -94,7 +95,7 @@ pub async fn handle(State(node): State<Arc<Node>>, req: Request) -> Response {
     let response = match parse(&node, method, op, headers, path, query.as_deref(), body) {
         Ok(req) => {
             if req.hop > 0 && sender(headers).is_some_and(|s| node.faults.is_blocked(s)) {
-                ErrorReply::new(method, ApiError::Unavailable, req.context.to_json()).into_response()
+                ErrorReply::new(method, ApiError::Unavailable, req.context.clone()).into_response()
             } else {
                 match route(&node, &req).await {
                     Ok(resp) => resp,
@@ -298,7 +299,7 @@ async fn read_local(node: &Node, cur: &Epoch, req: &KeyRequest, shard: ShardId) 
         return fallback(node, cur, req, shard).await;
     }
     let record = node.store.get(&req.key).map_err(|e| internal(req, e))?;
-    let reply_ctx = reply_context(cur.map.epoch(), &ctx, record.as_ref());
+    let reply_ctx = reply_context(cur.map.epoch(), ctx, record.as_ref());
     let address = (req.hop > 0).then(|| node.me().to_owned());
     match record {
         Some(Record { value: Some(value), .. }) => {
@@ -333,7 +334,7 @@ async fn write_local(node: &Node, req: &KeyRequest) -> Result<Response, Reject> 
     node.store.wait_durable(outcome.generation).await.map_err(|e| internal(req, e))?;
     let address = (req.hop > 0).then(|| node.me().to_owned());
     let revealed = outcome.record.as_ref().or(outcome.previous.as_ref());
-    let reply_ctx = reply_context(cur.map.epoch(), &ctx, revealed);
+    let reply_ctx = reply_context(cur.map.epoch(), ctx, revealed);
     let was_live = outcome.previous.as_ref().is_some_and(Record::is_live);
     let reply = match (req.op, outcome.record.is_some()) {
         (Op::Put, _) if was_live => (StatusCode::OK, "Updated successfully", Some(true), None),
@@ -349,21 +350,21 @@ async fn write_local(node: &Node, req: &KeyRequest) -> Result<Response, Reject> 
 
 /// The request's context plus the dot and deps of the record the reply
 /// reveals (same epoch only: older dots are satisfied everywhere).
-fn reply_context(epoch: u64, ctx: &CausalContext, record: Option<&Record>) -> Value {
-    let mut out = ctx.clone();
+fn reply_context(epoch: u64, ctx: Cow<'_, CausalContext>, record: Option<&Record>) -> CausalContext {
+    let mut out = ctx.into_owned();
     out.epoch = epoch;
     if let Some(rec) = record.filter(|r| r.dot.epoch == out.epoch) {
         out.clock.observe(&rec.dot.origin, rec.dot.seq);
         out.clock.merge(&rec.deps);
     }
-    out.to_json()
+    out
 }
 
 /// 503 `Unable to satisfy request`; names this node when it was the target
 /// of a forward.
 fn unavailable(node: &Node, req: &KeyRequest) -> Reject {
     let address = (req.hop > 0).then(|| node.me().to_owned());
-    Box::new(ErrorReply { address, ..ErrorReply::new(&req.method, ApiError::Unavailable, req.context.to_json()) })
+    Box::new(ErrorReply { address, ..ErrorReply::new(&req.method, ApiError::Unavailable, req.context.clone()) })
 }
 
 /// 503 marked so the entry node routes again once it has caught up with
@@ -373,10 +374,10 @@ fn misrouted(node: &Node, req: &KeyRequest, epoch: u64) -> Reject {
     Box::new(ErrorReply {
         address,
         misrouted_epoch: Some(epoch),
-        ..ErrorReply::new(&req.method, ApiError::Unavailable, req.context.to_json())
+        ..ErrorReply::new(&req.method, ApiError::Unavailable, req.context.clone())
     })
 }
 
 fn internal(req: &KeyRequest, e: impl std::error::Error + Send + Sync + 'static) -> Reject {
-    Box::new(ErrorReply::new(&req.method, ApiError::internal(e), req.context.to_json()))
+    Box::new(ErrorReply::new(&req.method, ApiError::internal(e), req.context.clone()))
 }
