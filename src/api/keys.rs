@@ -14,7 +14,7 @@ use serde_json::Value;
 use serde_json::value::RawValue;
 use tokio::time::Instant;
 
-use super::error::MISROUTED_HEADER;
+use super::error::MISROUTED_NAME;
 use super::error::{ApiError, ErrorReply};
 use super::forward::{Forward, forward};
 use super::reply::Reply;
@@ -22,7 +22,6 @@ use super::request::{
     check_value, deadline, hop, parse_body, parse_key, query_context, read_body, sender, sender_epoch, unix_ms, wait_override,
 };
 use crate::causal::CausalContext;
-use crate::metrics::RequestLabel;
 use crate::node::{Epoch, Node};
 use crate::shard::ShardId;
 use crate::store::Record;
@@ -105,7 +104,7 @@ pub async fn handle(State(node): State<Arc<Node>>, req: Request) -> Response {
         }
         Err(rej) => rej.into_response(),
     };
-    node.metrics.requests.get_or_create(&RequestLabel { op: op.name(), status: response.status().as_u16() }).inc();
+    node.metrics.count_request(op.name(), response.status().as_u16());
     node.metrics.request_seconds.observe(started.elapsed().as_secs_f64());
     response
 }
@@ -178,7 +177,7 @@ async fn route(node: &Node, req: &KeyRequest) -> Result<Response, Reject> {
 }
 
 fn misrouted_epoch(resp: &Response) -> Option<u64> {
-    resp.headers().get(MISROUTED_HEADER).and_then(|v| v.to_str().ok()).and_then(|v| v.parse().ok())
+    resp.headers().get(&MISROUTED_NAME).and_then(|v| v.to_str().ok()).and_then(|v| v.parse().ok())
 }
 
 async fn route_in(node: &Node, cur: &Epoch, req: &KeyRequest) -> Result<Response, Reject> {

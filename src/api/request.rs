@@ -7,7 +7,7 @@ use std::time::Duration;
 use axum::body::Body as RequestBody;
 use axum::extract::rejection::PathRejection;
 use axum::extract::{Path, Query};
-use axum::http::{HeaderMap, Uri};
+use axum::http::{HeaderMap, HeaderName, Uri};
 use futures_util::StreamExt;
 use serde::Deserialize;
 use serde_json::Value;
@@ -29,6 +29,14 @@ pub const DEADLINE_HEADER: &str = "x-causalkv-deadline-ms";
 /// On a hop-2 request: how long the target may hold it back.
 pub const WAIT_HEADER: &str = "x-causalkv-wait-ms";
 pub use crate::gossip::FROM_HEADER;
+
+// The same names as `HeaderName`s, for lookups: a lookup by `&str` parses
+// and validates the name on every request.
+static HOP_NAME: HeaderName = HeaderName::from_static(HOP_HEADER);
+static EPOCH_NAME: HeaderName = HeaderName::from_static(EPOCH_HEADER);
+static DEADLINE_NAME: HeaderName = HeaderName::from_static(DEADLINE_HEADER);
+static WAIT_NAME: HeaderName = HeaderName::from_static(WAIT_HEADER);
+static FROM_NAME: HeaderName = HeaderName::from_static(FROM_HEADER);
 
 #[derive(Deserialize)]
 struct Body<'a> {
@@ -140,22 +148,22 @@ pub fn check_value(value: Option<Box<RawValue>>, max_bytes: usize) -> Result<Box
 
 /// The hop count of a request (0 for a client request).
 pub fn hop(headers: &HeaderMap) -> u8 {
-    headers.get(HOP_HEADER).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u8>().ok()).unwrap_or(0).min(2)
+    headers.get(&HOP_NAME).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u8>().ok()).unwrap_or(0).min(2)
 }
 
 /// The hold-back bound a hop-2 request asks for.
 pub fn wait_override(headers: &HeaderMap) -> Option<Duration> {
-    headers.get(WAIT_HEADER).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok()).map(Duration::from_millis)
+    headers.get(&WAIT_NAME).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok()).map(Duration::from_millis)
 }
 
 /// The epoch of the node that forwarded a request, if it said.
 pub fn sender_epoch(headers: &HeaderMap) -> Option<u64> {
-    headers.get(EPOCH_HEADER).and_then(|v| v.to_str().ok()).and_then(|v| v.parse().ok())
+    headers.get(&EPOCH_NAME).and_then(|v| v.to_str().ok()).and_then(|v| v.parse().ok())
 }
 
 /// The deadline a forwarding node set, if any (unix ms).
 pub fn deadline(headers: &HeaderMap) -> Option<u64> {
-    headers.get(DEADLINE_HEADER).and_then(|v| v.to_str().ok()).and_then(|v| v.parse().ok())
+    headers.get(&DEADLINE_NAME).and_then(|v| v.to_str().ok()).and_then(|v| v.parse().ok())
 }
 
 /// Milliseconds since the Unix epoch.
@@ -165,5 +173,5 @@ pub fn unix_ms() -> u64 {
 
 /// The sending node of an internal or forwarded request.
 pub fn sender(headers: &HeaderMap) -> Option<&str> {
-    headers.get(FROM_HEADER).and_then(|v| v.to_str().ok())
+    headers.get(&FROM_NAME).and_then(|v| v.to_str().ok())
 }
