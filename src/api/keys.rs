@@ -18,9 +18,7 @@ use super::error::MISROUTED_NAME;
 use super::error::{ApiError, ErrorReply};
 use super::forward::{Forward, forward};
 use super::reply::Reply;
-use super::request::{
-    check_value, deadline, hop, parse_body, parse_key, query_context, read_body, sender, sender_epoch, unix_ms, wait_override,
-};
+use super::request::{HopHeaders, check_value, hop_headers, parse_body, parse_key, query_context, read_body, sender, unix_ms};
 use crate::causal::CausalContext;
 use crate::node::{Epoch, Node};
 use crate::shard::ShardId;
@@ -130,22 +128,12 @@ fn parse(
         Op::Put => Some(check_value(parsed.value.take(), node.config.max_value_bytes).map_err(|e| reject(e, parsed.raw_context()))?),
         _ => None,
     };
-    let hop = hop(headers);
-    let wait = match (hop, wait_override(headers)) {
+    let HopHeaders { hop, wait, sender_epoch, deadline } = hop_headers(headers);
+    let wait = match (hop, wait) {
         (2, Some(w)) => w.min(node.config.causal_wait),
         _ => node.config.causal_wait,
     };
-    Ok(KeyRequest {
-        method: method.clone(),
-        op,
-        key,
-        value,
-        context: parsed.context,
-        hop,
-        wait,
-        sender_epoch: sender_epoch(headers),
-        deadline: deadline(headers),
-    })
+    Ok(KeyRequest { method: method.clone(), op, key, value, context: parsed.context, hop, wait, sender_epoch, deadline })
 }
 
 /// Sends the request where it belongs: served here when this node is a

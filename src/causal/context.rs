@@ -7,16 +7,19 @@
 //! [`CausalContext::from_json`] on a `serde_json::Value` is the reference
 //! parser. Requests carry the context as JSON text, and building a `Value`
 //! for it costs allocations on every request, so [`CausalContext::parse_json`]
-//! first tries a typed parse that accepts only the plain form (an object,
-//! each field once); anything else goes through the reference parser, so the
-//! two can never disagree. Replies serialise the context directly
+//! (and the request body parser, through [`PlainContext`]) first try a typed
+//! parse that accepts only the plain form (an object, each field once);
+//! anything else goes through the reference parser, so the two can never
+//! disagree. Replies serialise the context directly
 //! ([`Serialize`]), in the same bytes as `to_json()`.
 
 use std::borrow::Cow;
 use std::collections::BTreeMap;
+use std::fmt;
 
+use serde::de::{self, MapAccess, Visitor};
 use serde::ser::SerializeMap;
-use serde::{Deserialize, Serialize, Serializer};
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use serde_json::{Map, Value};
 
 use super::Clock;
@@ -78,20 +81,9 @@ impl CausalContext {
     }
 
     /// The typed fast path: `Some` only when `from_json` would accept the
-    /// text with this very result. It declines (`None`) whatever it cannot
-    /// decide that way: a duplicate field (a `Value` keeps the last), any
-    /// type or range error, and a top-level array, which serde would
-    /// otherwise accept as a struct with fields by position.
+    /// text with this very result (see [`PlainContext`]).
     fn parse_plain(text: &str) -> Option<Self> {
-        if !text.trim_start().starts_with('{') {
-            return None;
-        }
-        let plain: PlainContext = serde_json::from_str(text).ok()?;
-        // A map keeps the last of duplicate origins, like a `Value` object.
-        if plain.clock.len() > MAX_ENTRIES || plain.clock.keys().any(|o| !valid_origin(o)) {
-            return None;
-        }
-        Some(CausalContext { epoch: plain.epoch, clock: Clock::from_map(plain.clock) })
+        serde_json::from_str::<PlainContext>(text).ok()?.into_context()
     }
 
     pub fn to_json(&self) -> Value {
@@ -112,17 +104,83 @@ impl CausalContext {
     }
 }
 
-/// The plain JSON form of a context, for [`CausalContext::parse_plain`].
-/// serde rejects a repeated `epoch` or `clock`, unknown fields, `null` for
-/// either field, and counters that are not `u64` (negative, fractional,
-/// strings), exactly the cases the fast path must leave to `from_json`.
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct PlainContext {
-    #[serde(default)]
+/// A context in its plain JSON form: an object with at most one `epoch` and
+/// one `clock`, no other field, `u64` counters. It deserialises only what
+/// `from_json` accepts with the same result, and fails on everything else
+/// (a repeated field, where a `Value` keeps the last one; `null` for a
+/// field; a negative, fractional or string counter; an unknown field; a
+/// non-object), so the caller can then ask the reference parser. Request
+/// bodies use it to parse the context in place.
+pub struct PlainContext {
     epoch: u64,
-    #[serde(default)]
     clock: BTreeMap<String, u64>,
+}
+
+impl PlainContext {
+    /// The context; `None` when `from_json` would reject it.
+    pub fn into_context(self) -> Option<CausalContext> {
+        // A map keeps the last of duplicate origins, like a `Value` object.
+        if self.clock.len() > MAX_ENTRIES || self.clock.keys().any(|o| !valid_origin(o)) {
+            return None;
+        }
+        Some(CausalContext { epoch: self.epoch, clock: Clock::from_map(self.clock) })
+    }
+}
+
+impl<'de> Deserialize<'de> for PlainContext {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        // An object only: a derived struct would also take an array (fields by position).
+        deserializer.deserialize_map(PlainVisitor)
+    }
+}
+
+struct PlainVisitor;
+
+impl<'de> Visitor<'de> for PlainVisitor {
+    type Value = PlainContext;
+
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("a causal-context object")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<PlainContext, A::Error> {
+        let (mut epoch, mut clock) = (None, None);
+        while let Some(field) = map.next_key::<Field>()? {
+            match field {
+                Field::Epoch if epoch.is_none() => epoch = Some(map.next_value::<u64>()?),
+                Field::Clock if clock.is_none() => clock = Some(map.next_value::<BTreeMap<String, u64>>()?),
+                _ => return Err(de::Error::custom("repeated causal-context field")),
+            }
+        }
+        Ok(PlainContext { epoch: epoch.unwrap_or(0), clock: clock.unwrap_or_default() })
+    }
+}
+
+enum Field {
+    Epoch,
+    Clock,
+}
+
+impl<'de> Deserialize<'de> for Field {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct FieldVisitor;
+        impl Visitor<'_> for FieldVisitor {
+            type Value = Field;
+
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("`epoch` or `clock`")
+            }
+
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<Field, E> {
+                match v {
+                    "epoch" => Ok(Field::Epoch),
+                    "clock" => Ok(Field::Clock),
+                    _ => Err(E::unknown_field(v, &["epoch", "clock"])),
+                }
+            }
+        }
+        deserializer.deserialize_identifier(FieldVisitor)
+    }
 }
 
 /// The same bytes as `serde_json::to_vec(&self.to_json())`: `{}` for an
