@@ -176,24 +176,6 @@ impl Default for Metrics {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn request_counters_share_the_family_series() {
-        let m = Metrics::default();
-        assert!(!m.render().contains("causalkv_requests_total{"), "no series before the first request");
-        m.count_request("get", 200);
-        m.count_request("get", 200);
-        m.count_request("put", 418);
-        let text = m.render();
-        assert!(text.contains(r#"causalkv_requests_total{op="get",status="200"} 2"#), "{text}");
-        assert!(text.contains(r#"causalkv_requests_total{op="put",status="418"} 1"#), "{text}");
-        assert!(!text.contains(r#"status="201""#), "{text}");
-    }
-}
-
 impl Metrics {
     /// Counts one client request by operation and answer status.
     pub fn count_request(&self, op: &'static str, status: u16) {
@@ -215,5 +197,23 @@ impl Metrics {
             tracing::error!(error = %e, "encoding metrics failed");
         }
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn request_counters_share_the_family_series() {
+        let m = Metrics::default();
+        assert!(!m.render().contains("causalkv_requests_total{"), "no series before the first request");
+        m.count_request("get", 200);
+        m.count_request("get", 200);
+        m.count_request("put", 418);
+        let text = m.render();
+        assert!(text.contains(r#"causalkv_requests_total{op="get",status="200"} 2"#), "{text}");
+        assert!(text.contains(r#"causalkv_requests_total{op="put",status="418"} 1"#), "{text}");
+        assert!(!text.contains(r#"status="201""#), "{text}");
     }
 }
