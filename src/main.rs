@@ -10,9 +10,12 @@ use causalkv::{Config, Node, NodeArgs};
 mod cluster;
 mod probe;
 
-// sled copies tree nodes on every write: allocation-heavy (see Cargo.toml).
+/// Request handling allocates many small, short-lived objects (headers,
+/// bodies, records, contexts) and sled copies tree nodes on every write;
+/// mimalloc serves them in a fraction of glibc malloc's instructions
+/// (bench/callgrind-get.sh, docs/BENCHMARKS.md).
 #[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 #[derive(Parser, Debug)]
 #[command(name = "causalkv", version, about = "A causally consistent, sharded, replicated key-value store")]

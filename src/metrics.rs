@@ -1,5 +1,7 @@
 //! Prometheus metrics (served at `/metrics` in the text format).
 
+use std::sync::OnceLock;
+
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -36,9 +38,18 @@ pub struct PathLabel {
     pub path: String,
 }
 
+/// Operations and statuses of the `requests` counters kept at hand.
+const COMMON_OPS: [&str; 3] = ["get", "put", "delete"];
+const COMMON_STATUSES: [u16; 5] = [200, 201, 404, 400, 503];
+
 pub struct Metrics {
     registry: Registry,
-    pub requests: Family<RequestLabel, Counter>,
+    requests: Family<RequestLabel, Counter>,
+    /// The `requests` counters of the common (op, status) pairs, each
+    /// fetched from the family on first use (so `/metrics` shows the same
+    /// series as before): `get_or_create` hashes the label and takes a lock
+    /// on every call.
+    common_requests: [[OnceLock<Counter>; COMMON_STATUSES.len()]; COMMON_OPS.len()],
     pub request_seconds: Histogram,
     pub forwarded: Counter,
     pub holdback_waits: Counter,
@@ -81,6 +92,7 @@ impl Default for Metrics {
         let mut registry = Registry::with_prefix("causalkv");
         let m = Metrics {
             requests: Family::default(),
+            common_requests: Default::default(),
             request_seconds: Histogram::new(exponential_buckets(0.0001, 2.0, 18)),
             forwarded: Counter::default(),
             holdback_waits: Counter::default(),
@@ -189,11 +201,43 @@ impl Default for Metrics {
 }
 
 impl Metrics {
+    /// Counts one client request by operation and answer status.
+    pub fn count_request(&self, op: &'static str, status: u16) {
+        let o = COMMON_OPS.iter().position(|c| *c == op);
+        let s = COMMON_STATUSES.iter().position(|c| *c == status);
+        match (o, s) {
+            (Some(o), Some(s)) => {
+                self.common_requests[o][s].get_or_init(|| self.requests.get_or_create(&RequestLabel { op, status }).clone()).inc();
+            }
+            _ => {
+                self.requests.get_or_create(&RequestLabel { op, status }).inc();
+            }
+        }
+    }
+
     pub fn render(&self) -> String {
         let mut out = String::new();
         if let Err(e) = prometheus_client::encoding::text::encode(&mut out, &self.registry) {
             tracing::error!(error = %e, "encoding metrics failed");
         }
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn request_counters_share_the_family_series() {
+        let m = Metrics::default();
+        assert!(!m.render().contains("causalkv_requests_total{"), "no series before the first request");
+        m.count_request("get", 200);
+        m.count_request("get", 200);
+        m.count_request("put", 418);
+        let text = m.render();
+        assert!(text.contains(r#"causalkv_requests_total{op="get",status="200"} 2"#), "{text}");
+        assert!(text.contains(r#"causalkv_requests_total{op="put",status="418"} 1"#), "{text}");
+        assert!(!text.contains(r#"status="201""#), "{text}");
     }
 }

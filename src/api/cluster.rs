@@ -28,8 +28,10 @@ type Q = Result<Query<HashMap<String, String>>, QueryRejection>;
 const CLUSTER_BODY_LIMIT: usize = 256 * 1024;
 
 async fn echo_context(method: &Method, query: Q, body: Body) -> Result<Value, Box<ErrorReply>> {
-    let parsed =
-        parse_body(read_body(body, CLUSTER_BODY_LIMIT).await, query).map_err(|(e, ctx)| Box::new(ErrorReply::new(method, e, ctx)))?;
+    let empty = || Value::Object(Default::default());
+    let bytes = read_body(body, CLUSTER_BODY_LIMIT).await.map_err(|e| Box::new(ErrorReply::new(method, e, empty())))?;
+    let query = query.ok().and_then(|Query(mut q)| q.remove("causal-context"));
+    let parsed = parse_body(&bytes, query.as_deref()).map_err(|e| Box::new(ErrorReply::new(method, e, empty())))?;
     Ok(parsed.context.to_json())
 }
 

@@ -1,14 +1,15 @@
 //! The one place where errors become HTTP statuses and API.md messages.
 
-use axum::http::{HeaderValue, Method, StatusCode, header};
+use axum::http::{HeaderName, HeaderValue, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use serde_json::Value;
 
-use super::reply::Reply;
+use super::reply::{Reply, ReplyContext};
 
 /// Marks a 503 from a node that has moved to a newer view than the sender's;
 /// the value is that epoch.
 pub const MISROUTED_HEADER: &str = "x-causalkv-misrouted";
+/// [`MISROUTED_HEADER`] as a `HeaderName` (no parsing per use).
+pub static MISROUTED_NAME: HeaderName = HeaderName::from_static(MISROUTED_HEADER);
 
 /// Seconds a client is told to wait before retrying a 503.
 const RETRY_AFTER_SECS: &str = "1";
@@ -72,7 +73,7 @@ impl ApiError {
 pub struct ErrorReply {
     pub method: Method,
     pub error: ApiError,
-    pub context: Value,
+    pub context: ReplyContext,
     /// Set when this node served a forwarded request.
     pub address: Option<String>,
     /// Set when the request was routed by an older view (see [`MISROUTED_HEADER`]).
@@ -80,8 +81,8 @@ pub struct ErrorReply {
 }
 
 impl ErrorReply {
-    pub fn new(method: &Method, error: ApiError, context: Value) -> Self {
-        Self { method: method.clone(), error, context, address: None, misrouted_epoch: None }
+    pub fn new(method: &Method, error: ApiError, context: impl Into<ReplyContext>) -> Self {
+        Self { method: method.clone(), error, context: context.into(), address: None, misrouted_epoch: None }
     }
 }
 
@@ -92,7 +93,7 @@ impl IntoResponse for ErrorReply {
         }
         let status = self.error.status();
         let reply = Reply {
-            message: format!("Error in {}", self.method),
+            message: format!("Error in {}", self.method).into(),
             error: Some(self.error.to_string()),
             does_exist: matches!(self.error, ApiError::KeyNotFound).then_some(false),
             address: self.address,

@@ -2,26 +2,24 @@
 //! hold-back gate, and the local read/write (DESIGN.md "Write path",
 //! "Read path").
 
-use std::collections::HashMap;
+use std::borrow::Cow;
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::body::Body;
-use axum::extract::rejection::{PathRejection, QueryRejection};
-use axum::extract::{Path, Query, State};
+use axum::extract::rejection::PathRejection;
+use axum::extract::{FromRequestParts, Path, Request, State};
 use axum::http::{HeaderMap, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde_json::Value;
 use serde_json::value::RawValue;
 use tokio::time::Instant;
 
-use super::error::MISROUTED_HEADER;
+use super::error::MISROUTED_NAME;
 use super::error::{ApiError, ErrorReply};
 use super::forward::{Forward, forward};
 use super::reply::Reply;
-use super::request::{check_value, deadline, hop, parse_body, parse_key, read_body, sender, sender_epoch, unix_ms, wait_override};
+use super::request::{HopHeaders, check_value, hop_headers, parse_body, parse_key, query_context, read_body, sender, unix_ms};
 use crate::causal::CausalContext;
-use crate::metrics::RequestLabel;
 use crate::node::{Epoch, Node};
 use crate::shard::ShardId;
 use crate::store::Record;
@@ -76,26 +74,25 @@ struct KeyRequest {
 
 type Reject = Box<ErrorReply>;
 
-pub async fn handle(
-    State(node): State<Arc<Node>>,
-    method: Method,
-    headers: HeaderMap,
-    path: Result<Path<String>, PathRejection>,
-    query: Result<Query<HashMap<String, String>>, QueryRejection>,
-    body: Body,
-) -> Response {
+pub async fn handle(State(node): State<Arc<Node>>, req: Request) -> Response {
     let started = Instant::now();
-    let op = match method {
+    // Taken apart here rather than by extractors, which would clone the
+    // headers and decode the query of every request.
+    let (mut parts, body) = req.into_parts();
+    let op = match parts.method {
         Method::PUT => Op::Put,
         Method::GET => Op::Get,
         Method::DELETE => Op::Delete,
-        _ => return ErrorReply::new(&method, ApiError::MethodNotAllowed, Value::Object(Default::default())).into_response(),
+        _ => return ErrorReply::new(&parts.method, ApiError::MethodNotAllowed, empty()).into_response(),
     };
+    let path = Path::<String>::from_request_parts(&mut parts, &()).await;
+    let query = query_context(&parts.uri);
     let body = read_body(body, node.config.max_value_bytes + super::BODY_OVERHEAD).await;
-    let response = match parse(&node, &method, op, &headers, path, query, body) {
+    let (method, headers) = (&parts.method, &parts.headers);
+    let response = match parse(&node, method, op, headers, path, query.as_deref(), body) {
         Ok(req) => {
-            if req.hop > 0 && sender(&headers).is_some_and(|s| node.faults.is_blocked(s)) {
-                ErrorReply::new(&method, ApiError::Unavailable, req.context.to_json()).into_response()
+            if req.hop > 0 && sender(headers).is_some_and(|s| node.faults.is_blocked(s)) {
+                ErrorReply::new(method, ApiError::Unavailable, req.context.clone()).into_response()
             } else {
                 match route(&node, &req).await {
                     Ok(resp) => resp,
@@ -105,9 +102,13 @@ pub async fn handle(
         }
         Err(rej) => rej.into_response(),
     };
-    node.metrics.requests.get_or_create(&RequestLabel { op: op.name(), status: response.status().as_u16() }).inc();
+    node.metrics.count_request(op.name(), response.status().as_u16());
     node.metrics.request_seconds.observe(started.elapsed().as_secs_f64());
     response
+}
+
+fn empty() -> Value {
+    Value::Object(Default::default())
 }
 
 fn parse(
@@ -116,35 +117,23 @@ fn parse(
     op: Op,
     headers: &HeaderMap,
     path: Result<Path<String>, PathRejection>,
-    query: Result<Query<HashMap<String, String>>, QueryRejection>,
+    query: Option<&str>,
     body: Result<Vec<u8>, ApiError>,
 ) -> Result<KeyRequest, Reject> {
-    let key =
-        parse_key(path, node.config.max_key_length).map_err(|e| Box::new(ErrorReply::new(method, e, Value::Object(Default::default()))))?;
-    let parsed = parse_body(body, query).map_err(|(e, ctx)| Box::new(ErrorReply::new(method, e, ctx)))?;
+    let reject = |e, ctx| Box::new(ErrorReply::new(method, e, ctx));
+    let key = parse_key(path, node.config.max_key_length).map_err(|e| reject(e, empty()))?;
+    let bytes = body.map_err(|e| reject(e, empty()))?;
+    let mut parsed = parse_body(&bytes, query).map_err(|e| reject(e, empty()))?;
     let value = match op {
-        Op::Put => Some(
-            check_value(parsed.value, node.config.max_value_bytes)
-                .map_err(|e| Box::new(ErrorReply::new(method, e, parsed.raw_context.clone())))?,
-        ),
+        Op::Put => Some(check_value(parsed.value.take(), node.config.max_value_bytes).map_err(|e| reject(e, parsed.raw_context()))?),
         _ => None,
     };
-    let hop = hop(headers);
-    let wait = match (hop, wait_override(headers)) {
+    let HopHeaders { hop, wait, sender_epoch, deadline } = hop_headers(headers);
+    let wait = match (hop, wait) {
         (2, Some(w)) => w.min(node.config.causal_wait),
         _ => node.config.causal_wait,
     };
-    Ok(KeyRequest {
-        method: method.clone(),
-        op,
-        key,
-        value,
-        context: parsed.context,
-        hop,
-        wait,
-        sender_epoch: sender_epoch(headers),
-        deadline: deadline(headers),
-    })
+    Ok(KeyRequest { method: method.clone(), op, key, value, context: parsed.context, hop, wait, sender_epoch, deadline })
 }
 
 /// Sends the request where it belongs: served here when this node is a
@@ -176,7 +165,7 @@ async fn route(node: &Node, req: &KeyRequest) -> Result<Response, Reject> {
 }
 
 fn misrouted_epoch(resp: &Response) -> Option<u64> {
-    resp.headers().get(MISROUTED_HEADER).and_then(|v| v.to_str().ok()).and_then(|v| v.parse().ok())
+    resp.headers().get(&MISROUTED_NAME).and_then(|v| v.to_str().ok()).and_then(|v| v.parse().ok())
 }
 
 async fn route_in(node: &Node, cur: &Epoch, req: &KeyRequest) -> Result<Response, Reject> {
@@ -297,7 +286,7 @@ async fn read_local(node: &Node, cur: &Epoch, req: &KeyRequest, shard: ShardId) 
         return fallback(node, cur, req, shard).await;
     }
     let record = node.store.get(&req.key).map_err(|e| internal(req, e))?;
-    let reply_ctx = reply_context(cur.map.epoch(), &ctx, record.as_ref());
+    let reply_ctx = reply_context(cur.map.epoch(), ctx, record.as_ref());
     let address = (req.hop > 0).then(|| node.me().to_owned());
     match record {
         Some(Record { value: Some(value), .. }) => {
@@ -332,7 +321,7 @@ async fn write_local(node: &Node, req: &KeyRequest) -> Result<Response, Reject> 
     node.store.wait_durable(outcome.generation).await.map_err(|e| internal(req, e))?;
     let address = (req.hop > 0).then(|| node.me().to_owned());
     let revealed = outcome.record.as_ref().or(outcome.previous.as_ref());
-    let reply_ctx = reply_context(cur.map.epoch(), &ctx, revealed);
+    let reply_ctx = reply_context(cur.map.epoch(), ctx, revealed);
     let was_live = outcome.previous.as_ref().is_some_and(Record::is_live);
     let reply = match (req.op, outcome.record.is_some()) {
         (Op::Put, _) if was_live => (StatusCode::OK, "Updated successfully", Some(true), None),
@@ -348,21 +337,21 @@ async fn write_local(node: &Node, req: &KeyRequest) -> Result<Response, Reject> 
 
 /// The request's context plus the dot and deps of the record the reply
 /// reveals (same epoch only: older dots are satisfied everywhere).
-fn reply_context(epoch: u64, ctx: &CausalContext, record: Option<&Record>) -> Value {
-    let mut out = ctx.clone();
+fn reply_context(epoch: u64, ctx: Cow<'_, CausalContext>, record: Option<&Record>) -> CausalContext {
+    let mut out = ctx.into_owned();
     out.epoch = epoch;
     if let Some(rec) = record.filter(|r| r.dot.epoch == out.epoch) {
         out.clock.observe(&rec.dot.origin, rec.dot.seq);
         out.clock.merge(&rec.deps);
     }
-    out.to_json()
+    out
 }
 
 /// 503 `Unable to satisfy request`; names this node when it was the target
 /// of a forward.
 fn unavailable(node: &Node, req: &KeyRequest) -> Reject {
     let address = (req.hop > 0).then(|| node.me().to_owned());
-    Box::new(ErrorReply { address, ..ErrorReply::new(&req.method, ApiError::Unavailable, req.context.to_json()) })
+    Box::new(ErrorReply { address, ..ErrorReply::new(&req.method, ApiError::Unavailable, req.context.clone()) })
 }
 
 /// 503 marked so the entry node routes again once it has caught up with
@@ -372,10 +361,10 @@ fn misrouted(node: &Node, req: &KeyRequest, epoch: u64) -> Reject {
     Box::new(ErrorReply {
         address,
         misrouted_epoch: Some(epoch),
-        ..ErrorReply::new(&req.method, ApiError::Unavailable, req.context.to_json())
+        ..ErrorReply::new(&req.method, ApiError::Unavailable, req.context.clone())
     })
 }
 
 fn internal(req: &KeyRequest, e: impl std::error::Error + Send + Sync + 'static) -> Reject {
-    Box::new(ErrorReply::new(&req.method, ApiError::internal(e), req.context.to_json()))
+    Box::new(ErrorReply::new(&req.method, ApiError::internal(e), req.context.clone()))
 }

@@ -5,16 +5,16 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use axum::body::Body as RequestBody;
-use axum::extract::rejection::{PathRejection, QueryRejection};
+use axum::extract::rejection::PathRejection;
 use axum::extract::{Path, Query};
-use axum::http::HeaderMap;
+use axum::http::{HeaderMap, HeaderName, Uri};
 use futures_util::StreamExt;
 use serde::Deserialize;
 use serde_json::Value;
 use serde_json::value::RawValue;
 
 use super::error::ApiError;
-use crate::causal::CausalContext;
+use crate::causal::{CausalContext, PlainContext};
 
 /// Marks a forwarded request and how many hops it has made (1: entry node
 /// to a replica; 2: hold-back fallback to another replica of the shard).
@@ -30,20 +30,62 @@ pub const DEADLINE_HEADER: &str = "x-causalkv-deadline-ms";
 pub const WAIT_HEADER: &str = "x-causalkv-wait-ms";
 pub use crate::gossip::FROM_HEADER;
 
+// The same names as `HeaderName`s, for lookups: a lookup by `&str` parses
+// and validates the name on every request.
+static HOP_NAME: HeaderName = HeaderName::from_static(HOP_HEADER);
+static EPOCH_NAME: HeaderName = HeaderName::from_static(EPOCH_HEADER);
+static DEADLINE_NAME: HeaderName = HeaderName::from_static(DEADLINE_HEADER);
+static WAIT_NAME: HeaderName = HeaderName::from_static(WAIT_HEADER);
+static FROM_NAME: HeaderName = HeaderName::from_static(FROM_HEADER);
+
+/// A JSON object body with the context as raw text, for the reference
+/// context parser ([`CausalContext::parse_json`]).
 #[derive(Deserialize)]
-struct Body {
+struct Body<'a> {
+    #[serde(default)]
+    value: Option<Box<RawValue>>,
+    /// `null` is `None`, as for an absent field.
+    #[serde(rename = "causal-context", default, borrow)]
+    context: Option<&'a RawValue>,
+}
+
+/// The same body with a plain context parsed in place: one pass over the
+/// body instead of two, and no copy of the context text.
+#[derive(Deserialize)]
+struct PlainBody {
     #[serde(default)]
     value: Option<Box<RawValue>>,
     #[serde(rename = "causal-context", default)]
-    context: Option<Value>,
+    context: Option<PlainContext>,
+}
+
+/// The context a body carries.
+enum BodyContext<'a> {
+    Absent,
+    Parsed(CausalContext),
+    Raw(&'a str),
 }
 
 /// The parts of a request body the API uses.
-pub struct ParsedBody {
+pub struct ParsedBody<'a> {
     pub value: Option<Box<RawValue>>,
     pub context: CausalContext,
-    /// The context as sent, echoed on errors that happen before parsing it.
-    pub raw_context: Value,
+    bytes: &'a [u8],
+    query: Option<&'a str>,
+}
+
+impl ParsedBody<'_> {
+    /// The context as sent (body, else query), echoed on errors that happen
+    /// before it is used. Only errors need it, so it is found again here.
+    pub fn raw_context(&self) -> Value {
+        let body = match first_byte(self.bytes) {
+            Some(b'{') => serde_json::from_slice::<Body>(self.bytes).ok().and_then(|b| b.context).map(RawValue::get),
+            _ => None,
+        };
+        body.or_else(|| nonblank(self.query))
+            .and_then(|text| serde_json::from_str(text).ok())
+            .unwrap_or_else(|| Value::Object(Default::default()))
+    }
 }
 
 /// Most bytes of an oversized body read (and discarded) before answering 413:
@@ -69,28 +111,59 @@ pub async fn read_body(body: RequestBody, limit: usize) -> Result<Vec<u8>, ApiEr
     if total > limit { Err(ApiError::ValueTooLarge) } else { Ok(buf) }
 }
 
-/// Parses an optional JSON body and the `causal-context` query parameter.
-pub fn parse_body(
-    body: Result<Vec<u8>, ApiError>,
-    query: Result<Query<HashMap<String, String>>, QueryRejection>,
-) -> Result<ParsedBody, (ApiError, Value)> {
-    let empty = || Value::Object(Default::default());
-    let bytes = body.map_err(|e| (e, empty()))?;
-    let parsed: Body = match bytes.iter().find(|b| !b.is_ascii_whitespace()) {
-        None => Body { value: None, context: None },
+/// Parses an optional JSON body and the `causal-context` query parameter
+/// (`query`, see [`query_context`]; used when the body has no context).
+/// Every error answers with the empty context.
+pub fn parse_body<'a>(bytes: &'a [u8], query: Option<&'a str>) -> Result<ParsedBody<'a>, ApiError> {
+    let (value, context) = match first_byte(bytes) {
+        None => (None, BodyContext::Absent),
+        Some(b'{') => read_object(bytes)?,
         // serde would also accept an array as a struct (fields by position).
-        Some(b'{') => serde_json::from_slice(&bytes).map_err(|_| (ApiError::BadBody, empty()))?,
-        Some(_) => return Err((ApiError::BadBody, empty())),
+        Some(_) => return Err(ApiError::BadBody),
     };
-    let raw_context = match parsed.context {
-        Some(v) => v,
-        None => match query.ok().and_then(|Query(q)| q.get("causal-context").cloned()) {
-            Some(text) if !text.trim().is_empty() => serde_json::from_str(&text).map_err(|_| (ApiError::InvalidContext, empty()))?,
-            _ => empty(),
+    let context = match context {
+        BodyContext::Parsed(ctx) => ctx,
+        BodyContext::Raw(text) => CausalContext::parse_json(text).map_err(|_| ApiError::InvalidContext)?,
+        BodyContext::Absent => match nonblank(query) {
+            Some(text) => CausalContext::parse_json(text).map_err(|_| ApiError::InvalidContext)?,
+            None => CausalContext::default(),
         },
     };
-    let context = CausalContext::from_json(&raw_context).map_err(|_| (ApiError::InvalidContext, empty()))?;
-    Ok(ParsedBody { value: parsed.value, context, raw_context })
+    Ok(ParsedBody { value, context, bytes, query })
+}
+
+/// A JSON object body: first with a plain context parsed in place; a body
+/// that fails that (a malformed context, or a malformed body) is parsed
+/// again with the context as text, so that the reference parser decides.
+/// A body the first parse accepts is one the second accepts with the same
+/// value and a context text that parses to the same context.
+fn read_object(bytes: &[u8]) -> Result<(Option<Box<RawValue>>, BodyContext<'_>), ApiError> {
+    if let Ok(PlainBody { value, context }) = serde_json::from_slice(bytes) {
+        match context.map(PlainContext::into_context) {
+            None => return Ok((value, BodyContext::Absent)),
+            Some(Some(ctx)) => return Ok((value, BodyContext::Parsed(ctx))),
+            Some(None) => {}
+        }
+    }
+    let Body { value, context } = serde_json::from_slice(bytes).map_err(|_| ApiError::BadBody)?;
+    Ok((value, context.map_or(BodyContext::Absent, |raw| BodyContext::Raw(raw.get()))))
+}
+
+fn first_byte(bytes: &[u8]) -> Option<u8> {
+    bytes.iter().copied().find(|b| !b.is_ascii_whitespace())
+}
+
+fn nonblank(text: Option<&str>) -> Option<&str> {
+    text.filter(|t| !t.trim().is_empty())
+}
+
+/// The `causal-context` query parameter of a request, if it has one. Only a
+/// URI with a query is decoded (as axum's `Query` extractor does it, so a
+/// repeated parameter keeps the last value).
+pub fn query_context(uri: &Uri) -> Option<String> {
+    uri.query()?;
+    let Query(mut params) = Query::<HashMap<String, String>>::try_from_uri(uri).ok()?;
+    params.remove("causal-context")
 }
 
 /// Validates the key from the path.
@@ -121,24 +194,46 @@ pub fn check_value(value: Option<Box<RawValue>>, max_bytes: usize) -> Result<Box
     Ok(value)
 }
 
+/// What a forwarding node says about a request in its headers.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct HopHeaders {
+    /// 0 for a client request.
+    pub hop: u8,
+    pub wait: Option<Duration>,
+    pub sender_epoch: Option<u64>,
+    pub deadline: Option<u64>,
+}
+
+/// Prefix of every header [`HopHeaders`] reads.
+const HOP_PREFIX: &str = "x-causalkv-";
+
+/// Reads [`HopHeaders`]. A client request has none of them: one pass over
+/// its few header names finds that, instead of four hashed lookups.
+pub fn hop_headers(headers: &HeaderMap) -> HopHeaders {
+    if !headers.keys().any(|name| name.as_str().starts_with(HOP_PREFIX)) {
+        return HopHeaders::default();
+    }
+    HopHeaders { hop: hop(headers), wait: wait_override(headers), sender_epoch: sender_epoch(headers), deadline: deadline(headers) }
+}
+
 /// The hop count of a request (0 for a client request).
 pub fn hop(headers: &HeaderMap) -> u8 {
-    headers.get(HOP_HEADER).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u8>().ok()).unwrap_or(0).min(2)
+    headers.get(&HOP_NAME).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u8>().ok()).unwrap_or(0).min(2)
 }
 
 /// The hold-back bound a hop-2 request asks for.
-pub fn wait_override(headers: &HeaderMap) -> Option<Duration> {
-    headers.get(WAIT_HEADER).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok()).map(Duration::from_millis)
+fn wait_override(headers: &HeaderMap) -> Option<Duration> {
+    headers.get(&WAIT_NAME).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok()).map(Duration::from_millis)
 }
 
 /// The epoch of the node that forwarded a request, if it said.
-pub fn sender_epoch(headers: &HeaderMap) -> Option<u64> {
-    headers.get(EPOCH_HEADER).and_then(|v| v.to_str().ok()).and_then(|v| v.parse().ok())
+fn sender_epoch(headers: &HeaderMap) -> Option<u64> {
+    headers.get(&EPOCH_NAME).and_then(|v| v.to_str().ok()).and_then(|v| v.parse().ok())
 }
 
 /// The deadline a forwarding node set, if any (unix ms).
-pub fn deadline(headers: &HeaderMap) -> Option<u64> {
-    headers.get(DEADLINE_HEADER).and_then(|v| v.to_str().ok()).and_then(|v| v.parse().ok())
+fn deadline(headers: &HeaderMap) -> Option<u64> {
+    headers.get(&DEADLINE_NAME).and_then(|v| v.to_str().ok()).and_then(|v| v.parse().ok())
 }
 
 /// Milliseconds since the Unix epoch.
@@ -148,5 +243,118 @@ pub fn unix_ms() -> u64 {
 
 /// The sending node of an internal or forwarded request.
 pub fn sender(headers: &HeaderMap) -> Option<&str> {
-    headers.get(FROM_HEADER).and_then(|v| v.to_str().ok())
+    headers.get(&FROM_NAME).and_then(|v| v.to_str().ok())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::http::HeaderValue;
+
+    /// The parser before the fast path: the context through a `Value`.
+    fn reference(bytes: &[u8], query: Option<&str>) -> Result<(Option<String>, CausalContext, Value), String> {
+        #[derive(Deserialize)]
+        struct ValueBody {
+            #[serde(default)]
+            value: Option<Box<RawValue>>,
+            #[serde(rename = "causal-context", default)]
+            context: Option<Value>,
+        }
+        let empty = || Value::Object(Default::default());
+        let parsed: ValueBody = match bytes.iter().find(|b| !b.is_ascii_whitespace()) {
+            None => ValueBody { value: None, context: None },
+            Some(b'{') => serde_json::from_slice(bytes).map_err(|_| "BadBody")?,
+            Some(_) => return Err("BadBody".into()),
+        };
+        let raw_context = match parsed.context {
+            Some(v) => v,
+            None => match query {
+                Some(text) if !text.trim().is_empty() => serde_json::from_str(text).map_err(|_| "InvalidContext")?,
+                _ => empty(),
+            },
+        };
+        let context = CausalContext::from_json(&raw_context).map_err(|_| "InvalidContext")?;
+        Ok((parsed.value.map(|v| v.get().to_owned()), context, raw_context))
+    }
+
+    #[test]
+    fn plain_contexts_are_parsed_in_place() {
+        let body = br#"{"value": 1, "causal-context": {"epoch": 2, "clock": {"a": 3}}}"#;
+        assert!(matches!(read_object(body), Ok((Some(_), BodyContext::Parsed(_)))));
+        let body = br#"{"causal-context": {"epoch": 2, "epoch": 3}}"#;
+        assert!(matches!(read_object(body), Ok((None, BodyContext::Raw(_)))));
+    }
+
+    #[test]
+    fn parse_body_agrees_with_the_value_parser() {
+        let contexts = [
+            "{}",
+            "null",
+            r#"{"epoch":2,"clock":{"a:1":3,"b:2":7}}"#,
+            r#" { "clock" : { "b" : 1 , "a" : 0 } } "#,
+            r#"{"epoch":3}"#,
+            r#"{"clock":{"a":1,"a":5}}"#,
+            r#"{"clock":{"a":-1,"a":5}}"#,
+            r#"{"clock":5,"clock":{"a":1}}"#,
+            r#"{"epoch":1,"epoch":2}"#,
+            r#"{"epoch":null}"#,
+            r#"{"clock":null}"#,
+            r#"{"epoch":1.0}"#,
+            r#"{"epoch":-0}"#,
+            r#"{"clock":{"":1}}"#,
+            r#"{"clock":{"a":"3"}}"#,
+            r#"{"vector":{}}"#,
+            r#"[2,{"a":1}]"#,
+            r#""abc""#,
+            "7",
+        ];
+        let mut bodies: Vec<String> = vec![
+            String::new(),
+            "  \n".into(),
+            "{}".into(),
+            "[]".into(),
+            "[1]".into(),
+            "null".into(),
+            "{bad".into(),
+            r#"{"value": 1} x"#.into(),
+            r#"{"value": "v", "value": "w"}"#.into(),
+            r#"{"key": "k", "value": {"a": [1, null]}}"#.into(),
+            r#"{"value": null}"#.into(),
+            r#"{"causal-context": {}, "causal-context": {}}"#.into(),
+            r#"{"causal-context": {"clock": }}"#.into(),
+        ];
+        for ctx in contexts {
+            bodies.push(format!(r#"{{"causal-context": {ctx}}}"#));
+            bodies.push(format!(r#"{{"value": "v", "causal-context": {ctx}, "other": [1, {{}}]}}"#));
+            bodies.push(format!(r#"{{"causal-context": {ctx}, "value": 12.50}}"#));
+        }
+        let queries =
+            [None, Some(""), Some(" "), Some(r#"{"epoch":1,"clock":{"q":2}}"#), Some("null"), Some("{bad"), Some(r#"{"clock":{"q":-2}}"#)];
+        for body in &bodies {
+            for query in queries {
+                let expected = reference(body.as_bytes(), query);
+                let got = parse_body(body.as_bytes(), query)
+                    .map(|p| (p.value.as_ref().map(|v| v.get().to_owned()), p.context.clone(), p.raw_context()))
+                    .map_err(|e| format!("{e:?}"));
+                assert_eq!(got, expected, "body {body:?}, query {query:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn hop_headers_read_every_header_or_none() {
+        for name in [HOP_HEADER, WAIT_HEADER, EPOCH_HEADER, DEADLINE_HEADER] {
+            assert!(name.starts_with(HOP_PREFIX), "{name}");
+        }
+        let mut headers = HeaderMap::new();
+        headers.insert("content-type", HeaderValue::from_static("application/json"));
+        assert_eq!(hop_headers(&headers), HopHeaders::default());
+        headers.insert(WAIT_HEADER, HeaderValue::from_static("70"));
+        assert_eq!(hop_headers(&headers), HopHeaders { wait: Some(Duration::from_millis(70)), ..HopHeaders::default() });
+        headers.insert(HOP_HEADER, HeaderValue::from_static("2"));
+        headers.insert(EPOCH_HEADER, HeaderValue::from_static("4"));
+        headers.insert(DEADLINE_HEADER, HeaderValue::from_static("123"));
+        let expected = HopHeaders { hop: 2, wait: Some(Duration::from_millis(70)), sender_epoch: Some(4), deadline: Some(123) };
+        assert_eq!(hop_headers(&headers), expected);
+    }
 }

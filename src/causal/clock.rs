@@ -72,12 +72,10 @@ impl Clock {
         self.0.iter().map(|(o, s)| (o.as_str(), *s))
     }
 
-    pub(crate) fn from_map(map: BTreeMap<String, u64>) -> Self {
-        let mut clock = Clock::new();
-        for (o, s) in map {
-            clock.observe(&o, s);
-        }
-        clock
+    /// The clock of `map` without its zero entries (as `observe` of each).
+    pub(crate) fn from_map(mut map: BTreeMap<String, u64>) -> Self {
+        map.retain(|_, s| *s > 0);
+        Clock(map)
     }
 }
 

@@ -22,5 +22,5 @@ pub mod gate;
 mod hlc;
 
 pub use clock::Clock;
-pub use context::{CausalContext, ContextError};
+pub use context::{CausalContext, ContextError, PlainContext};
 pub use hlc::Hlc;
