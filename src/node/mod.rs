@@ -102,6 +102,9 @@ impl Node {
 
     fn make_epoch(&self, view: View) -> Arc<Epoch> {
         let map = ShardMap::new(view, &self.config.address);
+        // Before anything is served in this epoch (commit_epoch already set
+        // it for a committed change; this covers the start-up epoch).
+        self.store.set_keeps_log(!map.peers().is_empty());
         let gossip = Arc::new(Gossip::new(
             self.store.clone(),
             self.transport.clone(),

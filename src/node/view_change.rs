@@ -233,7 +233,7 @@ impl Node {
         }
         let prepared = self.check_prepared(&p.change).is_ok();
         let view_json = serde_json::to_vec(&p.new).expect("a view serialises");
-        let count = self.store.commit_epoch(&p.change, p.new.epoch, &view_json, self.owns_under(&p.new))?;
+        let count = self.store.commit_epoch(&p.change, p.new.epoch, &view_json, self.owns_under(&p.new), has_peers(&p.new, self.me()))?;
         self.auth.extend_view(&p.new.nodes);
         self.install_epoch(p.new.clone());
         *self.change.pending.lock() = None;
@@ -300,7 +300,7 @@ impl Node {
         tracing::warn!(%peer, epoch = view.epoch, "this node missed a view change: adopting the newer view");
         let view_json = serde_json::to_vec(&view).expect("a view serialises");
         let change = format!("adopt/{}", view.epoch);
-        self.store.commit_epoch(&change, view.epoch, &view_json, self.owns_under(&view))?;
+        self.store.commit_epoch(&change, view.epoch, &view_json, self.owns_under(&view), has_peers(&view, self.me()))?;
         self.auth.extend_view(&view.nodes);
         self.install_epoch(view);
         self.rebuild_from_peers().await;
@@ -332,4 +332,10 @@ pub async fn watch_for_missed_changes(node: Arc<Node>, mut shutdown: watch::Rece
             tracing::warn!(%peer, error = %e, "adopting a newer view failed");
         }
     }
+}
+
+/// Whether this node has other replicas in its shard under `view` (its own
+/// writes need a replication log then).
+fn has_peers(view: &View, me: &str) -> bool {
+    !ShardMap::new(view.clone(), me).peers().is_empty()
 }

@@ -2,7 +2,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use parking_lot::Mutex;
@@ -83,6 +83,9 @@ pub struct Store {
     /// Serialises log syncs with the publication of what they made durable.
     syncing: Mutex<()>,
     pub stats: WalStats,
+    /// Whether local writes get a replication log entry: false while this
+    /// node's shard has no other replica. Changes only with the epoch.
+    keeps_log: AtomicBool,
 }
 
 /// Write-ahead log counters since start (exported in `/metrics`).
@@ -120,7 +123,7 @@ impl Store {
     /// Applies `batch` to sled (in memory) and appends it to the write-ahead
     /// log, under the state lock the caller holds; returns its generation.
     fn apply_logged(&self, st: &mut State, batch: WalBatch) -> Result<u64, StoreError> {
-        wal::apply_ops(&self.tree, &batch.ops())?;
+        wal::apply_ops(&self.tree, &batch.ops(), false)?;
         st.written_gen += 1;
         self.wal.append(batch.encoded(), st.written_gen, st.counter);
         self.durability.kick();
@@ -142,7 +145,7 @@ impl Store {
         let staging = db.open_tree("staging")?;
         let wal_dir = dir.join("wal");
         let checkpoint = read_u64(&tree, &keys::meta(keys::WAL_CHECKPOINT))?;
-        let (last_segment, next_lsn, replayed) = wal::replay(&wal_dir, checkpoint, |ops| wal::apply_ops(&tree, ops))?;
+        let (last_segment, next_lsn, replayed) = wal::replay(&wal_dir, checkpoint, |ops| wal::apply_ops(&tree, ops, true))?;
         if replayed > 0 {
             tracing::info!(entries = replayed, "replayed the write-ahead log");
         }
@@ -188,11 +191,19 @@ impl Store {
             checkpointing: Mutex::new(()),
             syncing: Mutex::new(()),
             stats: WalStats::default(),
+            keeps_log: AtomicBool::new(true),
         };
         store.stats.replayed_entries.store(replayed as u64, Ordering::Relaxed);
         // What was replayed goes into sled now, so the old segments can go.
         store.checkpoint()?;
         Ok(store)
+    }
+
+    /// Whether this node's shard has other replicas (see `keeps_log`); set
+    /// before serving, and by `commit_epoch` for a new epoch.
+    pub fn set_keeps_log(&self, keeps_log: bool) {
+        let _st = self.state.lock();
+        self.keeps_log.store(keeps_log, Ordering::Release);
     }
 
     pub fn me(&self) -> &str {
@@ -242,10 +253,13 @@ impl Store {
         let encoded = record.encode();
         let mut batch = WalBatch::default();
         batch.insert(keys::record(key), &encoded);
-        batch.insert(keys::log(&self.me, seq), &encoded);
-        // No counter or applied entry: the log entry of `seq` is the record
-        // of it (`open` takes the highest own seq from the log), which saves
-        // two of four sled inserts per write.
+        if self.keeps_log.load(Ordering::Acquire) {
+            batch.insert(keys::log(&self.me, seq), &encoded);
+        }
+        // The counter goes to sled only at checkpoints (and replays), and the
+        // log entry only where peers will read it: a shard with one replica
+        // ships its log to nobody, and compaction would remove it right away.
+        batch.insert_log_only(keys::meta(keys::COUNTER), seq.to_be_bytes());
         if !record.is_live() {
             batch.insert(keys::tombstone(&self.me, seq), key.as_bytes());
         }
@@ -554,7 +568,14 @@ impl Store {
     /// keeps only live records of keys this node owns under the new view,
     /// and restarts the causal bookkeeping (counter, applied clock, logs,
     /// tombstones) for the new epoch. Returns the live-key count.
-    pub fn commit_epoch(&self, change: &str, new_epoch: u64, view_json: &[u8], owns: impl Fn(&str) -> bool) -> Result<u64, StoreError> {
+    pub fn commit_epoch(
+        &self,
+        change: &str,
+        new_epoch: u64,
+        view_json: &[u8],
+        owns: impl Fn(&str) -> bool,
+        keeps_log: bool,
+    ) -> Result<u64, StoreError> {
         let mut st = self.state.lock();
         let mut batch = WalBatch::default();
         let mut kept: HashMap<String, Record> = HashMap::new();
@@ -595,6 +616,7 @@ impl Store {
         st.log_floor = Clock::new();
         st.live = kept.len() as u64;
         self.epoch.store(new_epoch, Ordering::Release);
+        self.keeps_log.store(keeps_log, Ordering::Release);
         drop(st);
         self.discard_stage(change)?;
         self.flush()?;
@@ -658,8 +680,16 @@ impl Store {
     /// the older segments (see `wal.rs` for why this order is safe).
     pub(super) fn checkpoint(&self) -> Result<(), StoreError> {
         let _one_at_a_time = self.checkpointing.lock();
-        let segment = self.wal.rotate()?;
-        self.tree.insert(keys::meta(keys::WAL_CHECKPOINT), &segment.to_be_bytes())?;
+        let segment = {
+            // Under the state lock: no entry is half applied, and the counter
+            // written here covers every entry in the older segments (their
+            // counter ops are log-only).
+            let st = self.state.lock();
+            let segment = self.wal.rotate()?;
+            self.tree.insert(keys::meta(keys::COUNTER), &st.counter.to_be_bytes())?;
+            self.tree.insert(keys::meta(keys::WAL_CHECKPOINT), &segment.to_be_bytes())?;
+            segment
+        };
         self.db.flush()?;
         self.wal.drop_before(segment)?;
         self.stats.checkpoints.fetch_add(1, Ordering::Relaxed);
@@ -748,6 +778,32 @@ mod tests {
         assert_eq!(s.applied().get("a:1"), 3);
         assert_eq!(s.write_local("z", raw("3"), Clock::new()).unwrap().record.unwrap().dot.seq, 4);
         assert_eq!(s.log_after("a:1", 1, 10).unwrap().iter().map(|r| r.dot.seq).collect::<Vec<_>>(), vec![2, 3, 4]);
+    }
+
+    #[test]
+    fn a_store_without_peers_keeps_no_log_and_still_its_counter() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let s = open(dir.path(), "a:1");
+            s.set_keeps_log(false);
+            for i in 0..3 {
+                s.write_local(&format!("k{i}"), raw("1"), Clock::new()).unwrap();
+            }
+            assert!(s.log_after("a:1", 0, 10).unwrap().is_empty());
+            // Synced but not checkpointed: the counter lives only in the log.
+            s.sync_wal().unwrap();
+        }
+        let s = open(dir.path(), "a:1");
+        assert_eq!(s.stats.replayed_entries.load(Ordering::Relaxed), 3);
+        assert_eq!(s.counter(), 3, "the counter comes back from the write-ahead log");
+        s.set_keeps_log(false);
+        assert_eq!(s.write_local("k9", raw("2"), Clock::new()).unwrap().record.unwrap().dot.seq, 4);
+        s.flush().unwrap();
+        drop(s);
+        let s = open(dir.path(), "a:1");
+        assert_eq!(s.stats.replayed_entries.load(Ordering::Relaxed), 0);
+        assert_eq!(s.counter(), 4, "the checkpoint wrote the counter to sled");
+        assert_eq!(s.live_count(), 4);
     }
 
     #[test]

@@ -31,6 +31,9 @@ use parking_lot::Mutex;
 
 const INSERT: u8 = b'I';
 const REMOVE: u8 = b'R';
+/// An insert that is only in the log until the next checkpoint writes it to
+/// sled (replay applies it like any insert).
+const LOG_ONLY_INSERT: u8 = b'C';
 const FRAME_HEADER: usize = 8;
 /// Longest entry recovery accepts; a longer length field is garbage.
 const MAX_FRAME: usize = 1 << 30;
@@ -45,12 +48,22 @@ pub struct WalBatch {
     ops: Vec<u8>,
 }
 
-/// One decoded op: a key and its new value (`None` removes the key).
-pub type Op<'a> = (&'a [u8], Option<&'a [u8]>);
+/// One decoded op: a key, its new value (`None` removes the key), and
+/// whether it is applied to sled only at replay (log-only).
+pub type Op<'a> = (&'a [u8], Option<&'a [u8]>, bool);
 
 impl WalBatch {
     pub fn insert(&mut self, key: impl AsRef<[u8]>, value: impl AsRef<[u8]>) {
         self.ops.push(INSERT);
+        put_bytes(&mut self.ops, key.as_ref());
+        put_bytes(&mut self.ops, value.as_ref());
+    }
+
+    /// An insert sled gets only from the next checkpoint or a replay: for
+    /// values the store keeps in memory and checkpoints itself (the own seq
+    /// counter), so that the write path saves a sled insert.
+    pub fn insert_log_only(&mut self, key: impl AsRef<[u8]>, value: impl AsRef<[u8]>) {
+        self.ops.push(LOG_ONLY_INSERT);
         put_bytes(&mut self.ops, key.as_ref());
         put_bytes(&mut self.ops, value.as_ref());
     }
@@ -70,9 +83,12 @@ impl WalBatch {
     }
 }
 
-/// Applies `ops` to `tree` in order.
-pub fn apply_ops(tree: &sled::Tree, ops: &[Op<'_>]) -> Result<(), sled::Error> {
-    for (key, value) in ops {
+/// Applies `ops` to `tree` in order; log-only ops only when `replaying`.
+pub fn apply_ops(tree: &sled::Tree, ops: &[Op<'_>], replaying: bool) -> Result<(), sled::Error> {
+    for (key, value, log_only) in ops {
+        if *log_only && !replaying {
+            continue;
+        }
         match value {
             Some(v) => tree.insert(key, *v)?,
             None => tree.remove(key)?,
@@ -236,11 +252,11 @@ fn decode_ops(mut ops: &[u8]) -> Option<Vec<Op<'_>>> {
     while let Some((&tag, rest)) = ops.split_first() {
         ops = rest;
         match tag {
-            INSERT => {
+            INSERT | LOG_ONLY_INSERT => {
                 let key = take(&mut ops)?;
-                out.push((key, Some(take(&mut ops)?)));
+                out.push((key, Some(take(&mut ops)?), tag == LOG_ONLY_INSERT));
             }
-            REMOVE => out.push((take(&mut ops)?, None)),
+            REMOVE => out.push((take(&mut ops)?, None, false)),
             _ => return None,
         }
     }
@@ -372,7 +388,7 @@ mod tests {
     fn replay_into(dir: &Path, from: u64) -> (sled::Tree, u64, u64, usize) {
         let db = sled::Config::new().temporary(true).open().unwrap();
         let tree = db.open_tree("t").unwrap();
-        let (seg, lsn, n) = replay(dir, from, |ops| apply_ops(&tree, ops)).unwrap();
+        let (seg, lsn, n) = replay(dir, from, |ops| apply_ops(&tree, ops, true)).unwrap();
         (tree, seg, lsn, n)
     }
 
@@ -421,7 +437,7 @@ mod tests {
         wal3.sync().unwrap();
         let db = sled::Config::new().temporary(true).open().unwrap();
         let tree = db.open_tree("t").unwrap();
-        let err = replay(dir.path(), 0, |ops| apply_ops(&tree, ops)).unwrap_err();
+        let err = replay(dir.path(), 0, |ops| apply_ops(&tree, ops, true)).unwrap_err();
         assert!(err.to_string().contains("misses entries 12..20"), "{err}");
     }
 
