@@ -50,11 +50,9 @@ cleanup() {
 }
 trap cleanup EXIT
 
-port=$(python3 -c 'import random,socket
-while True:
-    p=random.randrange(20000,32000); s=socket.socket()
-    try: s.bind(("127.0.0.1",p)); print(p); break
-    except OSError: pass')
+# shellcheck source=bench/ports.sh
+source "$ROOT/bench/ports.sh"
+port=$(ports 1)
 addr=127.0.0.1:$port
 ADDRESS=$addr VIEW=$addr REPL_FACTOR=1 DATA_DIR=$WORK/data DURABILITY=fsync RUST_LOG=warn \
     valgrind --tool=callgrind --instr-atstart=no --callgrind-out-file="$OUT_DIR/cg.out" "$BIN" >"$WORK/node.log" 2>&1 &

@@ -31,11 +31,9 @@ cleanup() {
 }
 trap cleanup EXIT
 
-port=$(python3 -c 'import random,socket
-while True:
-    p=random.randrange(20000,32000); s=socket.socket()
-    try: s.bind(("127.0.0.1",p)); print(p); break
-    except OSError: pass')
+# shellcheck source=bench/ports.sh
+source "$ROOT/bench/ports.sh"
+port=$(ports 1)
 addr=127.0.0.1:$port
 ADDRESS=$addr DATA_DIR=$WORK/data DURABILITY=fsync RUST_LOG=warn "$BIN" >"$WORK/node.log" 2>&1 &
 node=$!

@@ -385,11 +385,15 @@ mod tests {
         b
     }
 
-    fn replay_into(dir: &Path, from: u64) -> (sled::Tree, u64, u64, usize) {
+    fn try_replay_into(dir: &Path, from: u64) -> Result<(sled::Tree, u64, u64, usize), ReplayError> {
         let db = sled::Config::new().temporary(true).open().unwrap();
         let tree = db.open_tree("t").unwrap();
-        let (seg, lsn, n) = replay(dir, from, |ops| apply_ops(&tree, ops, true)).unwrap();
-        (tree, seg, lsn, n)
+        let (seg, lsn, n) = replay(dir, from, |ops| apply_ops(&tree, ops, true))?;
+        Ok((tree, seg, lsn, n))
+    }
+
+    fn replay_into(dir: &Path, from: u64) -> (sled::Tree, u64, u64, usize) {
+        try_replay_into(dir, from).unwrap()
     }
 
     fn get(tree: &sled::Tree, k: &str) -> Option<String> {
@@ -435,9 +439,7 @@ mod tests {
         let wal3 = Wal::create(dir.path(), 2, 20, 0, 0).unwrap();
         wal3.append(batch(&[("z", Some("9"))]).encoded(), 3, 3);
         wal3.sync().unwrap();
-        let db = sled::Config::new().temporary(true).open().unwrap();
-        let tree = db.open_tree("t").unwrap();
-        let err = replay(dir.path(), 0, |ops| apply_ops(&tree, ops, true)).unwrap_err();
+        let Err(err) = try_replay_into(dir.path(), 0) else { panic!("a gap must be an error") };
         assert!(err.to_string().contains("misses entries 12..20"), "{err}");
     }
 
