@@ -44,10 +44,19 @@ pub struct NodeArgs {
     /// fsync (acknowledge after a group-commit flush) or async.
     #[arg(long, env = "DURABILITY", default_value = "fsync")]
     pub durability: String,
-    /// Shared secret authenticating internal traffic (HMAC-SHA256). Without
-    /// it, internal requests are accepted only from the view's addresses.
+    /// Shared secret authenticating internal traffic (HMAC-SHA256). Prefer
+    /// CLUSTER_KEY_FILE: a flag's value is visible to every user in `ps`.
     #[arg(long, env = "CLUSTER_KEY", hide_env_values = true)]
     pub cluster_key: Option<String>,
+    /// File holding CLUSTER_KEY (surrounding whitespace ignored).
+    #[arg(long, env = "CLUSTER_KEY_FILE")]
+    pub cluster_key_file: Option<PathBuf>,
+    /// Bearer token required by view-change and join (default: CLUSTER_KEY).
+    #[arg(long, env = "ADMIN_TOKEN", hide_env_values = true)]
+    pub admin_token: Option<String>,
+    /// File holding ADMIN_TOKEN (surrounding whitespace ignored).
+    #[arg(long, env = "ADMIN_TOKEN_FILE")]
+    pub admin_token_file: Option<PathBuf>,
     /// Enables the test-only fault switches (/internal/faults).
     #[arg(long, env = "CAUSALKV_FAULTS", action = clap::ArgAction::SetTrue, value_parser = clap::builder::FalseyValueParser::new())]
     pub faults: bool,
@@ -81,6 +90,8 @@ pub struct Config {
     pub durability: DurabilityMode,
     pub faults: bool,
     pub cluster_key: Option<String>,
+    /// Bearer token of the admin endpoints, when set (see [`Config::admin_token`]).
+    pub admin_token_setting: Option<String>,
     /// Set when gossip goes over Mycelium (`GOSSIP_TRANSPORT=mycelium`).
     pub mycelium: Option<MyceliumConfig>,
 }
@@ -123,9 +134,16 @@ impl Config {
             max_value_bytes: args.max_value_bytes,
             durability,
             faults: args.faults,
-            cluster_key: args.cluster_key.clone().filter(|k| !k.is_empty()),
+            cluster_key: secret("CLUSTER_KEY", args.cluster_key.as_deref(), args.cluster_key_file.as_deref())?,
+            admin_token_setting: secret("ADMIN_TOKEN", args.admin_token.as_deref(), args.admin_token_file.as_deref())?,
             mycelium,
         })
+    }
+
+    /// The bearer token view-change and join require: ADMIN_TOKEN, else
+    /// CLUSTER_KEY; None leaves them open (local development).
+    pub fn admin_token(&self) -> Option<&str> {
+        self.admin_token_setting.as_deref().or(self.cluster_key.as_deref())
     }
 
     /// Address to bind: all interfaces, IPv6 when ADDRESS is IPv6.
@@ -133,6 +151,24 @@ impl Config {
         let ip: std::net::IpAddr =
             if self.address.starts_with('[') { std::net::Ipv6Addr::UNSPECIFIED.into() } else { std::net::Ipv4Addr::UNSPECIFIED.into() };
         (ip, self.port).into()
+    }
+}
+
+/// A secret given directly or in a file (not both); empty means unset.
+fn secret(name: &str, value: Option<&str>, file: Option<&std::path::Path>) -> Result<Option<String>, String> {
+    let from_file = match file {
+        Some(path) => {
+            let text = std::fs::read_to_string(path).map_err(|e| format!("{name}_FILE: cannot read {}: {e}", path.display()))?;
+            Some(text.trim().to_owned())
+        }
+        None => None,
+    };
+    let value = value.map(str::to_owned).filter(|v| !v.is_empty());
+    match (value, from_file) {
+        (Some(_), Some(_)) => Err(format!("set {name} or {name}_FILE, not both")),
+        (Some(v), None) => Ok(Some(v)),
+        (None, Some(v)) if v.is_empty() => Err(format!("{name}_FILE: the file is empty")),
+        (None, f) => Ok(f),
     }
 }
 
@@ -172,6 +208,27 @@ mod tests {
         assert!(config(&["--address", "[4a0::1]"]).is_err(), "a port is required");
         let v4 = config(&["--address", "127.0.0.1:13801"]).unwrap();
         assert_eq!(v4.bind_addr(), "0.0.0.0:13801".parse().unwrap());
+    }
+
+    #[test]
+    fn secrets_come_from_the_environment_or_a_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let key = dir.path().join("key");
+        std::fs::write(&key, "  s3cret\n").unwrap();
+        let key_arg = key.to_str().unwrap();
+        let c = config(&["--cluster-key-file", key_arg]).unwrap();
+        assert_eq!(c.cluster_key.as_deref(), Some("s3cret"));
+        assert_eq!(c.admin_token(), Some("s3cret"), "the cluster key is the admin token by default");
+        let c = config(&["--cluster-key-file", key_arg, "--admin-token", "adm"]).unwrap();
+        assert_eq!((c.cluster_key.as_deref(), c.admin_token()), (Some("s3cret"), Some("adm")));
+        let c = config(&["--admin-token-file", key_arg]).unwrap();
+        assert_eq!((c.cluster_key.as_deref(), c.admin_token()), (None, Some("s3cret")));
+        assert_eq!(config(&[]).unwrap().admin_token(), None, "open without either");
+        assert!(config(&["--cluster-key", "a", "--cluster-key-file", key_arg]).unwrap_err().contains("not both"));
+        let err = config(&["--admin-token-file", "/nonexistent/token"]).unwrap_err();
+        assert!(err.starts_with("ADMIN_TOKEN_FILE"), "{err}");
+        std::fs::write(&key, "\n").unwrap();
+        assert!(config(&["--cluster-key-file", key_arg]).unwrap_err().contains("empty"));
     }
 
     #[test]

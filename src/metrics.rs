@@ -73,6 +73,12 @@ pub struct Metrics {
     pub log_entries_compacted: Counter,
     pub tombstones_purged: Counter,
     pub auth_rejected: Counter,
+    /// Admin requests (view-change, join) refused for a missing or wrong token.
+    pub admin_rejected: Counter,
+    /// Internal requests a peer refused (or answered unsigned), per peer.
+    pub peer_refusals: Family<PeerLabel, Counter>,
+    /// Internal requests waiting for memory to read their bodies.
+    pub internal_body_waits: Counter,
     pub view_change_records_sent: Counter,
     pub expired_writes: Counter,
     pub internal_http_requests: Family<PathLabel, Counter>,
@@ -115,6 +121,9 @@ impl Default for Metrics {
             log_entries_compacted: Counter::default(),
             tombstones_purged: Counter::default(),
             auth_rejected: Counter::default(),
+            admin_rejected: Counter::default(),
+            peer_refusals: Family::default(),
+            internal_body_waits: Counter::default(),
             view_change_records_sent: Counter::default(),
             expired_writes: Counter::default(),
             internal_http_requests: Family::default(),
@@ -168,6 +177,21 @@ impl Default for Metrics {
         registry.register("log_entries_compacted", "Log entries dropped after every replica applied them", m.log_entries_compacted.clone());
         registry.register("tombstones_purged", "Tombstones removed once stable", m.tombstones_purged.clone());
         registry.register("auth_rejected", "Internal requests refused by authentication", m.auth_rejected.clone());
+        registry.register(
+            "admin_rejected",
+            "View-change and join requests refused for a missing or wrong bearer token",
+            m.admin_rejected.clone(),
+        );
+        registry.register(
+            "peer_refusals",
+            "Internal requests a peer refused or answered without a valid signature, per peer",
+            m.peer_refusals.clone(),
+        );
+        registry.register(
+            "internal_body_waits",
+            "Internal requests that waited for the internal body memory budget",
+            m.internal_body_waits.clone(),
+        );
         registry.register(
             "view_change_records_sent",
             "Records sent to nodes that gained them in view changes",

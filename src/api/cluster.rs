@@ -119,8 +119,14 @@ pub(super) async fn remote_count(node: &Node, replicas: &[String]) -> Option<u64
     None
 }
 
-pub async fn health() -> Response {
-    (StatusCode::OK, axum::Json(serde_json::json!({"status": "ok", "causal-context": {}}))).into_response()
+/// Liveness: always 200 while the node serves (orchestrators restart on
+/// failure, and a restart cannot fix a peer). `status` is `degraded` and
+/// `failing-peers` names each peer refusing this node's internal traffic.
+pub async fn health(State(node): State<Arc<Node>>) -> Response {
+    let failing: serde_json::Map<String, Value> = node.refusals.failing().into_iter().map(|(p, why)| (p, Value::from(why))).collect();
+    let status = if failing.is_empty() { "ok" } else { "degraded" };
+    let body = serde_json::json!({"status": status, "failing-peers": failing, "causal-context": {}});
+    (StatusCode::OK, axum::Json(body)).into_response()
 }
 
 pub async fn ready(State(node): State<Arc<Node>>) -> Response {

@@ -42,6 +42,9 @@ pub enum ApiError {
     RouteNotFound,
     #[error("Method not allowed")]
     MethodNotAllowed,
+    /// An admin endpoint without the admin bearer token.
+    #[error("Unauthorized")]
+    Unauthorized,
     #[error("Something went wrong")]
     Internal(#[source] Box<dyn std::error::Error + Send + Sync>),
 }
@@ -60,6 +63,7 @@ impl ApiError {
             Self::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
             Self::KeyNotFound | Self::ShardNotFound | Self::RouteNotFound => StatusCode::NOT_FOUND,
             Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            Self::Unauthorized => StatusCode::UNAUTHORIZED,
             Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -78,11 +82,19 @@ pub struct ErrorReply {
     pub address: Option<String>,
     /// Set when the request was routed by an older view (see [`MISROUTED_HEADER`]).
     pub misrouted_epoch: Option<u64>,
+    /// Names the operation in the message instead of the method
+    /// (`Error in VIEW-CHANGE`).
+    pub operation: Option<&'static str>,
 }
 
 impl ErrorReply {
     pub fn new(method: &Method, error: ApiError, context: impl Into<ReplyContext>) -> Self {
-        Self { method: method.clone(), error, context: context.into(), address: None, misrouted_epoch: None }
+        Self { method: method.clone(), error, context: context.into(), address: None, misrouted_epoch: None, operation: None }
+    }
+
+    /// An error of an admin operation (`VIEW-CHANGE`, `JOIN`).
+    pub fn of_operation(operation: &'static str, method: &Method, error: ApiError, context: impl Into<ReplyContext>) -> Self {
+        Self { operation: Some(operation), ..Self::new(method, error, context) }
     }
 }
 
@@ -93,7 +105,11 @@ impl IntoResponse for ErrorReply {
         }
         let status = self.error.status();
         let reply = Reply {
-            message: format!("Error in {}", self.method).into(),
+            message: match self.operation {
+                Some(op) => format!("Error in {op}"),
+                None => format!("Error in {}", self.method),
+            }
+            .into(),
             error: Some(self.error.to_string()),
             does_exist: matches!(self.error, ApiError::KeyNotFound).then_some(false),
             address: self.address,
@@ -103,6 +119,9 @@ impl IntoResponse for ErrorReply {
         let mut resp = reply.into_response_with(status);
         if status == StatusCode::SERVICE_UNAVAILABLE {
             resp.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static(RETRY_AFTER_SECS));
+        }
+        if status == StatusCode::UNAUTHORIZED {
+            resp.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
         }
         if let Some(epoch) = self.misrouted_epoch
             && let Ok(v) = HeaderValue::from_str(&epoch.to_string())

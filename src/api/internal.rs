@@ -1,24 +1,23 @@
 //! `/internal/...`: gossip messages over the HTTP transport, and the test
 //! fault switches (only with `CAUSALKV_FAULTS=1`).
 
-use std::sync::Arc;
-
 use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
 
-use axum::Json;
-use axum::body::Body;
+use axum::body::{Body, Bytes};
 use axum::extract::rejection::JsonRejection;
 use axum::extract::{ConnectInfo, Request, State};
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
+use axum::{Extension, Json};
 use serde_json::json;
 
 use super::request::sender;
 use crate::faults::FaultSet;
-use crate::gossip::auth::{Incoming, SIGNATURE_HEADER, TIMESTAMP_HEADER};
+use crate::gossip::auth::{AuthError, BODY_DIGEST_HEADER, Incoming, SIGNATURE_HEADER, TIMESTAMP_HEADER, TO_HEADER};
 use crate::gossip::viewchange::{Proposal, Receive};
-use crate::gossip::{GossipError, Heartbeat, PullRequest, ReplicateBatch, SnapshotRequest};
 use crate::metrics::PathLabel;
 use crate::node::Node;
 use crate::node::view_change::ChangeFail;
@@ -32,43 +31,37 @@ fn blocked(node: &Node, headers: &HeaderMap) -> bool {
     sender(headers).is_some_and(|s| node.faults.is_blocked(s))
 }
 
-fn gossip_error(e: GossipError) -> Response {
-    match e {
-        GossipError::WrongEpoch { .. } => refuse(StatusCode::CONFLICT, &e.to_string()),
-        other => {
-            tracing::error!(error = %other, "internal request failed");
-            refuse(StatusCode::INTERNAL_SERVER_ERROR, "internal error")
+/// One gossip message over HTTP: `/internal/<kind>`, handled by the same
+/// dispatcher as every other transport's (`gossip::dispatch`).
+async fn gossip_message(node: &Node, peer: &Peer, headers: &HeaderMap, kind: &str, body: &[u8]) -> Response {
+    if blocked(node, headers) {
+        return refuse(StatusCode::SERVICE_UNAVAILABLE, "blocked");
+    }
+    match node.current().gossip.dispatch(&peer.0, kind, body).await {
+        Ok(answer) => super::reply::json_response(StatusCode::OK, answer),
+        Err((status, why)) => {
+            if status == 403 {
+                tracing::warn!(sender = %peer.0, kind, reason = %why, "internal request refused");
+            }
+            refuse(StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR), &why)
         }
     }
 }
 
-pub async fn replicate(State(node): State<Arc<Node>>, headers: HeaderMap, body: Result<Json<ReplicateBatch>, JsonRejection>) -> Response {
-    if blocked(&node, &headers) {
-        return refuse(StatusCode::SERVICE_UNAVAILABLE, "blocked");
-    }
-    let Ok(Json(batch)) = body else {
-        return refuse(StatusCode::BAD_REQUEST, "bad replication batch");
-    };
-    if !node.current().gossip.shard().contains(&batch.from) {
-        return refuse(StatusCode::FORBIDDEN, "sender is not a replica of this shard");
-    }
-    match node.current().gossip.handle_replicate(batch).await {
-        Ok(ack) => Json(ack).into_response(),
-        Err(e) => gossip_error(e),
-    }
+pub async fn replicate(State(node): State<Arc<Node>>, Extension(peer): Extension<Peer>, headers: HeaderMap, body: Bytes) -> Response {
+    gossip_message(&node, &peer, &headers, "replicate", &body).await
 }
 
-pub async fn pull(State(node): State<Arc<Node>>, headers: HeaderMap, body: Result<Json<PullRequest>, JsonRejection>) -> Response {
-    if blocked(&node, &headers) {
-        return refuse(StatusCode::SERVICE_UNAVAILABLE, "blocked");
-    }
-    let Ok(Json(req)) = body else {
-        return refuse(StatusCode::BAD_REQUEST, "bad pull request");
-    };
-    match node.current().gossip.handle_pull(&req) {
-        Ok(resp) => Json(resp).into_response(),
-        Err(e) => gossip_error(e),
-    }
+pub async fn pull(State(node): State<Arc<Node>>, Extension(peer): Extension<Peer>, headers: HeaderMap, body: Bytes) -> Response {
+    gossip_message(&node, &peer, &headers, "pull", &body).await
+}
+
+pub async fn snapshot(State(node): State<Arc<Node>>, Extension(peer): Extension<Peer>, headers: HeaderMap, body: Bytes) -> Response {
+    gossip_message(&node, &peer, &headers, "snapshot", &body).await
+}
+
+pub async fn heartbeat(State(node): State<Arc<Node>>, Extension(peer): Extension<Peer>, headers: HeaderMap, body: Bytes) -> Response {
+    gossip_message(&node, &peer, &headers, "heartbeat", &body).await
 }
 
 pub async fn get_faults(State(node): State<Arc<Node>>) -> Response {
@@ -90,56 +83,112 @@ pub async fn put_faults(State(node): State<Arc<Node>>, body: Result<Json<FaultSe
     Json(node.faults.current()).into_response()
 }
 
-pub async fn snapshot(State(node): State<Arc<Node>>, headers: HeaderMap, body: Result<Json<SnapshotRequest>, JsonRejection>) -> Response {
-    if blocked(&node, &headers) {
-        return refuse(StatusCode::SERVICE_UNAVAILABLE, "blocked");
-    }
-    let Ok(Json(req)) = body else {
-        return refuse(StatusCode::BAD_REQUEST, "bad snapshot request");
-    };
-    match node.current().gossip.handle_snapshot(&req) {
-        Ok(page) => Json(page).into_response(),
-        Err(e) => gossip_error(e),
-    }
-}
+/// The node an authenticated internal request comes from (set by
+/// [`authenticate`] for the handlers).
+#[derive(Clone, Debug)]
+pub struct Peer(pub String);
 
-pub async fn heartbeat(State(node): State<Arc<Node>>, headers: HeaderMap, body: Result<Json<Heartbeat>, JsonRejection>) -> Response {
-    if blocked(&node, &headers) {
-        return refuse(StatusCode::SERVICE_UNAVAILABLE, "blocked");
-    }
-    let Ok(Json(msg)) = body else {
-        return refuse(StatusCode::BAD_REQUEST, "bad heartbeat");
-    };
-    Json(node.current().gossip.handle_heartbeat(&msg)).into_response()
-}
+/// Paths any caller may use without being a member (without a key): a
+/// heartbeat is answered but remembers nothing about a non-member, and a
+/// prepare is checked against the view it proposes (see `view_prepare`).
+const OPEN_TO_NON_MEMBERS: [&str; 2] = ["/internal/heartbeat", "/internal/view/prepare"];
 
-/// Refuses internal requests that fail authentication (see `gossip::auth`)
-/// before their bodies are parsed, so they change nothing.
+/// Authenticates an internal request from its headers alone, before one
+/// byte of its body is read (see `gossip::auth`): with a key the signature
+/// over the headers and the body digest; without one, that the claimed
+/// sender is a member of the view. Only then is the body read, within the
+/// node's internal body budget, and checked against its digest. The answer
+/// is signed for the caller. Refused requests change nothing.
 pub async fn authenticate(State(node): State<Arc<Node>>, req: Request, next: Next) -> Response {
-    let (parts, body) = req.into_parts();
-    node.metrics.internal_http_requests.get_or_create(&PathLabel { path: parts.uri.path().to_owned() }).inc();
-    let limit = crate::gossip::MAX_BATCH_BYTES + node.config.max_value_bytes + super::BODY_OVERHEAD;
-    let Ok(bytes) = axum::body::to_bytes(body, limit).await else {
-        return refuse(StatusCode::PAYLOAD_TOO_LARGE, "internal body too large");
-    };
+    let (mut parts, body) = req.into_parts();
+    let path = parts.uri.path().to_owned();
+    node.metrics.internal_http_requests.get_or_create(&PathLabel { path: path.clone() }).inc();
     let header = |name: &str| parts.headers.get(name).and_then(|v| v.to_str().ok());
-    let peer_ip = parts.extensions.get::<ConnectInfo<SocketAddr>>().map(|c| c.0.ip());
+    let sender = header(crate::gossip::FROM_HEADER).unwrap_or("").to_owned();
     let incoming = Incoming {
         method: parts.method.as_str(),
-        path: parts.uri.path(),
-        sender: header(crate::gossip::FROM_HEADER).unwrap_or(""),
+        path: &path,
+        sender: &sender,
+        receiver: header(TO_HEADER).unwrap_or(""),
         timestamp: header(TIMESTAMP_HEADER),
         signature: header(SIGNATURE_HEADER),
-        body: &bytes,
-        peer_ip,
+        body_digest: header(BODY_DIGEST_HEADER),
     };
-    let verdict = node.auth.verify(&incoming).await;
-    if let Err(e) = verdict {
-        node.metrics.auth_rejected.inc();
-        tracing::warn!(path = %parts.uri.path(), ?peer_ip, error = %e, "internal request rejected");
-        return refuse(StatusCode::UNAUTHORIZED, &e.to_string());
+    let verdict = node.auth.verify_headers(&incoming).and_then(|v| {
+        if node.auth.has_key() || OPEN_TO_NON_MEMBERS.contains(&path.as_str()) || node.is_member(&sender) {
+            Ok(v)
+        } else {
+            Err(AuthError::NotAMember(sender.chars().take(100).collect()))
+        }
+    });
+    let verified = match verdict {
+        Ok(v) => v,
+        Err(e) => return rejected(&node, &path, peer_ip(&parts), &e),
+    };
+    let limit = crate::gossip::MAX_BATCH_BYTES + node.config.max_value_bytes + super::BODY_OVERHEAD;
+    let length = match parts.headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<usize>().ok()) {
+        Some(n) if n <= limit => n,
+        Some(_) => return refuse(StatusCode::PAYLOAD_TOO_LARGE, "internal body too large"),
+        None => return refuse(StatusCode::LENGTH_REQUIRED, "internal requests need a Content-Length"),
+    };
+    // Bodies wait for room in the node-wide budget, so no number of callers
+    // can make the node hold more than the budget at once.
+    let permits = u32::try_from(length.max(1)).unwrap_or(u32::MAX);
+    let budget = node.internal_bodies.clone();
+    let permit = match budget.clone().try_acquire_many_owned(permits) {
+        Ok(p) => p,
+        Err(_) => {
+            node.metrics.internal_body_waits.inc();
+            match tokio::time::timeout(BUDGET_WAIT, budget.acquire_many_owned(permits)).await {
+                Ok(Ok(p)) => p,
+                _ => return refuse(StatusCode::SERVICE_UNAVAILABLE, "too many internal bodies in flight"),
+            }
+        }
+    };
+    let bytes = match tokio::time::timeout(BODY_READ_TIMEOUT, axum::body::to_bytes(body, length)).await {
+        Ok(Ok(b)) if b.len() == length => b,
+        Ok(_) => return refuse(StatusCode::BAD_REQUEST, "internal body does not match its Content-Length"),
+        Err(_) => return refuse(StatusCode::REQUEST_TIMEOUT, "internal body not received in time"),
+    };
+    if let Err(e) = node.auth.verify_body(&verified, &bytes) {
+        return rejected(&node, &path, peer_ip(&parts), &e);
     }
-    next.run(Request::from_parts(parts, Body::from(bytes))).await
+    parts.extensions.insert(Peer(sender));
+    let response = next.run(Request::from_parts(parts, Body::from(bytes))).await;
+    drop(permit);
+    if !node.auth.has_key() {
+        return response;
+    }
+    // The answer is signed for the caller (bound to its request's MAC).
+    let (mut parts, body) = response.into_parts();
+    let Ok(body) = axum::body::to_bytes(body, usize::MAX).await else {
+        return refuse(StatusCode::INTERNAL_SERVER_ERROR, "answer could not be read");
+    };
+    if let Some(sig) = node.auth.sign_response(&verified, parts.status.as_u16(), &body)
+        && let Ok(value) = HeaderValue::from_str(&sig)
+    {
+        parts.headers.insert(SIGNATURE_HEADER, value);
+    }
+    Response::from_parts(parts, Body::from(body))
+}
+
+/// How long an internal request waits for room in the body budget.
+const BUDGET_WAIT: Duration = Duration::from_secs(5);
+/// How long an authenticated internal body may take to arrive.
+const BODY_READ_TIMEOUT: Duration = Duration::from_secs(30);
+
+fn peer_ip(parts: &axum::http::request::Parts) -> Option<std::net::IpAddr> {
+    parts.extensions.get::<ConnectInfo<SocketAddr>>().map(|c| c.0.ip())
+}
+
+fn rejected(node: &Node, path: &str, peer_ip: Option<std::net::IpAddr>, e: &AuthError) -> Response {
+    node.metrics.auth_rejected.inc();
+    tracing::warn!(%path, ?peer_ip, error = %e, "internal request rejected");
+    let status = match e {
+        AuthError::NotAMember(_) | AuthError::WrongReceiver(_) => StatusCode::FORBIDDEN,
+        _ => StatusCode::UNAUTHORIZED,
+    };
+    refuse(status, &e.to_string())
 }
 
 /// Test fault switches for view-change steps.
@@ -165,11 +214,20 @@ fn change_result<T: serde::Serialize>(result: Result<T, ChangeFail>) -> Response
     }
 }
 
-pub async fn view_prepare(State(node): State<Arc<Node>>, body: Result<Json<Proposal>, JsonRejection>) -> Response {
+pub async fn view_prepare(
+    State(node): State<Arc<Node>>,
+    Extension(peer): Extension<Peer>,
+    body: Result<Json<Proposal>, JsonRejection>,
+) -> Response {
     if let Some(resp) = view_fault(&node, "prepare").await {
         return resp;
     }
     let Ok(Json(p)) = body else { return refuse(StatusCode::BAD_REQUEST, "bad proposal") };
+    // Without a key, only a member of this node's view or of the view the
+    // proposal starts from (a coordinator adding this node) may prepare.
+    if !node.auth.has_key() && !node.is_member(&peer.0) && !p.old.nodes.contains(&peer.0) {
+        return rejected(&node, "/internal/view/prepare", None, &AuthError::NotAMember(peer.0));
+    }
     change_result(node.view_prepare(p).await.map(|_| json!({})))
 }
 

@@ -15,6 +15,7 @@ use serde_json::{Value, json};
 use super::error::{ApiError, ErrorReply};
 use super::reply::{Reply, json_response};
 use super::request::{FROM_HEADER, HOP_HEADER, hop, read_body};
+use crate::gossip::auth::token_matches;
 use crate::gossip::viewchange::{COMMIT_TIMEOUT, SYNC_TIMEOUT, TRANSFER_TIMEOUT};
 use crate::node::Node;
 use crate::shard::change::requested_view;
@@ -33,7 +34,25 @@ fn view_error(e: ViewError) -> ApiError {
     })
 }
 
+/// Whether the request carries the admin bearer token (always, when none
+/// is configured: local development, logged as unauthenticated at start).
+fn admin_allowed(node: &Node, headers: &HeaderMap) -> bool {
+    let Some(expected) = node.config.admin_token() else { return true };
+    let given = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer "));
+    given.is_some_and(|token| token_matches(token.trim(), expected))
+}
+
+fn unauthorized(node: &Node, operation: &'static str, method: &Method, headers: &HeaderMap) -> Response {
+    node.metrics.admin_rejected.inc();
+    tracing::warn!(operation, from = ?super::request::sender(headers), "admin request without a valid bearer token refused");
+    ErrorReply::of_operation(operation, method, ApiError::Unauthorized, Value::Object(Default::default())).into_response()
+}
+
 pub async fn view_change(State(node): State<Arc<Node>>, method: Method, headers: HeaderMap, body: Body) -> Response {
+    // Checked before the body is read: an unauthorised caller costs nothing.
+    if !admin_allowed(&node, &headers) {
+        return unauthorized(&node, "VIEW-CHANGE", &method, &headers);
+    }
     let empty = Value::Object(Default::default());
     let parsed: Result<Value, ApiError> = match read_body(body, BODY_LIMIT).await {
         Ok(bytes) if bytes.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'{') => {
@@ -60,6 +79,9 @@ pub async fn join(
     headers: HeaderMap,
     query: Result<Query<HashMap<String, String>>, QueryRejection>,
 ) -> Response {
+    if !admin_allowed(&node, &headers) {
+        return unauthorized(&node, "JOIN", &method, &headers);
+    }
     let empty = Value::Object(Default::default());
     let Some(addr) = query.ok().and_then(|Query(q)| q.get("nodeaddr").cloned()) else {
         return ErrorReply::new(&method, ApiError::InvalidView("nodeaddr is missing".into()), empty).into_response();
@@ -90,9 +112,12 @@ async fn run(node: &Node, method: &Method, headers: &HeaderMap, view: View, ctx:
             return ErrorReply::new(method, ApiError::Unavailable, ctx).into_response();
         }
         for target in &cur.map.view.nodes {
-            let resp = node
-                .client
-                .put(format!("http://{target}{path}"))
+            let mut req = node.client.put(format!("http://{target}{path}"));
+            // The member coordinating checks the caller's token itself.
+            if let Some(auth) = headers.get(header::AUTHORIZATION) {
+                req = req.header(header::AUTHORIZATION, auth.clone());
+            }
+            let resp = req
                 .header(HOP_HEADER, "1")
                 .header(FROM_HEADER, node.me())
                 .header(header::CONTENT_TYPE, "application/json")

@@ -1,36 +1,52 @@
-//! Authentication of internal traffic (DESIGN.md "Security").
+//! Authentication of internal traffic (DESIGN.md "Security", docs/SECURITY.md).
 //!
-//! With `CLUSTER_KEY`: every internal request carries
-//! `HMAC-SHA256(key, method \n path \n timestamp \n sender \n body)` and its
-//! timestamp; a request outside [`WINDOW`] of the receiver's clock, with a
-//! wrong MAC, or whose MAC was already seen (a replay) is refused before it
-//! is parsed, so it changes nothing. Without a key, internal requests are
-//! accepted only from the IP addresses the view's nodes resolve to.
+//! With `CLUSTER_KEY` every internal request carries, in headers only,
+//! `HMAC-SHA256(key, "req" \n method \n path \n timestamp \n sender \n
+//! receiver \n sha256(body))` with its timestamp and body digest, so the
+//! receiver authenticates a request **before it reads one byte of its body**
+//! and only then reads the body and checks it against the digest. A request
+//! outside [`WINDOW`] of the receiver's clock, addressed to another node, with
+//! a wrong MAC, or whose MAC was already seen (a replay) is refused and
+//! changes nothing. Every answer is signed too, bound to the request it
+//! answers (`HMAC(key, "resp" \n request MAC \n responder \n status \n
+//! body)`), so whoever answers in a peer's place cannot inject records.
 //!
-//! [`ViewDns`] resolves the view's names for this check and for the HTTP
-//! client, without glibc (a static binary cannot load NSS modules).
+//! Without a key nothing can be verified: identity is the sender a request
+//! claims, which must be a member of the current view (or of a view being
+//! committed) — never the source address, which says nothing on multi-homed
+//! hosts. Nodes log at start that anyone who can reach the port can speak
+//! for a member.
+//!
+//! [`ViewDns`] resolves the view's names for the HTTP client, without glibc
+//! (a static binary cannot load NSS modules).
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, OnceLock};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use hickory_resolver::TokioResolver;
 use hickory_resolver::config::LookupIpStrategy;
 use hmac::{Hmac, KeyInit, Mac};
 use parking_lot::Mutex;
-use sha2::Sha256;
+use sha2::{Digest, Sha256};
 
 pub const TIMESTAMP_HEADER: &str = "x-causalkv-timestamp";
 pub const SIGNATURE_HEADER: &str = "x-causalkv-signature";
+/// The node a request is addressed to (as it appears in the view).
+pub const TO_HEADER: &str = "x-causalkv-to";
+/// Hex SHA-256 of the request body, covered by the signature.
+pub const BODY_DIGEST_HEADER: &str = "x-causalkv-body-sha256";
 
 /// Largest clock difference accepted between sender and receiver.
 pub const WINDOW: Duration = Duration::from_secs(10);
 /// Seen MACs kept for replay detection; beyond this the oldest are dropped
 /// (they are outside the window long before at any realistic rate).
 const MAX_SEEN: usize = 200_000;
-/// How often the view's names are resolved again when an unknown IP calls.
+/// Longest time a resolved view name is kept.
 const RESOLVE_EVERY: Duration = Duration::from_secs(5);
+/// Longest accepted timestamp header (`<ms>.<nonce>`).
+const MAX_TIMESTAMP_LEN: usize = 48;
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum AuthError {
@@ -42,28 +58,46 @@ pub enum AuthError {
     BadSignature,
     #[error("replayed request")]
     Replay,
-    #[error("sender address {0} is not in the view")]
-    UnknownAddress(IpAddr),
+    #[error("request addressed to {0}, not to this node")]
+    WrongReceiver(String),
+    #[error("body does not match its signed digest")]
+    BodyMismatch,
+    #[error("sender {0:?} is not a member of the view")]
+    NotAMember(String),
 }
 
 type HmacSha256 = Hmac<Sha256>;
 
-/// The parts of an incoming internal request that authentication looks at.
+/// The header fields of an incoming internal request that authentication
+/// looks at (the body is checked separately, after these passed).
 pub struct Incoming<'a> {
     pub method: &'a str,
     pub path: &'a str,
     pub sender: &'a str,
+    pub receiver: &'a str,
     pub timestamp: Option<&'a str>,
     pub signature: Option<&'a str>,
-    pub body: &'a [u8],
-    pub peer_ip: Option<IpAddr>,
+    pub body_digest: Option<&'a str>,
+}
+
+/// What a verified request's answer must be bound to.
+#[derive(Clone, Debug, Default)]
+pub struct Verified {
+    /// The request's MAC (empty without a key).
+    pub request_mac: Vec<u8>,
+    /// The body digest the request was signed over (None without a key).
+    pub body_digest: Option<[u8; 32]>,
+}
+
+/// Headers of an outgoing signed request, and what checks its answer.
+pub struct Signed {
+    pub headers: Vec<(&'static str, String)>,
+    pub request_mac: Vec<u8>,
 }
 
 pub struct Auth {
     key: Option<Vec<u8>>,
-    view: Mutex<Vec<String>>,
-    dns: ViewDns,
-    allowed: Mutex<(HashSet<IpAddr>, Option<Instant>)>,
+    me: String,
     seen: Mutex<HashMap<Vec<u8>, u64>>,
     /// Distinguishes requests signed in the same millisecond.
     nonce: std::sync::atomic::AtomicU64,
@@ -73,82 +107,99 @@ fn now_ms() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
 }
 
+pub fn body_digest(body: &[u8]) -> [u8; 32] {
+    Sha256::digest(body).into()
+}
+
 impl Auth {
-    pub fn new(key: Option<&str>, view: &[String]) -> Self {
+    /// `me` is this node's address as it appears in the view: requests must
+    /// be addressed to it.
+    pub fn new(key: Option<&str>, me: &str) -> Self {
         Self {
             key: key.filter(|k| !k.is_empty()).map(|k| k.as_bytes().to_vec()),
-            view: Mutex::new(view.to_vec()),
-            dns: ViewDns::default(),
-            allowed: Mutex::new((HashSet::new(), None)),
+            me: me.to_owned(),
             seen: Mutex::new(HashMap::new()),
             nonce: std::sync::atomic::AtomicU64::new(0),
         }
-    }
-
-    /// Adds nodes of a new view to the addresses accepted without a key.
-    pub fn extend_view(&self, nodes: &[String]) {
-        let mut view = self.view.lock();
-        let mut grew = false;
-        for n in nodes {
-            if !view.contains(n) {
-                view.push(n.clone());
-                grew = true;
-            }
-        }
-        if grew {
-            self.allowed.lock().1 = None;
-        }
-    }
-
-    /// Every node of the views this node has known or been asked to
-    /// change to.
-    pub fn nodes(&self) -> Vec<String> {
-        self.view.lock().clone()
     }
 
     pub fn has_key(&self) -> bool {
         self.key.is_some()
     }
 
-    fn keyed(key: &[u8], method: &str, path: &str, ts: &str, sender: &str, body: &[u8]) -> HmacSha256 {
+    fn mac(key: &[u8], parts: &[&[u8]]) -> HmacSha256 {
         // HMAC accepts keys of any length.
         let mut mac = HmacSha256::new_from_slice(key).expect("HMAC takes any key length");
-        for part in [method.as_bytes(), path.as_bytes(), ts.as_bytes(), sender.as_bytes()] {
+        for (i, part) in parts.iter().enumerate() {
+            if i > 0 {
+                mac.update(b"\n");
+            }
             mac.update(part);
-            mac.update(b"\n");
         }
-        mac.update(body);
         mac
     }
 
-    /// Headers to add to an outgoing internal request (none without a key).
-    pub fn sign(&self, method: &str, path: &str, sender: &str, body: &[u8]) -> Vec<(&'static str, String)> {
-        let Some(key) = &self.key else { return Vec::new() };
+    fn request_mac(key: &[u8], method: &str, path: &str, ts: &str, sender: &str, receiver: &str, digest_hex: &str) -> HmacSha256 {
+        let parts: [&[u8]; 7] =
+            [b"req", method.as_bytes(), path.as_bytes(), ts.as_bytes(), sender.as_bytes(), receiver.as_bytes(), digest_hex.as_bytes()];
+        Self::mac(key, &parts)
+    }
+
+    fn response_mac(key: &[u8], request_mac: &[u8], responder: &str, status: u16, body: &[u8]) -> HmacSha256 {
+        let status = status.to_string();
+        let parts: [&[u8]; 5] = [b"resp", request_mac, responder.as_bytes(), status.as_bytes(), body];
+        Self::mac(key, &parts)
+    }
+
+    /// Headers for an outgoing internal request from this node to
+    /// `receiver` (none without a key, but the receiver's name).
+    pub fn sign(&self, method: &str, path: &str, receiver: &str, body: &[u8]) -> Signed {
+        let mut headers = vec![(TO_HEADER, receiver.to_owned())];
+        let Some(key) = &self.key else { return Signed { headers, request_mac: Vec::new() } };
         // `<ms>.<nonce>`: two identical requests in the same millisecond
         // still get different MACs, so neither is taken for a replay.
         let ts = format!("{}.{}", now_ms(), self.nonce.fetch_add(1, std::sync::atomic::Ordering::Relaxed));
-        let mac = Self::keyed(key, method, path, &ts, sender, body).finalize().into_bytes();
-        vec![(TIMESTAMP_HEADER, ts), (SIGNATURE_HEADER, hex::encode(mac))]
+        let digest = hex::encode(body_digest(body));
+        let mac = Self::request_mac(key, method, path, &ts, &self.me, receiver, &digest).finalize().into_bytes().to_vec();
+        headers.push((TIMESTAMP_HEADER, ts));
+        headers.push((BODY_DIGEST_HEADER, digest));
+        headers.push((SIGNATURE_HEADER, hex::encode(&mac)));
+        Signed { headers, request_mac: mac }
     }
 
-    /// Checks an incoming internal request.
-    pub async fn verify(&self, req: &Incoming<'_>) -> Result<(), AuthError> {
-        match &self.key {
-            Some(key) => self.verify_mac(key, req),
-            None => self.verify_address(req.peer_ip).await,
+    /// Checks an incoming request's headers (before its body is read). With
+    /// a key: receiver, window, MAC and replay; without one there is nothing
+    /// to verify here (membership is checked by the caller).
+    pub fn verify_headers(&self, req: &Incoming<'_>) -> Result<Verified, AuthError> {
+        let Some(key) = &self.key else { return Ok(Verified::default()) };
+        if req.receiver != self.me {
+            return Err(AuthError::WrongReceiver(req.receiver.chars().take(100).collect()));
         }
-    }
-
-    fn verify_mac(&self, key: &[u8], req: &Incoming<'_>) -> Result<(), AuthError> {
-        let Incoming { method, path, sender, body, .. } = *req;
-        let ts_text = req.timestamp.ok_or(AuthError::Missing)?;
+        let ts_text = req.timestamp.filter(|t| t.len() <= MAX_TIMESTAMP_LEN).ok_or(AuthError::Missing)?;
         let ts: u64 = ts_text.split('.').next().and_then(|t| t.parse().ok()).ok_or(AuthError::Missing)?;
         let sig = req.signature.and_then(|s| hex::decode(s).ok()).ok_or(AuthError::Missing)?;
+        let digest_hex = req.body_digest.ok_or(AuthError::Missing)?;
+        let digest: [u8; 32] = hex::decode(digest_hex).ok().and_then(|d| d.try_into().ok()).ok_or(AuthError::Missing)?;
         let now = now_ms();
         if now.abs_diff(ts) > WINDOW.as_millis() as u64 {
             return Err(AuthError::Stale);
         }
-        Self::keyed(key, method, path, ts_text, sender, body).verify_slice(&sig).map_err(|_| AuthError::BadSignature)?;
+        Self::request_mac(key, req.method, req.path, ts_text, req.sender, req.receiver, digest_hex)
+            .verify_slice(&sig)
+            .map_err(|_| AuthError::BadSignature)?;
+        self.remember(sig.clone(), ts, now)?;
+        Ok(Verified { request_mac: sig, body_digest: Some(digest) })
+    }
+
+    /// Checks a body read after its headers were verified.
+    pub fn verify_body(&self, verified: &Verified, body: &[u8]) -> Result<(), AuthError> {
+        match verified.body_digest {
+            Some(d) if d != body_digest(body) => Err(AuthError::BodyMismatch),
+            _ => Ok(()),
+        }
+    }
+
+    fn remember(&self, sig: Vec<u8>, ts: u64, now: u64) -> Result<(), AuthError> {
         let mut seen = self.seen.lock();
         if seen.len() >= MAX_SEEN {
             let horizon = now.saturating_sub(2 * WINDOW.as_millis() as u64);
@@ -163,26 +214,60 @@ impl Auth {
         Ok(())
     }
 
-    async fn verify_address(&self, peer_ip: Option<IpAddr>) -> Result<(), AuthError> {
-        let Some(ip) = peer_ip else { return Ok(()) };
-        let ip = canonical(ip);
-        let due = {
-            let allowed = self.allowed.lock();
-            if allowed.0.contains(&ip) {
-                return Ok(());
-            }
-            allowed.1.is_none_or(|t| t.elapsed() > RESOLVE_EVERY)
-        };
-        if due {
-            let mut ips = HashSet::new();
-            let view = self.view.lock().clone();
-            for node in &view {
-                ips.extend(self.dns.lookup(host_of(node)).await.unwrap_or_default().into_iter().map(canonical));
-            }
-            *self.allowed.lock() = (ips, Some(Instant::now()));
-        }
-        if self.allowed.lock().0.contains(&ip) { Ok(()) } else { Err(AuthError::UnknownAddress(ip)) }
+    /// The signature header value of this node's answer to a verified
+    /// request (None without a key).
+    pub fn sign_response(&self, verified: &Verified, status: u16, body: &[u8]) -> Option<String> {
+        let key = self.key.as_ref()?;
+        Some(hex::encode(Self::response_mac(key, &verified.request_mac, &self.me, status, body).finalize().into_bytes()))
     }
+
+    /// Checks the answer of `responder` to a request this node signed.
+    pub fn verify_response(
+        &self,
+        request_mac: &[u8],
+        responder: &str,
+        status: u16,
+        signature: Option<&str>,
+        body: &[u8],
+    ) -> Result<(), AuthError> {
+        let Some(key) = &self.key else { return Ok(()) };
+        let sig = signature.and_then(|s| hex::decode(s).ok()).ok_or(AuthError::Missing)?;
+        Self::response_mac(key, request_mac, responder, status, body).verify_slice(&sig).map_err(|_| AuthError::BadSignature)
+    }
+
+    /// Signs a whole message (the Mycelium transport's frames, whose
+    /// payload travels with its signature): `(timestamp, signature)`.
+    pub fn sign_message(&self, kind: &str, receiver: &str, body: &[u8]) -> Option<(String, String)> {
+        let signed = self.sign("POST", kind, receiver, body);
+        if signed.request_mac.is_empty() {
+            return None;
+        }
+        let get = |name| signed.headers.iter().find(|(n, _)| *n == name).map(|(_, v)| v.clone());
+        Some((get(TIMESTAMP_HEADER)?, get(SIGNATURE_HEADER)?))
+    }
+
+    /// Verifies a whole signed message (see [`Auth::sign_message`]).
+    pub fn verify_message(
+        &self,
+        kind: &str,
+        sender: &str,
+        timestamp: Option<&str>,
+        signature: Option<&str>,
+        body: &[u8],
+    ) -> Result<(), AuthError> {
+        let digest = hex::encode(body_digest(body));
+        let incoming =
+            Incoming { method: "POST", path: kind, sender, receiver: &self.me, timestamp, signature, body_digest: Some(&digest) };
+        self.verify_headers(&incoming).map(|_| ())
+    }
+}
+
+/// Whether `token` equals `expected`, in time independent of where they
+/// differ (both are hashed first, so lengths leak nothing either).
+pub fn token_matches(token: &str, expected: &str) -> bool {
+    let a = Sha256::digest(token.as_bytes());
+    let b = Sha256::digest(expected.as_bytes());
+    a.iter().zip(b.iter()).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 /// DNS for the view's names that works in a static binary: hickory reads
@@ -240,92 +325,103 @@ impl reqwest::dns::Resolve for ViewDns {
     }
 }
 
-/// The host part of a view entry (`host:port`, `[v6]:port`, or a bare host).
-fn host_of(entry: &str) -> &str {
-    match entry.strip_prefix('[') {
-        Some(rest) => rest.split(']').next().unwrap_or(rest),
-        None if entry.matches(':').count() == 1 => entry.split(':').next().unwrap_or(entry),
-        None => entry,
-    }
-}
-
-/// IPv4-mapped IPv6 addresses compare as IPv4.
-fn canonical(ip: IpAddr) -> IpAddr {
-    match ip {
-        IpAddr::V6(v6) => v6.to_ipv4_mapped().map(IpAddr::V4).unwrap_or(ip),
-        v4 => v4,
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    #[tokio::test]
-    async fn signed_requests_verify_once() {
-        let auth = Auth::new(Some("secret"), &[]);
-        let headers = auth.sign("POST", "/internal/pull", "a:1", b"{}");
-        let (ts, sig) = (headers[0].1.clone(), headers[1].1.clone());
-        let req = |sender, ts, sig, body| Incoming {
+    fn incoming<'a>(signed: &'a Signed, sender: &'a str, receiver: &'a str, path: &'a str) -> Incoming<'a> {
+        let get = |name| signed.headers.iter().find(|(n, _)| *n == name).map(|(_, v)| v.as_str());
+        Incoming {
             method: "POST",
-            path: "/internal/pull",
+            path,
             sender,
-            timestamp: ts,
-            signature: sig,
-            body,
-            peer_ip: None,
-        };
-        let check = |body: &'static [u8], sender: &'static str| auth.verify_mac(b"secret", &req(sender, Some(&ts), Some(&sig), body));
-        assert_eq!(check(b"{}", "a:1"), Ok(()));
-        assert_eq!(check(b"{}", "a:1"), Err(AuthError::Replay));
-        assert_eq!(check(b"{ }", "a:1"), Err(AuthError::BadSignature));
-        assert_eq!(check(b"{}", "b:1"), Err(AuthError::BadSignature));
-        let other = Auth::new(Some("other"), &[]);
-        let forged = other.sign("POST", "/internal/pull", "a:1", b"{}");
-        assert_eq!(auth.verify_mac(b"secret", &req("a:1", Some(&forged[0].1), Some(&forged[1].1), b"{}")), Err(AuthError::BadSignature));
-        assert_eq!(auth.verify_mac(b"secret", &req("a:1", Some("1000"), Some(&sig), b"{}")), Err(AuthError::Stale));
-        assert_eq!(auth.verify_mac(b"secret", &req("a:1", None, None, b"")), Err(AuthError::Missing));
-    }
-
-    #[tokio::test]
-    async fn identical_requests_signed_in_the_same_millisecond_both_pass() {
-        let auth = Auth::new(Some("secret"), &[]);
-        let a = auth.sign("POST", "/internal/pull", "a:1", b"{}");
-        let b = auth.sign("POST", "/internal/pull", "a:1", b"{}");
-        assert_ne!(a[1].1, b[1].1, "a nonce makes every signature unique");
-        for h in [a, b] {
-            let req = Incoming {
-                method: "POST",
-                path: "/internal/pull",
-                sender: "a:1",
-                timestamp: Some(&h[0].1),
-                signature: Some(&h[1].1),
-                body: b"{}",
-                peer_ip: None,
-            };
-            assert_eq!(auth.verify(&req).await, Ok(()));
+            receiver,
+            timestamp: get(TIMESTAMP_HEADER),
+            signature: get(SIGNATURE_HEADER),
+            body_digest: get(BODY_DIGEST_HEADER),
         }
     }
 
-    #[tokio::test]
-    async fn without_a_key_only_view_addresses_pass() {
-        let auth = Auth::new(None, &["127.0.0.1:1".to_string()]);
-        assert_eq!(auth.verify_address(Some("127.0.0.1".parse().unwrap())).await, Ok(()));
-        assert_eq!(auth.verify_address(Some("::ffff:127.0.0.1".parse().unwrap())).await, Ok(()));
-        assert!(auth.verify_address(Some("10.9.9.9".parse().unwrap())).await.is_err());
+    #[test]
+    fn signed_requests_verify_once_at_their_receiver_only() {
+        let a = Auth::new(Some("secret"), "a:1");
+        let b = Auth::new(Some("secret"), "b:1");
+        let c = Auth::new(Some("secret"), "c:1");
+        let signed = a.sign("POST", "/internal/pull", "b:1", b"{}");
+        let v = b.verify_headers(&incoming(&signed, "a:1", "b:1", "/internal/pull")).expect("verifies");
+        assert_eq!(b.verify_body(&v, b"{}"), Ok(()));
+        assert_eq!(b.verify_body(&v, b"{ }"), Err(AuthError::BodyMismatch), "the body is bound to the headers");
+        assert_eq!(b.verify_headers(&incoming(&signed, "a:1", "b:1", "/internal/pull")).err(), Some(AuthError::Replay));
+        let signed = a.sign("POST", "/internal/pull", "b:1", b"{}");
+        assert!(matches!(c.verify_headers(&incoming(&signed, "a:1", "b:1", "/internal/pull")), Err(AuthError::WrongReceiver(_))));
+        assert_eq!(b.verify_headers(&incoming(&signed, "x:1", "b:1", "/internal/pull")).err(), Some(AuthError::BadSignature), "sender");
+        assert_eq!(b.verify_headers(&incoming(&signed, "a:1", "b:1", "/internal/snapshot")).err(), Some(AuthError::BadSignature), "path");
+        let other = Auth::new(Some("other"), "a:1");
+        let forged = other.sign("POST", "/internal/pull", "b:1", b"{}");
+        assert_eq!(b.verify_headers(&incoming(&forged, "a:1", "b:1", "/internal/pull")).err(), Some(AuthError::BadSignature));
+        let mut stale = a.sign("POST", "/internal/pull", "b:1", b"{}");
+        stale.headers.iter_mut().filter(|(n, _)| *n == TIMESTAMP_HEADER).for_each(|(_, v)| *v = "1000.0".into());
+        assert_eq!(b.verify_headers(&incoming(&stale, "a:1", "b:1", "/internal/pull")).err(), Some(AuthError::Stale));
+        let bare =
+            Incoming { method: "POST", path: "/", sender: "a:1", receiver: "b:1", timestamp: None, signature: None, body_digest: None };
+        assert_eq!(b.verify_headers(&bare).err(), Some(AuthError::Missing));
+    }
+
+    #[test]
+    fn answers_are_bound_to_their_request_and_responder() {
+        let a = Auth::new(Some("secret"), "a:1");
+        let b = Auth::new(Some("secret"), "b:1");
+        let signed = a.sign("POST", "/internal/pull", "b:1", b"{}");
+        let v = b.verify_headers(&incoming(&signed, "a:1", "b:1", "/internal/pull")).unwrap();
+        let sig = b.sign_response(&v, 200, b"{\"records\":[]}").unwrap();
+        assert_eq!(a.verify_response(&signed.request_mac, "b:1", 200, Some(&sig), b"{\"records\":[]}"), Ok(()));
+        assert!(a.verify_response(&signed.request_mac, "b:1", 200, Some(&sig), b"{\"records\":[1]}").is_err(), "body");
+        assert!(a.verify_response(&signed.request_mac, "c:1", 200, Some(&sig), b"{\"records\":[]}").is_err(), "responder");
+        assert!(a.verify_response(&signed.request_mac, "b:1", 500, Some(&sig), b"{\"records\":[]}").is_err(), "status");
+        let later = a.sign("POST", "/internal/pull", "b:1", b"{}");
+        assert!(a.verify_response(&later.request_mac, "b:1", 200, Some(&sig), b"{\"records\":[]}").is_err(), "an old answer replayed");
+        assert_eq!(a.verify_response(&signed.request_mac, "b:1", 200, None, b"{}"), Err(AuthError::Missing));
+    }
+
+    #[test]
+    fn identical_requests_signed_in_the_same_millisecond_both_pass() {
+        let a = Auth::new(Some("secret"), "a:1");
+        let b = Auth::new(Some("secret"), "b:1");
+        let x = a.sign("POST", "/internal/pull", "b:1", b"{}");
+        let y = a.sign("POST", "/internal/pull", "b:1", b"{}");
+        assert_ne!(x.request_mac, y.request_mac, "a nonce makes every signature unique");
+        for s in [x, y] {
+            assert!(b.verify_headers(&incoming(&s, "a:1", "b:1", "/internal/pull")).is_ok());
+        }
+    }
+
+    #[test]
+    fn messages_verify_at_their_receiver() {
+        let a = Auth::new(Some("secret"), "a:1");
+        let b = Auth::new(Some("secret"), "b:1");
+        let (ts, sig) = a.sign_message("mycelium", "b:1", b"[]").unwrap();
+        assert_eq!(b.verify_message("mycelium", "a:1", Some(&ts), Some(&sig), b"[]"), Ok(()));
+        assert_eq!(b.verify_message("mycelium", "a:1", Some(&ts), Some(&sig), b"[]"), Err(AuthError::Replay));
+        let (ts, sig) = a.sign_message("mycelium", "c:1", b"[]").unwrap();
+        assert_eq!(b.verify_message("mycelium", "a:1", Some(&ts), Some(&sig), b"[]"), Err(AuthError::BadSignature), "for another node");
+        assert!(Auth::new(None, "a:1").sign_message("mycelium", "b:1", b"[]").is_none());
+    }
+
+    #[test]
+    fn tokens_compare_whole() {
+        assert!(token_matches("s3cret", "s3cret"));
+        assert!(!token_matches("s3cre", "s3cret"));
+        assert!(!token_matches("", "s3cret"));
     }
 
     #[tokio::test]
     async fn view_names_resolve_without_glibc() {
         let ip = |s: &str| s.parse::<IpAddr>().unwrap();
-        assert_eq!((host_of("node1:13800"), host_of("[::1]:13800"), host_of("10.1.2.3")), ("node1", "::1", "10.1.2.3"));
         let dns = ViewDns::default();
         assert_eq!(dns.lookup("10.1.2.3").await, Ok(vec![ip("10.1.2.3")]));
         assert_eq!(dns.lookup("[::1]").await, Ok(vec![ip("::1")]));
         // From /etc/hosts, which hickory reads itself.
         assert!(dns.lookup("localhost").await.unwrap().iter().any(IpAddr::is_loopback));
-        let auth = Auth::new(None, &["localhost:1".to_string()]);
-        assert_eq!(auth.verify_address(Some(ip("127.0.0.1"))).await, Ok(()));
         // The HTTP client resolves through it too.
         let client = reqwest::Client::builder().dns_resolver(Arc::new(ViewDns::default())).build().unwrap();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();

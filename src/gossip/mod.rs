@@ -29,9 +29,11 @@
 pub mod auth;
 mod compaction;
 pub mod detector;
+pub mod dispatch;
 mod http;
 mod messages;
 pub mod mycelium;
+pub mod refusals;
 mod replicator;
 pub mod viewchange;
 
@@ -89,6 +91,10 @@ pub enum GossipError {
     Unreachable { peer: String, reason: String },
     #[error("peer {peer} answered {status}")]
     Rejected { peer: String, status: u16 },
+    #[error("the answer of {peer} failed authentication: {reason}")]
+    Unauthentic { peer: String, reason: String },
+    #[error("{0}")]
+    Refused(String),
     #[error("wrong epoch: ours {ours}, theirs {theirs}")]
     WrongEpoch { ours: u64, theirs: u64 },
     #[error(transparent)]
@@ -291,8 +297,12 @@ impl Gossip {
     }
 
     pub fn handle_heartbeat(&self, msg: &Heartbeat) -> HeartbeatAck {
-        self.detector.heard_from(&msg.from);
-        self.epoch_hint.saw(msg.epoch, &msg.from);
+        // Only members of this epoch's view are tracked: anyone else is
+        // answered, never remembered (no table grows from what they claim).
+        if self.view.contains(&msg.from) {
+            self.detector.heard_from(&msg.from);
+            self.epoch_hint.saw(msg.epoch, &msg.from);
+        }
         HeartbeatAck { epoch: self.store.epoch() }
     }
 

@@ -53,7 +53,7 @@ use tokio::time::Instant;
 
 pub use settings::{DEFAULT_API, DEFAULT_TOPIC, Identity, MyceliumConfig};
 
-use super::auth::{AuthError, Incoming};
+use super::auth::AuthError;
 use super::viewchange::{Proposal, Step};
 use super::{
     Auth, BoxFuture, EXCHANGE_TIMEOUT, Gossip, GossipError, HEARTBEAT_TIMEOUT, Heartbeat, HeartbeatAck, HttpTransport, Inbound,
@@ -79,7 +79,6 @@ const REPLY_TTL: Duration = Duration::from_secs(10);
 /// Most queued messages taken into one sending round.
 const MAX_ROUND: usize = 1024;
 /// "Method" and "path" that `CLUSTER_KEY` HMACs of frames are computed over.
-const SIGNED_METHOD: &str = "MYCELIUM";
 const SIGNED_PATH: &str = "/mycelium/frame";
 /// At most one warning per this period about rejected messages.
 const WARN_EVERY: Duration = Duration::from_secs(10);
@@ -217,12 +216,12 @@ impl MyceliumTransport {
     }
 
     /// Queues a message for `dst`; one sender task per destination.
-    fn enqueue(&self, dst: Identity, mut out: Outgoing) {
+    fn enqueue(&self, dst: Identity, peer: &str, mut out: Outgoing) {
         let mut boxes = self.outboxes.lock();
         for _ in 0..2 {
             let tx = boxes.entry(dst.clone()).or_insert_with(|| {
                 let (tx, rx) = mpsc::unbounded_channel();
-                tokio::spawn(send_loop(self.shared.clone(), dst.clone(), rx));
+                tokio::spawn(send_loop(self.shared.clone(), dst.clone(), peer.to_owned(), rx));
                 tx
             });
             match tx.send(out) {
@@ -258,7 +257,7 @@ impl MyceliumTransport {
         self.pending.lock().insert(id.clone(), Waiter { peer: peer.to_owned(), tx });
         let _guard = PendingGuard { pending: &self.pending, id: &id };
         let (done_tx, done_rx) = oneshot::channel();
-        self.enqueue(dst, Outgoing { text, deadline, done: Some(done_tx) });
+        self.enqueue(dst, peer, Outgoing { text, deadline, done: Some(done_tx) });
         self.metrics().mycelium_requests_sent.get_or_create(&KindLabel { kind }).inc();
         self.wake.notify_one();
         let waited = tokio::time::timeout_at(deadline, async {
@@ -277,6 +276,9 @@ impl MyceliumTransport {
                 return Err(unreachable(format!("no {kind} reply over Mycelium within {timeout:?}")));
             }
         };
+        if reply.status == 403 {
+            self.http.refused(peer, format!("answered 403 over Mycelium: {}", reply.error.as_deref().unwrap_or("")));
+        }
         if reply.status != 200 {
             tracing::debug!(%peer, status = reply.status, error = ?reply.error, "peer refused a Mycelium request");
             return Err(GossipError::Rejected { peer: peer.to_owned(), status: reply.status });
@@ -420,16 +422,7 @@ impl MyceliumTransport {
             return;
         };
         if self.shared.auth.has_key() {
-            let incoming = Incoming {
-                method: SIGNED_METHOD,
-                path: SIGNED_PATH,
-                sender: &sender,
-                timestamp: frame.ts.as_deref(),
-                signature: frame.sig.as_deref(),
-                body: msgs.get().as_bytes(),
-                peer_ip: None,
-            };
-            match self.shared.auth.verify(&incoming).await {
+            match self.shared.auth.verify_message(SIGNED_PATH, &sender, frame.ts.as_deref(), frame.sig.as_deref(), msgs.get().as_bytes()) {
                 Ok(()) => {}
                 // A duplicate delivery of a frame already handled.
                 Err(AuthError::Replay) => {
@@ -491,78 +484,26 @@ impl MyceliumTransport {
         let kind = kind_label(m.kind.as_deref().unwrap_or(""));
         self.metrics().mycelium_requests_received.get_or_create(&KindLabel { kind }).inc();
         let result = match &m.body {
-            Some(body) => dispatch(&gossip, sender, kind, body).await,
+            Some(body) => gossip.dispatch(sender, kind, body.get().as_bytes()).await,
             None => Err((400, "request without a body".to_owned())),
         };
+        let result = result.and_then(|bytes| {
+            String::from_utf8(bytes).ok().and_then(|t| RawValue::from_string(t).ok()).ok_or((500, "unencodable reply".to_owned()))
+        });
         let reply = match result {
             Ok(body) => Msg { id: m.id, kind: None, status: Some(200), body: Some(body), error: None },
             Err((status, error)) => Msg { id: m.id, kind: None, status: Some(status), body: None, error: Some(error) },
         };
         match serde_json::to_string(&reply) {
-            Ok(text) => self.enqueue(reply_to, Outgoing { text, deadline: Instant::now() + REPLY_TTL, done: None }),
+            Ok(text) => self.enqueue(reply_to, sender, Outgoing { text, deadline: Instant::now() + REPLY_TTL, done: None }),
             Err(e) => tracing::error!(error = %e, "serialising a Mycelium reply failed"),
         }
     }
 }
 
-type Refusal = (u16, String);
-
-fn parse<T: DeserializeOwned>(kind: &str, body: &RawValue) -> Result<T, Refusal> {
-    serde_json::from_str(body.get()).map_err(|e| (400, format!("bad {kind} body: {e}")))
-}
-
-fn same_sender(sender: &str, from: &str) -> Result<(), Refusal> {
-    if sender == from { Ok(()) } else { Err((403, format!("message from {sender} names {from} as its sender"))) }
-}
-
-fn raw<T: Serialize>(v: &T) -> Result<Box<RawValue>, Refusal> {
-    serde_json::value::to_raw_value(v).map_err(|e| (500, e.to_string()))
-}
-
-/// The status the HTTP endpoints answer for a gossip error.
-fn refusal(e: GossipError) -> Refusal {
-    match e {
-        GossipError::WrongEpoch { .. } => (409, e.to_string()),
-        other => {
-            tracing::error!(error = %other, "Mycelium request failed");
-            (500, "internal error".to_owned())
-        }
-    }
-}
-
-/// The same checks and handlers as the `/internal/...` endpoints.
-async fn dispatch(gossip: &Gossip, sender: &str, kind: &str, body: &RawValue) -> Result<Box<RawValue>, Refusal> {
-    match kind {
-        "replicate" => {
-            let batch: ReplicateBatch = parse(kind, body)?;
-            same_sender(sender, &batch.from)?;
-            if !gossip.shard().contains(&batch.from) {
-                return Err((403, "sender is not a replica of this shard".to_owned()));
-            }
-            raw(&gossip.handle_replicate(batch).await.map_err(refusal)?)
-        }
-        "pull" => {
-            let req: PullRequest = parse(kind, body)?;
-            same_sender(sender, &req.from)?;
-            raw(&gossip.handle_pull(&req).map_err(refusal)?)
-        }
-        "snapshot" => {
-            let req: SnapshotRequest = parse(kind, body)?;
-            same_sender(sender, &req.from)?;
-            raw(&gossip.handle_snapshot(&req).map_err(refusal)?)
-        }
-        "heartbeat" => {
-            let msg: Heartbeat = parse(kind, body)?;
-            same_sender(sender, &msg.from)?;
-            raw(&gossip.handle_heartbeat(&msg))
-        }
-        other => Err((400, format!("unknown message kind {other:?}"))),
-    }
-}
-
 /// Drains one destination's outbox: everything queued goes out in as few
 /// messages as fit, one send in flight at a time.
-async fn send_loop(shared: Arc<Shared>, dst: Identity, mut rx: mpsc::UnboundedReceiver<Outgoing>) {
+async fn send_loop(shared: Arc<Shared>, dst: Identity, peer: String, mut rx: mpsc::UnboundedReceiver<Outgoing>) {
     while let Some(first) = rx.recv().await {
         let mut round = vec![first];
         while round.len() < MAX_ROUND {
@@ -582,30 +523,23 @@ async fn send_loop(shared: Arc<Shared>, dst: Identity, mut rx: mpsc::UnboundedRe
                 continue;
             }
             if !frame.is_empty() && size + out.text.len() + 512 > wire::MAX_FRAME_BYTES {
-                send_frame(&shared, &dst, std::mem::take(&mut frame)).await;
+                send_frame(&shared, &dst, &peer, std::mem::take(&mut frame)).await;
                 size = 0;
             }
             size += out.text.len() + 1;
             frame.push(out);
         }
         if !frame.is_empty() {
-            send_frame(&shared, &dst, frame).await;
+            send_frame(&shared, &dst, &peer, frame).await;
         }
     }
 }
 
-async fn send_frame(shared: &Shared, dst: &Identity, outs: Vec<Outgoing>) {
+async fn send_frame(shared: &Shared, dst: &Identity, peer: &str, outs: Vec<Outgoing>) {
     let texts: Vec<&str> = outs.iter().map(|o| o.text.as_str()).collect();
     let msgs = wire::msgs_array(&texts);
-    let mut ts = None;
-    let mut sig = None;
-    for (name, value) in shared.auth.sign(SIGNED_METHOD, SIGNED_PATH, &shared.me, msgs.get().as_bytes()) {
-        if name == super::auth::TIMESTAMP_HEADER {
-            ts = Some(value);
-        } else {
-            sig = Some(value);
-        }
-    }
+    // Signed for the node it goes to, so it cannot be replayed at another.
+    let (ts, sig) = shared.auth.sign_message(SIGNED_PATH, peer, msgs.get().as_bytes()).unzip();
     let frame = Frame { v: VERSION, from: shared.me.clone(), ts, sig, msgs: Some(msgs), frag: None };
     let result = match serde_json::to_vec(&frame) {
         Ok(bytes) if bytes.len() <= wire::MAX_FRAME_BYTES => post(shared, dst, &bytes).await,

@@ -23,6 +23,7 @@ use tokio::task::JoinHandle;
 
 use crate::config::Config;
 use crate::faults::Faults;
+use crate::gossip::refusals::PeerRefusals;
 use crate::gossip::{Auth, EpochHint, FailureDetector, Gossip, HttpTransport, Inbound, MyceliumTransport, Transport};
 use crate::metrics::Metrics;
 use crate::shard::{ShardMap, View};
@@ -31,6 +32,9 @@ use crate::store::{Store, StoreError, run_checkpointer, run_flusher};
 /// How long start-up waits for peers to hand over missed records before the
 /// node reports ready anyway (a peer may be down).
 const STARTUP_CATCH_UP: Duration = Duration::from_secs(2);
+/// Bytes of internal request bodies held at once, over all connections
+/// (a few of the largest batches).
+pub const INTERNAL_BODY_BUDGET: usize = 48 * 1024 * 1024;
 /// Keep-alive connections per peer kept by the internal HTTP client.
 const POOL_IDLE_PER_HOST: usize = 64;
 
@@ -59,6 +63,11 @@ pub struct Node {
     pub faults: Arc<Faults>,
     pub metrics: Arc<Metrics>,
     pub auth: Arc<Auth>,
+    /// Peers refusing this node's internal traffic (shown by /health).
+    pub refusals: Arc<PeerRefusals>,
+    /// Bytes of internal request bodies that may be held at once (one
+    /// permit per byte): bounds what callers can make this node buffer.
+    pub internal_bodies: Arc<tokio::sync::Semaphore>,
     pub detector: Arc<FailureDetector>,
     pub epoch_hint: Arc<EpochHint>,
     pub transport: Arc<dyn Transport>,
@@ -167,12 +176,12 @@ impl Node {
             .dns_resolver(Arc::new(crate::gossip::auth::ViewDns::default()))
             .build()?;
         let faults = Arc::new(Faults::new(config.faults));
+        let auth = Arc::new(Auth::new(config.cluster_key.as_deref(), &config.address));
         let metrics = Arc::new(Metrics::default());
-        let auth = Arc::new(Auth::new(config.cluster_key.as_deref(), &view.nodes));
-        if !auth.has_key() && view.nodes.len() > 1 {
-            tracing::warn!("CLUSTER_KEY is not set: internal traffic is accepted from any process at a view address");
-        }
-        let http = HttpTransport::new(client.clone(), config.address.clone(), faults.clone(), auth.clone());
+        let refusals = Arc::new(PeerRefusals::default());
+        warn_if_unauthenticated(&config);
+        let http =
+            HttpTransport::new(client.clone(), config.address.clone(), faults.clone(), auth.clone(), refusals.clone(), metrics.clone());
         let transport: Arc<dyn Transport> = match &config.mycelium {
             Some(m) => {
                 Arc::new(MyceliumTransport::new(m.clone(), config.address.clone(), http, faults.clone(), auth.clone(), metrics.clone())?)
@@ -204,6 +213,8 @@ impl Node {
             faults,
             metrics,
             auth,
+            refusals,
+            internal_bodies: Arc::new(tokio::sync::Semaphore::new(INTERNAL_BODY_BUDGET)),
             detector,
             epoch_hint: Arc::new(EpochHint::default()),
             transport,
@@ -245,6 +256,33 @@ impl Node {
     }
 }
 
+impl Node {
+    /// Whether `sender` may speak for a node: a member of the current view
+    /// or, while a change is prepared here, of its old or new view. Nothing
+    /// a proposal names counts once it is aborted.
+    pub fn is_member(&self, sender: &str) -> bool {
+        self.current().map.view.nodes.iter().any(|n| n == sender) || self.change.proposed_nodes().iter().any(|n| n == sender)
+    }
+}
+
+/// Says at start what an unauthenticated node lets anyone do.
+fn warn_if_unauthenticated(config: &Config) {
+    if config.cluster_key.is_none() {
+        tracing::warn!(
+            "CLUSTER_KEY is not set: internal traffic is not authenticated. Anyone who can reach port {} can speak for a member \
+             of the view (replicate, read the shard). Set CLUSTER_KEY (or CLUSTER_KEY_FILE) outside local development",
+            config.port
+        );
+    }
+    if config.admin_token().is_none() {
+        tracing::warn!(
+            "neither ADMIN_TOKEN nor CLUSTER_KEY is set: view-change and join are unauthenticated; anyone who can reach port {} \
+             can reconfigure this cluster",
+            config.port
+        );
+    }
+}
+
 impl Inbound for Node {
     fn gossip(&self) -> Arc<Gossip> {
         self.current().gossip.clone()
@@ -252,12 +290,9 @@ impl Inbound for Node {
 
     fn members(&self) -> Vec<String> {
         let mut nodes = self.current().map.view.nodes.clone();
-        if self.change.is_paused() {
-            // A view change is prepared: its new nodes count too.
-            for n in self.auth.nodes() {
-                if !nodes.contains(&n) {
-                    nodes.push(n);
-                }
+        for n in self.change.proposed_nodes() {
+            if !nodes.contains(&n) {
+                nodes.push(n);
             }
         }
         nodes

@@ -101,6 +101,15 @@ impl ChangeState {
         *self.paused.borrow()
     }
 
+    /// The nodes of the old and new views of the change prepared here (none
+    /// when no change is prepared: an aborted proposal extends nothing).
+    pub fn proposed_nodes(&self) -> Vec<String> {
+        match &*self.pending.lock() {
+            Some(p) => p.proposal.old.nodes.iter().chain(&p.proposal.new.nodes).cloned().collect(),
+            None => Vec::new(),
+        }
+    }
+
     async fn drain(&self, bound: Duration) -> bool {
         let deadline = tokio::time::Instant::now() + bound;
         loop {
@@ -154,8 +163,6 @@ impl Node {
             *pending = Some(Pending { proposal: p.clone(), since: Instant::now() });
             self.change.paused.send_replace(true);
         }
-        // Nodes of the new view must accept internal traffic from each other.
-        self.auth.extend_view(&p.new.nodes);
         if !self.change.drain(DRAIN_BOUND).await {
             self.abort_local(&p.change);
             return Err(ChangeFail::Drain);
@@ -234,7 +241,6 @@ impl Node {
         let prepared = self.check_prepared(&p.change).is_ok();
         let view_json = serde_json::to_vec(&p.new).expect("a view serialises");
         let count = self.store.commit_epoch(&p.change, p.new.epoch, &view_json, self.owns_under(&p.new), has_peers(&p.new, self.me()))?;
-        self.auth.extend_view(&p.new.nodes);
         self.install_epoch(p.new.clone());
         *self.change.pending.lock() = None;
         self.change.resume();
@@ -301,7 +307,6 @@ impl Node {
         let view_json = serde_json::to_vec(&view).expect("a view serialises");
         let change = format!("adopt/{}", view.epoch);
         self.store.commit_epoch(&change, view.epoch, &view_json, self.owns_under(&view), has_peers(&view, self.me()))?;
-        self.auth.extend_view(&view.nodes);
         self.install_epoch(view);
         self.rebuild_from_peers().await;
         Ok(())

@@ -1,0 +1,80 @@
+//! The one receiving side of gossip for every transport: a message kind and
+//! its JSON body from an authenticated sender go in, the JSON answer or a
+//! refusal (status, reason) comes out. The HTTP endpoints and the Mycelium
+//! receive loop both call [`Gossip::dispatch`], so they check the same
+//! things in the same order:
+//! - the sender the body names is the sender the transport authenticated
+//!   (a signed request cannot speak for another node);
+//! - replication, pull and snapshot come only from replicas of this shard
+//!   (nobody else may read or write the shard's log);
+//! - the epoch matches (in each handler).
+
+use super::{Gossip, GossipError, Heartbeat, PullRequest, ReplicateBatch, SnapshotRequest};
+
+/// An HTTP-like status and a reason.
+pub type Refusal = (u16, String);
+
+/// The gossip message kinds, as named on the wire (Mycelium) and in the
+/// `/internal/<kind>` paths (HTTP).
+pub const KINDS: [&str; 4] = ["replicate", "pull", "snapshot", "heartbeat"];
+
+fn parse<'a, T: serde::Deserialize<'a>>(kind: &str, body: &'a [u8]) -> Result<T, Refusal> {
+    serde_json::from_slice(body).map_err(|e| (400, format!("bad {kind} body: {e}")))
+}
+
+fn same_sender(sender: &str, from: &str) -> Result<(), Refusal> {
+    if sender == from { Ok(()) } else { Err((403, format!("a request from {sender} names {from:?} as its sender"))) }
+}
+
+fn to_json<T: serde::Serialize>(v: &T) -> Result<Vec<u8>, Refusal> {
+    serde_json::to_vec(v).map_err(|e| (500, e.to_string()))
+}
+
+/// The status a gossip error is answered with.
+pub fn refusal(e: GossipError) -> Refusal {
+    match e {
+        GossipError::WrongEpoch { .. } => (409, e.to_string()),
+        GossipError::Refused(why) => (403, why),
+        other => {
+            tracing::error!(error = %other, "internal request failed");
+            (500, "internal error".to_owned())
+        }
+    }
+}
+
+impl Gossip {
+    fn check_replica(&self, from: &str) -> Result<(), Refusal> {
+        if self.shard().iter().any(|r| r == from) { Ok(()) } else { Err((403, format!("{from} is not a replica of this node's shard"))) }
+    }
+
+    /// Handles one gossip message from `sender` (already authenticated by
+    /// its transport).
+    pub async fn dispatch(&self, sender: &str, kind: &str, body: &[u8]) -> Result<Vec<u8>, Refusal> {
+        match kind {
+            "replicate" => {
+                let batch: ReplicateBatch = parse(kind, body)?;
+                same_sender(sender, &batch.from)?;
+                self.check_replica(&batch.from)?;
+                to_json(&self.handle_replicate(batch).await.map_err(refusal)?)
+            }
+            "pull" => {
+                let req: PullRequest = parse(kind, body)?;
+                same_sender(sender, &req.from)?;
+                self.check_replica(&req.from)?;
+                to_json(&self.handle_pull(&req).map_err(refusal)?)
+            }
+            "snapshot" => {
+                let req: SnapshotRequest = parse(kind, body)?;
+                same_sender(sender, &req.from)?;
+                self.check_replica(&req.from)?;
+                to_json(&self.handle_snapshot(&req).map_err(refusal)?)
+            }
+            "heartbeat" => {
+                let msg: Heartbeat = parse(kind, body)?;
+                same_sender(sender, &msg.from)?;
+                to_json(&self.handle_heartbeat(&msg))
+            }
+            other => Err((400, format!("unknown message kind {other:?}"))),
+        }
+    }
+}
