@@ -667,7 +667,14 @@ async fn s5_view_change_adds_two_containers() {
 
     let started = Instant::now();
     let body = json!({"view": new_view, "repl-factor": 2, "causal-context": ctx});
-    let a = send(client.put(format!("http://{}/kv-store/view-change", env.nodes[0])).json(&body)).await;
+    // With CLUSTER_KEY set (run.sh exports it) the key is the admin token.
+    let mut req = client.put(format!("http://{}/kv-store/view-change", env.nodes[0])).json(&body);
+    if let Ok(key) = std::env::var("CAUSALKV_CLUSTER_KEY") {
+        let refused = send(client.put(format!("http://{}/kv-store/view-change", env.nodes[0])).json(&body)).await;
+        check(&refused, 401, "Error in VIEW-CHANGE");
+        req = req.header("authorization", format!("Bearer {key}"));
+    }
+    let a = send(req).await;
     let took = started.elapsed();
     if matches!(a.status.as_u16(), 404 | 405) {
         panic!(
@@ -709,4 +716,89 @@ async fn s5_view_change_adds_two_containers() {
         base + keys.len() as u64
     );
     assert_eq!(after, base + keys.len() as u64, "the shards' key counts add up to the number of keys");
+}
+
+// (6) Multi-homed containers (issue 11, hole 6). Two nodes without
+// CLUSTER_KEY, each attached to two networks, named so that each reaches
+// the other from its *second* address: mh1's alias exists only on net A,
+// mh2's only on net B, so mh1 connects to mh2 over B (from its B address)
+// and mh2 knows mh1 by its A address. Identity must not depend on the
+// source address: writes replicate, and nobody refuses anybody.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+#[ignore = "needs the compose cluster: tests/docker/run.sh"]
+async fn s6_multi_homed_nodes_replicate() {
+    let run = unique();
+    let (net_a, net_b) = (format!("causalkv-mh-a-{run}"), format!("causalkv-mh-b-{run}"));
+    let names = [format!("causalkv-mh1-{run}"), format!("causalkv-mh2-{run}")];
+    let ports = ["23810", "23811"];
+    let view = "mh1:13800,mh2:13800";
+    for net in [&net_a, &net_b] {
+        docker(&["network", "create", "--label", "causalkv-test=multihome", net]).await;
+    }
+    let start = |i: usize, net: &str, alias: &str| {
+        let publish = format!("127.0.0.1:{}:13800", ports[i]);
+        let address = format!("ADDRESS={alias}:13800");
+        let view_env = format!("VIEW={view}");
+        let args: Vec<String> = [
+            "run", "-d", "--label", "causalkv-test=multihome", "--name", &names[i], "--network", net, "--network-alias", alias, "-p",
+            &publish, "-e", &address, "-e", &view_env, "-e", "REPL_FACTOR=2", "-e", "RUST_LOG=info", "causalkv:latest",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        args
+    };
+    let a = start(0, &net_a, "mh1");
+    docker(&a.iter().map(String::as_str).collect::<Vec<_>>()).await;
+    let b = start(1, &net_b, "mh2");
+    docker(&b.iter().map(String::as_str).collect::<Vec<_>>()).await;
+    docker(&["network", "connect", &net_b, &names[0]]).await;
+    docker(&["network", "connect", &net_a, &names[1]]).await;
+
+    let client = common::client();
+    let endpoints: Vec<String> = ports.iter().map(|p| format!("127.0.0.1:{p}")).collect();
+    let outcome = async {
+        for e in &endpoints {
+            wait_ready(&client, e).await;
+        }
+        let a = put(&client, &endpoints[0], "mh-key", json!("from-mh1"), &json!({})).await;
+        check(&a, 201, "Added successfully");
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let mut copied = false;
+        while Instant::now() < deadline {
+            let g = get(&client, &endpoints[1], "mh-key", &json!({})).await;
+            if g.body["value"] == json!("from-mh1") {
+                copied = true;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let mut refused = Vec::new();
+        for e in &endpoints {
+            let metrics = client.get(format!("http://{e}/metrics")).send().await.expect("metrics").text().await.expect("text");
+            let count = metrics
+                .lines()
+                .find(|l| l.starts_with("causalkv_auth_rejected"))
+                .and_then(|l| l.split_whitespace().last())
+                .and_then(|v| v.parse::<f64>().ok())
+                .unwrap_or(0.0);
+            let health = get_path(&client, e, "/health").await;
+            refused.push((e.clone(), count, health.body["status"].clone()));
+        }
+        (copied, refused)
+    }
+    .await;
+    for name in &names {
+        docker(&["rm", "-f", name]).await;
+    }
+    for net in [&net_a, &net_b] {
+        docker(&["network", "rm", net]).await;
+    }
+    let (copied, refused) = outcome;
+    println!("docker multi-homed: replicated {copied}; (node, auth_rejected, health) {refused:?}");
+    assert!(copied, "a write at mh1 reaches mh2 although mh1 connects from its second network");
+    for (e, count, status) in refused {
+        assert_eq!(count, 0.0, "{e} refused internal requests");
+        assert_eq!(status, json!("ok"), "{e} reports no failing peer");
+    }
 }

@@ -47,6 +47,9 @@ teardown() {
     "${COMPOSE[@]}" --profile grow down -v --remove-orphans --timeout 5 >/dev/null 2>&1 || true
     # Side networks a partition scenario made (if it stopped half-way).
     docker network ls --quiet --filter "name=${PROJECT}_cluster-side" | xargs -r docker network rm >/dev/null 2>&1 || true
+    # Containers and networks of the multi-homed scenario (if it stopped half-way).
+    docker ps -aq --filter "label=causalkv-test=multihome" | xargs -r docker rm -f >/dev/null 2>&1 || true
+    docker network ls -q --filter "label=causalkv-test=multihome" | xargs -r docker network rm >/dev/null 2>&1 || true
   fi
   exit "$status"
 }
