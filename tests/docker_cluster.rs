@@ -740,8 +740,27 @@ async fn s6_multi_homed_nodes_replicate() {
         let address = format!("ADDRESS={alias}:13800");
         let view_env = format!("VIEW={view}");
         let args: Vec<String> = [
-            "run", "-d", "--label", "causalkv-test=multihome", "--name", &names[i], "--network", net, "--network-alias", alias, "-p",
-            &publish, "-e", &address, "-e", &view_env, "-e", "REPL_FACTOR=2", "-e", "RUST_LOG=info", "causalkv:latest",
+            "run",
+            "-d",
+            "--label",
+            "causalkv-test=multihome",
+            "--name",
+            &names[i],
+            "--network",
+            net,
+            "--network-alias",
+            alias,
+            "-p",
+            &publish,
+            "-e",
+            &address,
+            "-e",
+            &view_env,
+            "-e",
+            "REPL_FACTOR=2",
+            "-e",
+            "RUST_LOG=info",
+            "causalkv:latest",
         ]
         .iter()
         .map(|s| s.to_string())

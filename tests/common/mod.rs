@@ -42,7 +42,13 @@ impl NodeProc {
         cmd.env_clear()
             .env("ADDRESS", &self.addr)
             .env("DATA_DIR", &self.data_dir)
-            .env("RUST_LOG", if log { "info" } else { "warn" })
+            .env(
+                "RUST_LOG",
+                std::env::var("CAUSALKV_TEST_LOG")
+                    .ok()
+                    .filter(|v| v.contains("="))
+                    .unwrap_or_else(|| if log { "info".into() } else { "warn".into() }),
+            )
             .stdout(Stdio::null())
             .stderr(if log { Stdio::inherit() } else { Stdio::null() });
         for (k, v) in &self.env {
