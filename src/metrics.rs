@@ -73,6 +73,7 @@ pub struct Metrics {
     pub log_entries_compacted: Counter,
     pub tombstones_purged: Counter,
     pub auth_rejected: Counter,
+    pub clock_skew_rejected: Counter,
     pub view_change_records_sent: Counter,
     pub expired_writes: Counter,
     pub internal_http_requests: Family<PathLabel, Counter>,
@@ -115,6 +116,7 @@ impl Default for Metrics {
             log_entries_compacted: Counter::default(),
             tombstones_purged: Counter::default(),
             auth_rejected: Counter::default(),
+            clock_skew_rejected: Counter::default(),
             view_change_records_sent: Counter::default(),
             expired_writes: Counter::default(),
             internal_http_requests: Family::default(),
@@ -168,6 +170,11 @@ impl Default for Metrics {
         registry.register("log_entries_compacted", "Log entries dropped after every replica applied them", m.log_entries_compacted.clone());
         registry.register("tombstones_purged", "Tombstones removed once stable", m.tombstones_purged.clone());
         registry.register("auth_rejected", "Internal requests refused by authentication", m.auth_rejected.clone());
+        registry.register(
+            "clock_skew_rejected",
+            "Remote records refused because their HLC was more than MAX_CLOCK_SKEW_MS ahead of this node's clock",
+            m.clock_skew_rejected.clone(),
+        );
         registry.register(
             "view_change_records_sent",
             "Records sent to nodes that gained them in view changes",

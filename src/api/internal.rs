@@ -22,6 +22,7 @@ use crate::gossip::{GossipError, Heartbeat, PullRequest, ReplicateBatch, Snapsho
 use crate::metrics::PathLabel;
 use crate::node::Node;
 use crate::node::view_change::ChangeFail;
+use crate::store::StoreError;
 
 fn refuse(status: StatusCode, why: &str) -> Response {
     (status, Json(json!({"error": why}))).into_response()
@@ -35,6 +36,8 @@ fn blocked(node: &Node, headers: &HeaderMap) -> bool {
 fn gossip_error(e: GossipError) -> Response {
     match e {
         GossipError::WrongEpoch { .. } => refuse(StatusCode::CONFLICT, &e.to_string()),
+        // Logged (rate-limited) and counted by the store's clock guard.
+        GossipError::Store(StoreError::ClockSkew(_)) => refuse(StatusCode::UNPROCESSABLE_ENTITY, &e.to_string()),
         other => {
             tracing::error!(error = %other, "internal request failed");
             refuse(StatusCode::INTERNAL_SERVER_ERROR, "internal error")
@@ -157,6 +160,7 @@ fn change_result<T: serde::Serialize>(result: Result<T, ChangeFail>) -> Response
         Err(e) => {
             tracing::warn!(error = %e, "view-change step refused");
             let status = match e {
+                ChangeFail::Store(StoreError::ClockSkew(_)) => StatusCode::UNPROCESSABLE_ENTITY,
                 ChangeFail::Gossip(_) | ChangeFail::Store(_) => StatusCode::SERVICE_UNAVAILABLE,
                 _ => StatusCode::CONFLICT,
             };

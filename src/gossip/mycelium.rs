@@ -523,6 +523,8 @@ fn raw<T: Serialize>(v: &T) -> Result<Box<RawValue>, Refusal> {
 fn refusal(e: GossipError) -> Refusal {
     match e {
         GossipError::WrongEpoch { .. } => (409, e.to_string()),
+        // Logged (rate-limited) and counted by the store's clock guard.
+        GossipError::Store(crate::store::StoreError::ClockSkew(_)) => (422, e.to_string()),
         other => {
             tracing::error!(error = %other, "Mycelium request failed");
             (500, "internal error".to_owned())

@@ -168,6 +168,7 @@ impl Node {
             .build()?;
         let faults = Arc::new(Faults::new(config.faults));
         let metrics = Arc::new(Metrics::default());
+        store.set_max_clock_skew(config.max_clock_skew, metrics.clock_skew_rejected.clone());
         let auth = Arc::new(Auth::new(config.cluster_key.as_deref(), &view.nodes));
         if !auth.has_key() && view.nodes.len() > 1 {
             tracing::warn!("CLUSTER_KEY is not set: internal traffic is accepted from any process at a view address");
