@@ -190,7 +190,12 @@ pub fn parse_key(path: &str, max_len: usize) -> Result<String, ApiError> {
 /// decoder passes `%zz` through as text and turns `%00` into a NUL, so the
 /// same key could be spelt two ways, or not be printable in a log.)
 pub fn decode_key(raw: &str) -> Result<String, ApiError> {
-    let mut rest = raw.as_bytes();
+    let bytes = raw.as_bytes();
+    let Some(first) = bytes.iter().position(|b| *b == b'%') else {
+        // Nothing to decode (the common case): the text is the key.
+        return if bytes.contains(&0) { Err(ApiError::InvalidKey) } else { Ok(raw.to_owned()) };
+    };
+    let mut rest = &bytes[first..];
     while let Some(at) = rest.iter().position(|b| *b == b'%') {
         match rest.get(at + 1..at + 3) {
             Some([hi, lo]) if hi.is_ascii_hexdigit() && lo.is_ascii_hexdigit() => rest = &rest[at + 3..],
@@ -229,24 +234,29 @@ pub fn check_value(value: Option<Box<RawValue>>, max_bytes: usize) -> Result<Box
 /// Whether the JSON text `json` (already validated) nests arrays and objects
 /// deeper than `limit`: one pass over the bytes counting brackets outside
 /// strings, no parse (values are kept as raw text, so nothing else looks at
-/// their depth). A scalar costs one byte.
+/// their depth). A scalar (the common value) is answered from its first byte.
 fn nested_deeper_than(json: &str, limit: usize) -> bool {
     let bytes = json.as_bytes();
+    if !matches!(bytes.iter().find(|b| !b.is_ascii_whitespace()), Some(b'[' | b'{')) {
+        return false;
+    }
     let mut depth = 0usize;
     let mut i = 0;
     while i < bytes.len() {
         match bytes[i] {
-            b'"' => {
+            b'"' => loop {
                 // To the closing quote, stepping over escapes (`\"`, `\\`).
                 i += 1;
-                while i < bytes.len() {
-                    match bytes[i] {
-                        b'\\' => i += 2,
-                        b'"' => break,
-                        _ => i += 1,
+                match bytes.get(i..).and_then(|rest| rest.iter().position(|b| *b == b'"' || *b == b'\\')) {
+                    Some(at) if bytes[i + at] == b'\\' => i += at + 1,
+                    Some(at) => {
+                        i += at;
+                        break;
                     }
+                    // Unterminated: not JSON (values are validated before).
+                    None => return false,
                 }
-            }
+            },
             b'[' | b'{' => {
                 depth += 1;
                 if depth > limit {
