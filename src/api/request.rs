@@ -438,7 +438,7 @@ mod tests {
             assert_eq!(decode_key(raw).ok().as_deref(), Some(key), "{raw}");
         }
         let invalid =
-            ["a%zz", "a%", "a%2", "%g0", "a%0g", "%%41", "a%00b", "%00", "a%ff", "%FF%FE", "%C3", "%C3%28", "%ED%A0%80", "%C0%AF"];
+            ["a%zz", "a%", "a%2", "%g0", "a%0g", "%%41", "a%00b", "%00", "a%ff", "%FF%FE", "%C3", "%C3%28", "%ED%A0%80", "%C0%AF", "a\0b"];
         for raw in invalid {
             assert!(matches!(decode_key(raw), Err(ApiError::InvalidKey)), "{raw}");
         }
