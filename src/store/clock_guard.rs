@@ -46,6 +46,14 @@ pub struct ClockSkew {
     pub refused: usize,
 }
 
+/// What [`ClockGuard::screen`] found in a message.
+#[derive(Debug)]
+pub(super) struct Screened {
+    pub first: ClockSkew,
+    /// Per origin, the lowest seq of a refused record.
+    pub lowest_refused_seq: Vec<(String, u64)>,
+}
+
 pub(super) struct ClockGuard {
     limit_ms: u64,
     refused: Counter,
@@ -71,33 +79,32 @@ impl ClockGuard {
         (ahead > self.limit_ms).then_some(ahead)
     }
 
-    /// The first record of `records` beyond the limit, if any (nothing is
-    /// counted yet: see [`ClockGuard::refuse`]). One comparison per record.
-    pub(super) fn first_violation<'a>(&self, records: impl IntoIterator<Item = &'a Record>) -> Option<ClockSkew> {
+    /// The records of `records` beyond the limit, if any (nothing is
+    /// counted yet: see [`ClockGuard::refuse`]): the first one, and per
+    /// origin the lowest refused seq. One comparison per record, one clock
+    /// reading for all.
+    pub(super) fn screen(&self, records: &[Record]) -> Option<Screened> {
         let now = now_ms();
-        records.into_iter().find_map(|r| {
-            self.too_far_ahead(r.hlc, now).map(|ahead_ms| ClockSkew {
-                origin: r.dot.origin.clone(),
-                seq: r.dot.seq,
-                key: r.key.clone(),
-                ahead_ms,
-                limit_ms: self.limit_ms,
-                refused: 1,
-            })
-        })
-    }
-
-    /// Per origin, the lowest seq of a record beyond the limit.
-    pub(super) fn first_bad_seqs(&self, records: &[Record]) -> Vec<(String, u64)> {
-        let now = now_ms();
-        let mut bad: Vec<(String, u64)> = Vec::new();
-        for r in records.iter().filter(|r| self.too_far_ahead(r.hlc, now).is_some()) {
-            match bad.iter_mut().find(|(o, _)| *o == r.dot.origin) {
+        let mut found: Option<Screened> = None;
+        for r in records {
+            let Some(ahead_ms) = self.too_far_ahead(r.hlc, now) else { continue };
+            let screened = found.get_or_insert_with(|| Screened {
+                first: ClockSkew {
+                    origin: r.dot.origin.clone(),
+                    seq: r.dot.seq,
+                    key: r.key.clone(),
+                    ahead_ms,
+                    limit_ms: self.limit_ms,
+                    refused: 1,
+                },
+                lowest_refused_seq: Vec::new(),
+            });
+            match screened.lowest_refused_seq.iter_mut().find(|(o, _)| *o == r.dot.origin) {
                 Some((_, seq)) => *seq = (*seq).min(r.dot.seq),
-                None => bad.push((r.dot.origin.clone(), r.dot.seq)),
+                None => screened.lowest_refused_seq.push((r.dot.origin.clone(), r.dot.seq)),
             }
         }
-        bad
+        found
     }
 
     /// Counts and (rate-limited) logs a refusal.
@@ -137,14 +144,13 @@ mod tests {
         let mut guard = ClockGuard::new(Duration::from_secs(60), counter.clone());
         let now = now_ms();
         let fine = [rec("a", 1, 0), rec("a", 2, hlc_at(now)), rec("a", 3, hlc_at(now + 50_000)), rec("b", 1, hlc_at(now - 1_000_000))];
-        assert_eq!(guard.first_violation(&fine), None);
-        assert!(guard.first_bad_seqs(&fine).is_empty());
+        assert!(guard.screen(&fine).is_none());
 
         let mixed = [rec("a", 1, hlc_at(now)), rec("a", 3, u64::MAX), rec("a", 2, hlc_at(now + 120_000)), rec("b", 7, hlc_at(now))];
-        let skew = guard.first_violation(&mixed).unwrap();
+        let Screened { first: skew, lowest_refused_seq } = guard.screen(&mixed).unwrap();
         assert_eq!((skew.origin.as_str(), skew.seq, skew.limit_ms), ("a", 3, 60_000));
         assert!(skew.ahead_ms > 1 << 40, "{skew}");
-        assert_eq!(guard.first_bad_seqs(&mixed), vec![("a".to_string(), 2)]);
+        assert_eq!(lowest_refused_seq, vec![("a".to_string(), 2)]);
 
         guard.refuse(&ClockSkew { refused: 2, ..skew.clone() });
         guard.refuse(&skew);

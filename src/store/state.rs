@@ -8,7 +8,7 @@ use std::time::Duration;
 use parking_lot::Mutex;
 use serde_json::value::RawValue;
 
-use super::clock_guard::{ClockGuard, ClockSkew};
+use super::clock_guard::{ClockGuard, ClockSkew, Screened};
 use super::keys;
 use super::wal::{self, ReplayError, Wal, WalBatch, WalError};
 use super::{Dot, Durability, DurabilityMode, MAX_PENDING_RECORDS, Record};
@@ -307,8 +307,7 @@ impl Store {
     pub fn apply_remote(&self, mut records: Vec<Record>, shard_origins: &[String]) -> Result<ApplyOutcome, StoreError> {
         let mut out = ApplyOutcome::default();
         let mut st = self.state.lock();
-        if let Some(mut skew) = st.clock_guard.first_violation(&records) {
-            let bad = st.clock_guard.first_bad_seqs(&records);
+        if let Some(Screened { first: mut skew, lowest_refused_seq: bad }) = st.clock_guard.screen(&records) {
             let before = records.len();
             records.retain(|r| bad.iter().all(|(o, seq)| *o != r.dot.origin || r.dot.seq < *seq));
             skew.refused = before - records.len();
@@ -759,8 +758,8 @@ impl Store {
 /// Refuses a message (snapshot page, view-change transfer) as a whole when
 /// the clock guard refuses any of its records.
 fn refuse_whole(st: &mut State, records: &[Record]) -> Result<(), ClockSkew> {
-    match st.clock_guard.first_violation(records) {
-        Some(mut skew) => {
+    match st.clock_guard.screen(records) {
+        Some(Screened { first: mut skew, .. }) => {
             skew.refused = records.len();
             st.clock_guard.refuse(&skew);
             Err(skew)
