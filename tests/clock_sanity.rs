@@ -116,3 +116,51 @@ async fn max_clock_skew_ms_sets_the_bound() {
         "replication still works"
     );
 }
+
+/// Two nodes, node 0 with the largest bound (it accepts what node 1 refuses),
+/// node 1 with the default; VIEW is the first `view` of them.
+async fn lenient_and_strict(rf: usize, view: usize) -> Cluster {
+    let addrs: Vec<String> = (0..2).map(|_| format!("127.0.0.1:{}", free_port())).collect();
+    let common = vec![("VIEW".to_string(), addrs[..view].join(",")), ("REPL_FACTOR".to_string(), rf.to_string())];
+    let mut lenient = common.clone();
+    lenient.push(("MAX_CLOCK_SKEW_MS".into(), "86400000".into()));
+    Cluster::start_nodes(&addrs, rf, &[lenient, common]).await
+}
+
+// Pull answers go through the same guard: a record 10 minutes ahead that
+// node 0 took (its bound is a day) never reaches node 1 by anti-entropy.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pulled_records_from_the_future_are_refused() {
+    let c = lenient_and_strict(2, 2).await;
+    // Claimed from node 1 with node 1 as origin: node 0's replicator never
+    // pushes it (it pushes its own records), so only a pull can carry it.
+    let claimed = c.addr(1).to_string();
+    let forged = vec![record("x", "ahead", &claimed, 1, hlc_ahead(Duration::from_secs(600)))];
+    let (status, body) = forge_replicate(&c, 0, &claimed, forged).await;
+    assert_eq!(status, StatusCode::OK, "the lenient node takes it: {body}");
+    assert_eq!(c.get(0, "x", &json!({})).await.value(), Some(&json!("ahead")));
+    assert!(
+        wait_until(Duration::from_secs(10), || async { c.metric(1, "causalkv_clock_skew_rejected_total").await >= 1 }).await,
+        "node 1 refused the pulled record"
+    );
+    assert_eq!(c.get(1, "x", &json!({})).await.status, StatusCode::NOT_FOUND);
+    assert_eq!(c.get_json(1, "/kv-store/key-count").await.body["key-count"], json!(0));
+}
+
+// View-change transfers too: a record 10 minutes ahead held by node 0 makes
+// the transfer to node 1 fail, so the change is refused and the old view stays.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_transfer_with_a_record_from_the_future_is_refused() {
+    let c = lenient_and_strict(1, 1).await;
+    let me = c.addr(0).to_string();
+    let forged = vec![record("x", "ahead", &me, 1, hlc_ahead(Duration::from_secs(600)))];
+    let (status, body) = forge_replicate(&c, 0, &me, forged).await;
+    assert_eq!(status, StatusCode::OK, "the lenient node takes it: {body}");
+    let view = json!({"view": [c.addr(0), c.addr(1)], "repl-factor": 2});
+    let answer = send(c.client.put(c.nodes[0].url("/kv-store/view-change")).json(&view)).await;
+    assert_eq!(answer.status, StatusCode::SERVICE_UNAVAILABLE, "{}", answer.body);
+    assert!(c.metric(1, "causalkv_clock_skew_rejected_total").await >= 1);
+    let shard = c.get_json(0, "/kv-store/shards/1").await.body;
+    assert_eq!(shard["replicas"], json!([c.addr(0)]), "the old view stays: {shard}");
+    assert_eq!(c.get_json(1, "/kv-store/key-count").await.body["key-count"], json!(0));
+}
