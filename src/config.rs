@@ -14,6 +14,9 @@ use crate::store::DurabilityMode;
 const MAX_CAUSAL_WAIT_MS: u64 = 60_000;
 /// Largest accepted `MAX_VALUE_BYTES` (bodies are held in memory).
 const MAX_VALUE_LIMIT: usize = 64 * 1024 * 1024;
+/// Largest accepted `MAX_CLOCK_SKEW_MS` (one day): beyond, the guard would
+/// let a forged timestamp win last-writer-wins for that long.
+const MAX_CLOCK_SKEW_LIMIT_MS: u64 = 24 * 3600 * 1000;
 
 #[derive(Args, Debug, Clone)]
 pub struct NodeArgs {
@@ -41,6 +44,11 @@ pub struct NodeArgs {
     /// Largest value, in bytes of its JSON text.
     #[arg(long, env = "MAX_VALUE_BYTES", default_value_t = 1024 * 1024)]
     pub max_value_bytes: usize,
+    /// Remote records whose HLC is more than this far (ms) ahead of this
+    /// node's clock are refused (logged, counted in
+    /// causalkv_clock_skew_rejected_total).
+    #[arg(long, env = "MAX_CLOCK_SKEW_MS", default_value_t = crate::store::DEFAULT_MAX_CLOCK_SKEW.as_millis() as u64)]
+    pub max_clock_skew_ms: u64,
     /// fsync (acknowledge after a group-commit flush) or async.
     #[arg(long, env = "DURABILITY", default_value = "fsync")]
     pub durability: String,
@@ -87,6 +95,7 @@ pub struct Config {
     pub causal_wait: Duration,
     pub max_key_length: usize,
     pub max_value_bytes: usize,
+    pub max_clock_skew: Duration,
     pub durability: DurabilityMode,
     pub faults: bool,
     pub cluster_key: Option<String>,
@@ -115,6 +124,9 @@ impl Config {
         if args.max_value_bytes == 0 || args.max_value_bytes > MAX_VALUE_LIMIT {
             return Err(format!("MAX_VALUE_BYTES must be between 1 and {MAX_VALUE_LIMIT}"));
         }
+        if args.max_clock_skew_ms == 0 || args.max_clock_skew_ms > MAX_CLOCK_SKEW_LIMIT_MS {
+            return Err(format!("MAX_CLOCK_SKEW_MS must be between 1 and {MAX_CLOCK_SKEW_LIMIT_MS}"));
+        }
         let durability = args.durability.parse::<DurabilityMode>()?;
         let mycelium = match args.gossip_transport.trim().to_ascii_lowercase().as_str() {
             "http" => None,
@@ -132,6 +144,7 @@ impl Config {
             causal_wait: Duration::from_millis(args.causal_wait_ms),
             max_key_length: args.max_key_length,
             max_value_bytes: args.max_value_bytes,
+            max_clock_skew: Duration::from_millis(args.max_clock_skew_ms),
             durability,
             faults: args.faults,
             cluster_key: secret("CLUSTER_KEY", args.cluster_key.as_deref(), args.cluster_key_file.as_deref())?,
@@ -229,6 +242,15 @@ mod tests {
         assert!(err.starts_with("ADMIN_TOKEN_FILE"), "{err}");
         std::fs::write(&key, "\n").unwrap();
         assert!(config(&["--cluster-key-file", key_arg]).unwrap_err().contains("empty"));
+    }
+
+    #[test]
+    fn max_clock_skew_setting() {
+        assert_eq!(config(&[]).unwrap().max_clock_skew, Duration::from_secs(60));
+        assert_eq!(config(&["--max-clock-skew-ms", "5000"]).unwrap().max_clock_skew, Duration::from_secs(5));
+        for bad in ["0", "86400001", "-1", "soon"] {
+            assert!(config(&["--max-clock-skew-ms", bad]).is_err(), "{bad}");
+        }
     }
 
     #[test]

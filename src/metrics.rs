@@ -79,6 +79,7 @@ pub struct Metrics {
     pub peer_refusals: Family<PeerLabel, Counter>,
     /// Internal requests waiting for memory to read their bodies.
     pub internal_body_waits: Counter,
+    pub clock_skew_rejected: Counter,
     pub view_change_records_sent: Counter,
     pub expired_writes: Counter,
     pub internal_http_requests: Family<PathLabel, Counter>,
@@ -124,6 +125,7 @@ impl Default for Metrics {
             admin_rejected: Counter::default(),
             peer_refusals: Family::default(),
             internal_body_waits: Counter::default(),
+            clock_skew_rejected: Counter::default(),
             view_change_records_sent: Counter::default(),
             expired_writes: Counter::default(),
             internal_http_requests: Family::default(),
@@ -191,6 +193,11 @@ impl Default for Metrics {
             "internal_body_waits",
             "Internal requests that waited for the internal body memory budget",
             m.internal_body_waits.clone(),
+        );
+        registry.register(
+            "clock_skew_rejected",
+            "Remote records refused because their HLC was more than MAX_CLOCK_SKEW_MS ahead of this node's clock",
+            m.clock_skew_rejected.clone(),
         );
         registry.register(
             "view_change_records_sent",

@@ -28,6 +28,8 @@ pub enum ApiError {
     BadBody,
     #[error("Value is too large")]
     ValueTooLarge,
+    #[error("Value is nested more than {0} levels deep")]
+    ValueTooDeep(usize),
     #[error("Invalid causal-context")]
     InvalidContext,
     #[error("Unable to satisfy request")]
@@ -56,6 +58,7 @@ impl ApiError {
             | Self::KeyMissing
             | Self::InvalidKey
             | Self::ValueMissing
+            | Self::ValueTooDeep(_)
             | Self::BadBody
             | Self::InvalidContext
             | Self::InvalidView(_) => StatusCode::BAD_REQUEST,

@@ -21,6 +21,7 @@ use crate::gossip::viewchange::{Proposal, Receive};
 use crate::metrics::PathLabel;
 use crate::node::Node;
 use crate::node::view_change::ChangeFail;
+use crate::store::StoreError;
 
 fn refuse(status: StatusCode, why: &str) -> Response {
     (status, Json(json!({"error": why}))).into_response()
@@ -206,6 +207,7 @@ fn change_result<T: serde::Serialize>(result: Result<T, ChangeFail>) -> Response
         Err(e) => {
             tracing::warn!(error = %e, "view-change step refused");
             let status = match e {
+                ChangeFail::Store(StoreError::ClockSkew(_)) => StatusCode::UNPROCESSABLE_ENTITY,
                 ChangeFail::Gossip(_) | ChangeFail::Store(_) => StatusCode::SERVICE_UNAVAILABLE,
                 _ => StatusCode::CONFLICT,
             };

@@ -6,8 +6,7 @@ use std::borrow::Cow;
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::extract::rejection::PathRejection;
-use axum::extract::{FromRequestParts, Path, Request, State};
+use axum::extract::{Request, State};
 use axum::http::{HeaderMap, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde_json::Value;
@@ -78,18 +77,17 @@ pub async fn handle(State(node): State<Arc<Node>>, req: Request) -> Response {
     let started = Instant::now();
     // Taken apart here rather than by extractors, which would clone the
     // headers and decode the query of every request.
-    let (mut parts, body) = req.into_parts();
+    let (parts, body) = req.into_parts();
     let op = match parts.method {
         Method::PUT => Op::Put,
         Method::GET => Op::Get,
         Method::DELETE => Op::Delete,
         _ => return ErrorReply::new(&parts.method, ApiError::MethodNotAllowed, empty()).into_response(),
     };
-    let path = Path::<String>::from_request_parts(&mut parts, &()).await;
     let query = query_context(&parts.uri);
     let body = read_body(body, node.config.max_value_bytes + super::BODY_OVERHEAD).await;
     let (method, headers) = (&parts.method, &parts.headers);
-    let response = match parse(&node, method, op, headers, path, query.as_deref(), body) {
+    let response = match parse(&node, method, op, headers, parts.uri.path(), query.as_deref(), body) {
         Ok(req) => {
             if req.hop > 0 && sender(headers).is_some_and(|s| node.faults.is_blocked(s)) {
                 ErrorReply::new(method, ApiError::Unavailable, req.context.clone()).into_response()
@@ -116,7 +114,7 @@ fn parse(
     method: &Method,
     op: Op,
     headers: &HeaderMap,
-    path: Result<Path<String>, PathRejection>,
+    path: &str,
     query: Option<&str>,
     body: Result<Vec<u8>, ApiError>,
 ) -> Result<KeyRequest, Reject> {

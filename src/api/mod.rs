@@ -38,7 +38,7 @@ pub fn router(node: Arc<Node>) -> Router {
     // Public bodies are bounded in their handlers; this bounds internal ones.
     let body_limit = crate::gossip::MAX_BATCH_BYTES + node.config.max_value_bytes + BODY_OVERHEAD;
     let mut router = Router::new()
-        .route("/kv-store/keys/{*key}", any(keys::handle))
+        .route(&format!("{}{{*key}}", request::KEY_PATH_PREFIX), any(keys::handle))
         .route("/kv-store/keys", any(missing_key))
         .route("/kv-store/keys/", any(missing_key))
         .route("/kv-store/key-count", get(cluster::key_count))

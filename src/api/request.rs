@@ -5,8 +5,7 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use axum::body::Body as RequestBody;
-use axum::extract::rejection::PathRejection;
-use axum::extract::{Path, Query};
+use axum::extract::Query;
 use axum::http::{HeaderMap, HeaderName, Uri};
 use futures_util::StreamExt;
 use serde::Deserialize;
@@ -166,9 +165,13 @@ pub fn query_context(uri: &Uri) -> Option<String> {
     params.remove("causal-context")
 }
 
-/// Validates the key from the path.
-pub fn parse_key(path: Result<Path<String>, PathRejection>, max_len: usize) -> Result<String, ApiError> {
-    let Path(key) = path.map_err(|_| ApiError::InvalidKey)?;
+/// The route of key requests; the rest of the path is the key, percent-encoded.
+pub const KEY_PATH_PREFIX: &str = "/kv-store/keys/";
+
+/// Validates the key of a request path (see [`decode_key`]).
+pub fn parse_key(path: &str, max_len: usize) -> Result<String, ApiError> {
+    let raw = path.strip_prefix(KEY_PATH_PREFIX).ok_or(ApiError::KeyMissing)?;
+    let key = decode_key(raw)?;
     if key.is_empty() {
         return Err(ApiError::KeyMissing);
     }
@@ -181,7 +184,38 @@ pub fn parse_key(path: Result<Path<String>, PathRejection>, max_len: usize) -> R
     Ok(key)
 }
 
-/// Checks a PUT value: present, not null, not "", within the size limit.
+/// The one rule for percent-decoding a key (API.md "Keys"): every `%`
+/// starts an escape of two hex digits, and the decoded bytes are UTF-8
+/// without NUL; anything else is [`ApiError::InvalidKey`]. (A lenient
+/// decoder passes `%zz` through as text and turns `%00` into a NUL, so the
+/// same key could be spelt two ways, or not be printable in a log.)
+pub fn decode_key(raw: &str) -> Result<String, ApiError> {
+    let bytes = raw.as_bytes();
+    let Some(first) = bytes.iter().position(|b| *b == b'%') else {
+        // Nothing to decode (the common case): the text is the key.
+        return if bytes.contains(&0) { Err(ApiError::InvalidKey) } else { Ok(raw.to_owned()) };
+    };
+    let mut rest = &bytes[first..];
+    while let Some(at) = rest.iter().position(|b| *b == b'%') {
+        match rest.get(at + 1..at + 3) {
+            Some([hi, lo]) if hi.is_ascii_hexdigit() && lo.is_ascii_hexdigit() => rest = &rest[at + 3..],
+            _ => return Err(ApiError::InvalidKey),
+        }
+    }
+    let key = percent_encoding::percent_decode_str(raw).decode_utf8().map_err(|_| ApiError::InvalidKey)?;
+    if key.contains('\0') {
+        return Err(ApiError::InvalidKey);
+    }
+    Ok(key.into_owned())
+}
+
+/// Deepest nesting of arrays and objects accepted in a value (API.md): a
+/// reply nests the value one level deeper, and common JSON parsers stop at
+/// 100 to 128 levels (serde_json: 128), so every client can read it back.
+pub const MAX_VALUE_DEPTH: usize = 64;
+
+/// Checks a PUT value: present, not null, not "", within the size and
+/// nesting limits.
 pub fn check_value(value: Option<Box<RawValue>>, max_bytes: usize) -> Result<Box<RawValue>, ApiError> {
     let value = value.ok_or(ApiError::ValueMissing)?;
     let text = value.get().trim();
@@ -191,7 +225,50 @@ pub fn check_value(value: Option<Box<RawValue>>, max_bytes: usize) -> Result<Box
     if value.get().len() > max_bytes {
         return Err(ApiError::ValueTooLarge);
     }
+    if nested_deeper_than(value.get(), MAX_VALUE_DEPTH) {
+        return Err(ApiError::ValueTooDeep(MAX_VALUE_DEPTH));
+    }
     Ok(value)
+}
+
+/// Whether the JSON text `json` (already validated) nests arrays and objects
+/// deeper than `limit`: one pass over the bytes counting brackets outside
+/// strings, no parse (values are kept as raw text, so nothing else looks at
+/// their depth). A scalar (the common value) is answered from its first byte.
+fn nested_deeper_than(json: &str, limit: usize) -> bool {
+    let bytes = json.as_bytes();
+    if !matches!(bytes.iter().find(|b| !b.is_ascii_whitespace()), Some(b'[' | b'{')) {
+        return false;
+    }
+    let mut depth = 0usize;
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'"' => loop {
+                // To the closing quote, stepping over escapes (`\"`, `\\`).
+                i += 1;
+                match bytes.get(i..).and_then(|rest| rest.iter().position(|b| *b == b'"' || *b == b'\\')) {
+                    Some(at) if bytes[i + at] == b'\\' => i += at + 1,
+                    Some(at) => {
+                        i += at;
+                        break;
+                    }
+                    // Unterminated: not JSON (values are validated before).
+                    None => return false,
+                }
+            },
+            b'[' | b'{' => {
+                depth += 1;
+                if depth > limit {
+                    return true;
+                }
+            }
+            b']' | b'}' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+        i += 1;
+    }
+    false
 }
 
 /// What a forwarding node says about a request in its headers.
@@ -339,6 +416,54 @@ mod tests {
                 assert_eq!(got, expected, "body {body:?}, query {query:?}");
             }
         }
+    }
+
+    #[test]
+    fn one_rule_decodes_every_key() {
+        let valid = [
+            ("abc", "abc"),
+            ("with%20space", "with space"),
+            ("%C3%A9t%C3%A9", "été"),
+            ("%c3%a9", "é"),
+            ("100%25", "100%"),
+            ("a%3Fb%23c", "a?b#c"),
+            ("+plus+", "+plus+"),
+            ("%F0%9F%A6%80", "🦀"),
+            ("semi;colon~.dot", "semi;colon~.dot"),
+            ("%252F", "%2F"),
+            ("%2F", "/"),
+            ("", ""),
+        ];
+        for (raw, key) in valid {
+            assert_eq!(decode_key(raw).ok().as_deref(), Some(key), "{raw}");
+        }
+        let invalid =
+            ["a%zz", "a%", "a%2", "%g0", "a%0g", "%%41", "a%00b", "%00", "a%ff", "%FF%FE", "%C3", "%C3%28", "%ED%A0%80", "%C0%AF", "a\0b"];
+        for raw in invalid {
+            assert!(matches!(decode_key(raw), Err(ApiError::InvalidKey)), "{raw}");
+        }
+        assert!(matches!(parse_key("/kv-store/keys/a%2Fb", 50), Err(ApiError::InvalidKey)));
+        assert!(matches!(parse_key("/kv-store/keys/a%zz", 50), Err(ApiError::InvalidKey)));
+        assert!(matches!(parse_key("/kv-store/keys/", 50), Err(ApiError::KeyMissing)));
+        assert!(matches!(parse_key("/kv-store/keys/%C3%A9%C3%A9", 1), Err(ApiError::KeyTooLong)));
+        assert_eq!(parse_key("/kv-store/keys/%C3%A9%C3%A9", 2).ok().as_deref(), Some("éé"));
+    }
+
+    #[test]
+    fn nesting_is_counted_outside_strings_only() {
+        let deep = |n: usize| format!("{}{}", "[".repeat(n), "]".repeat(n));
+        assert!(!nested_deeper_than(&deep(64), 64));
+        assert!(nested_deeper_than(&deep(65), 64));
+        assert!(nested_deeper_than(&deep(100_000), 64));
+        let objects = format!("{}1{}", r#"{"a":"#.repeat(65), "}".repeat(65));
+        assert!(nested_deeper_than(&objects, 64));
+        for shallow in [r#""[[[[[[""#, r#"["\"[[[[", "\\", "{{{{"]"#, r#"{"[":"{[{["}"#, "12", "\"\"", "[]", "{}"] {
+            assert!(!nested_deeper_than(shallow, 2), "{shallow}");
+        }
+        assert!(nested_deeper_than(r#"[["\\",[1]]]"#, 2), "an escaped backslash ends before the quote");
+        let value = |text: &str| Some(RawValue::from_string(text.to_owned()).unwrap());
+        assert!(matches!(check_value(value(&deep(65)), 1 << 20), Err(ApiError::ValueTooDeep(64))));
+        assert!(check_value(value(&deep(64)), 1 << 20).is_ok());
     }
 
     #[test]

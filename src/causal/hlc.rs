@@ -1,5 +1,13 @@
 //! Hybrid logical clock: `(physical ms << 16) | logical`, packed in a u64 so
 //! it compares as one integer.
+//!
+//! Invariant: every timestamp [`Hlc::tick`] hands out is strictly larger
+//! than every timestamp this clock produced or observed. The arithmetic
+//! never wraps: a clock that has observed `u64::MAX` refuses to tick
+//! instead of starting again from the wall clock, because a wrapped value
+//! would lose every last-writer-wins comparison and split replicas for good.
+//! Remote timestamps far in the future are kept out by the store's clock
+//! guard, so in practice the clock never gets near its end.
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -11,17 +19,34 @@ pub struct Hlc {
 
 const LOGICAL_BITS: u32 = 16;
 
+/// The clock has observed the largest timestamp there is: no later one exists.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("the hybrid logical clock is at its largest value and cannot advance (a record from the far future was accepted)")]
+pub struct HlcExhausted;
+
+/// Milliseconds since the Unix epoch by this host's clock.
+pub fn now_ms() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+}
+
+/// The wall-clock part (ms since the Unix epoch) of an HLC timestamp.
+pub fn physical_ms(hlc: u64) -> u64 {
+    hlc >> LOGICAL_BITS
+}
+
 fn physical_now() -> u64 {
-    let ms = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0);
-    ms << LOGICAL_BITS
+    // Saturates instead of shifting bits out (only a clock set ~8 900 years
+    // ahead would get there).
+    now_ms().saturating_mul(1 << LOGICAL_BITS)
 }
 
 impl Hlc {
     /// A timestamp for a new local event: larger than every timestamp this
-    /// clock has produced or observed.
-    pub fn tick(&mut self) -> u64 {
-        self.last = physical_now().max(self.last + 1);
-        self.last
+    /// clock has produced or observed; an error once no such value exists.
+    pub fn tick(&mut self) -> Result<u64, HlcExhausted> {
+        let next = self.last.checked_add(1).ok_or(HlcExhausted)?;
+        self.last = physical_now().max(next);
+        Ok(self.last)
     }
 
     /// Records a timestamp seen on a remote record.
@@ -43,7 +68,7 @@ mod tests {
         let mut hlc = Hlc::default();
         let mut prev = 0;
         for _ in 0..10_000 {
-            let t = hlc.tick();
+            let t = hlc.tick().unwrap();
             assert!(t > prev);
             prev = t;
         }
@@ -54,6 +79,30 @@ mod tests {
         let mut hlc = Hlc::default();
         let future = physical_now() + (60_000 << LOGICAL_BITS);
         hlc.observe(future);
-        assert!(hlc.tick() > future);
+        assert!(hlc.tick().unwrap() > future);
+    }
+
+    #[test]
+    fn the_clock_never_wraps() {
+        let mut hlc = Hlc::default();
+        hlc.observe(u64::MAX - 1);
+        assert_eq!(hlc.tick(), Ok(u64::MAX), "the last value is still handed out");
+        assert_eq!(hlc.tick(), Err(HlcExhausted), "then it refuses instead of wrapping to the wall clock");
+        hlc.observe(5);
+        assert_eq!(hlc.last(), u64::MAX, "observing never lowers it");
+        assert_eq!(hlc.tick(), Err(HlcExhausted));
+
+        let mut fresh = Hlc::default();
+        fresh.observe(u64::MAX);
+        assert_eq!(fresh.tick(), Err(HlcExhausted));
+    }
+
+    #[test]
+    fn physical_part_is_the_wall_clock_in_ms() {
+        let mut hlc = Hlc::default();
+        let before = now_ms();
+        let t = hlc.tick().unwrap();
+        assert!((before..=now_ms()).contains(&physical_ms(t)));
+        assert_eq!(physical_ms(u64::MAX), u64::MAX >> LOGICAL_BITS);
     }
 }

@@ -12,6 +12,7 @@
 //!   the node reaches that epoch.
 //! - HLC timestamps only grow at a node, and every applied record advances the
 //!   node's HLC, so a write that causally follows another gets a larger HLC.
+//!   The HLC never wraps: at its largest value it refuses to tick.
 //!
 //! Everything here is pure (no I/O) except [`gate::Gate`], which only wraps a
 //! `tokio::sync::watch` so waiters wake as soon as a write is applied.
@@ -19,8 +20,8 @@
 mod clock;
 mod context;
 pub mod gate;
-mod hlc;
+pub mod hlc;
 
 pub use clock::Clock;
 pub use context::{CausalContext, ContextError, PlainContext};
-pub use hlc::Hlc;
+pub use hlc::{Hlc, HlcExhausted};

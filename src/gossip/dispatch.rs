@@ -35,6 +35,8 @@ pub fn refusal(e: GossipError) -> Refusal {
     match e {
         GossipError::WrongEpoch { .. } => (409, e.to_string()),
         GossipError::Refused(why) => (403, why),
+        // Logged (rate-limited) and counted by the store's clock guard.
+        GossipError::Store(crate::store::StoreError::ClockSkew(_)) => (422, e.to_string()),
         other => {
             tracing::error!(error = %other, "internal request failed");
             (500, "internal error".to_owned())

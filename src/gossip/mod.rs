@@ -252,6 +252,11 @@ impl Gossip {
         self.metrics.replicated_records.inc_by(outcome.applied_now as u64);
         self.metrics.pending_dropped.inc_by(outcome.dropped as u64);
         self.store.wait_durable(outcome.generation).await?;
+        if let Some(skew) = outcome.refused {
+            // What came before the refused records is applied (and durable);
+            // the sender learns how far from its next probe.
+            return Err(StoreError::from(skew).into());
+        }
         Ok(ReplicateAck { applied: self.store.applied() })
     }
 
@@ -362,7 +367,10 @@ impl Gossip {
                 let resp = self.transport.pull(peer, &req, left.min(EXCHANGE_TIMEOUT)).await?;
                 self.learned(peer, &resp.applied);
                 let got = resp.records.len();
-                self.store.apply_remote(resp.records, &self.shard)?;
+                if let Some(skew) = self.store.apply_remote(resp.records, &self.shard)?.refused {
+                    // This replica cannot reach the union: fail now, not at the deadline.
+                    return Err(StoreError::from(skew).into());
+                }
                 if resp.snapshot_needed {
                     self.fetch_snapshot_pages(peer).await?;
                 }

@@ -178,6 +178,7 @@ impl Node {
         let faults = Arc::new(Faults::new(config.faults));
         let auth = Arc::new(Auth::new(config.cluster_key.as_deref(), &config.address));
         let metrics = Arc::new(Metrics::default());
+        store.set_max_clock_skew(config.max_clock_skew, metrics.clock_skew_rejected.clone());
         let refusals = Arc::new(PeerRefusals::default());
         warn_if_unauthenticated(&config);
         let http =

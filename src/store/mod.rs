@@ -10,6 +10,9 @@
 //!   that arrive early wait in a bounded pending queue.
 //! - Concurrent writes to a key resolve last-writer-wins by `(hlc, origin)`;
 //!   the log and the applied clock record every write, winner or not.
+//! - No remote record whose HLC is more than `MAX_CLOCK_SKEW_MS` ahead of
+//!   this node's clock is applied, staged or merged (`clock_guard.rs`), so
+//!   the HLC stays near real time and never reaches its end.
 //! - Every change is in the write-ahead log (`wal.rs`) before it counts as
 //!   durable; with `DURABILITY=fsync` a write is acknowledged only after the
 //!   log sync that covers it (group commit: one `fdatasync` serves every
@@ -27,12 +30,14 @@
 //!   stable, and only while it is still the key's current record. A log read
 //!   below the compaction floor says so (the asker needs a snapshot).
 
+mod clock_guard;
 mod durability;
 mod keys;
 mod record;
 mod state;
 mod wal;
 
+pub use clock_guard::{ClockSkew, DEFAULT_MAX_CLOCK_SKEW};
 pub use durability::{Durability, DurabilityMode, run_checkpointer, run_flusher};
 pub use record::{Dot, Record};
 pub use state::{ApplyOutcome, Store, StoreError, WalStats, WriteOutcome};

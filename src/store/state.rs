@@ -8,11 +8,12 @@ use std::time::Duration;
 use parking_lot::Mutex;
 use serde_json::value::RawValue;
 
+use super::clock_guard::{ClockGuard, ClockSkew, Screened};
 use super::keys;
 use super::wal::{self, ReplayError, Wal, WalBatch, WalError};
 use super::{Dot, Durability, DurabilityMode, MAX_PENDING_RECORDS, Record};
 use crate::causal::gate::Gate;
-use crate::causal::{Clock, Hlc};
+use crate::causal::{Clock, Hlc, HlcExhausted};
 
 /// How long a writer waits for the flush that covers its write before the
 /// request fails: far above a healthy fsync (~0.1 ms), short enough that a
@@ -31,6 +32,11 @@ pub enum StoreError {
     Wal(#[from] WalError),
     #[error(transparent)]
     Replay(#[from] ReplayError),
+    #[error(transparent)]
+    Clock(#[from] HlcExhausted),
+    /// Remote records refused by the clock guard (`clock_guard.rs`).
+    #[error(transparent)]
+    ClockSkew(#[from] ClockSkew),
 }
 
 /// What a local write did.
@@ -50,6 +56,8 @@ pub struct ApplyOutcome {
     pub applied_now: usize,
     pub dropped: usize,
     pub generation: u64,
+    /// Set when the clock guard cut records from the batch (the rest applied).
+    pub refused: Option<ClockSkew>,
 }
 
 struct State {
@@ -62,6 +70,8 @@ struct State {
     /// Per origin: log entries up to here were compacted away.
     log_floor: Clock,
     written_gen: u64,
+    /// Under the lock: its rate limiter is state too.
+    clock_guard: ClockGuard,
 }
 
 pub struct Store {
@@ -175,8 +185,17 @@ impl Store {
                 live += 1;
             }
         }
-        let state =
-            State { counter, applied, hlc: Hlc::default(), live, pending: BTreeMap::new(), pending_len: 0, log_floor, written_gen: 0 };
+        let state = State {
+            counter,
+            applied,
+            hlc: Hlc::default(),
+            live,
+            pending: BTreeMap::new(),
+            pending_len: 0,
+            log_floor,
+            written_gen: 0,
+            clock_guard: ClockGuard::default(),
+        };
         let wal = Wal::create(&wal_dir, last_segment, next_lsn, 0, counter)?;
         let store = Store {
             db,
@@ -204,6 +223,12 @@ impl Store {
     pub fn set_keeps_log(&self, keeps_log: bool) {
         let _st = self.state.lock();
         self.keeps_log.store(keeps_log, Ordering::Release);
+    }
+
+    /// Sets `MAX_CLOCK_SKEW_MS` and the counter of refused records (before
+    /// serving; until then the default limit and a private counter apply).
+    pub fn set_max_clock_skew(&self, limit: Duration, refused: prometheus_client::metrics::counter::Counter) {
+        self.state.lock().clock_guard = ClockGuard::new(limit, refused);
     }
 
     pub fn me(&self) -> &str {
@@ -248,8 +273,13 @@ impl Store {
             st.hlc.observe(prev.hlc);
         }
         let seq = st.counter + 1;
-        let record =
-            Record { key: key.to_owned(), value, dot: Dot { epoch: self.epoch(), origin: self.me.clone(), seq }, deps, hlc: st.hlc.tick() };
+        let record = Record {
+            key: key.to_owned(),
+            value,
+            dot: Dot { epoch: self.epoch(), origin: self.me.clone(), seq },
+            deps,
+            hlc: st.hlc.tick()?,
+        };
         let encoded = record.encode();
         let mut batch = WalBatch::default();
         batch.insert(keys::record(key), &encoded);
@@ -272,10 +302,18 @@ impl Store {
 
     /// Applies records received from other replicas: per origin in seq order,
     /// each once its deps on `shard_origins` are applied; early arrivals wait
-    /// in the pending queue.
-    pub fn apply_remote(&self, records: Vec<Record>, shard_origins: &[String]) -> Result<ApplyOutcome, StoreError> {
+    /// in the pending queue. Records the clock guard refuses are cut per
+    /// origin from the first refused seq on (`out.refused` says so).
+    pub fn apply_remote(&self, mut records: Vec<Record>, shard_origins: &[String]) -> Result<ApplyOutcome, StoreError> {
         let mut out = ApplyOutcome::default();
         let mut st = self.state.lock();
+        if let Some(Screened { first: mut skew, lowest_refused_seq: bad }) = st.clock_guard.screen(&records) {
+            let before = records.len();
+            records.retain(|r| bad.iter().all(|(o, seq)| *o != r.dot.origin || r.dot.seq < *seq));
+            skew.refused = before - records.len();
+            st.clock_guard.refuse(&skew);
+            out.refused = Some(skew);
+        }
         for record in records {
             let o = &record.dot.origin;
             // Own records come back only after this node lost its data; they
@@ -459,8 +497,10 @@ impl Store {
 
     /// Merges snapshot records by LWW (the applied clock is installed
     /// separately, once the whole snapshot is in).
+    /// A page holding a record the clock guard refuses is refused whole.
     pub fn apply_snapshot(&self, records: Vec<Record>) -> Result<u64, StoreError> {
         let mut st = self.state.lock();
+        refuse_whole(&mut st, &records)?;
         let mut batch = WalBatch::default();
         let mut overlay: HashMap<String, Record> = HashMap::new();
         for record in records {
@@ -528,8 +568,10 @@ impl Store {
         }
     }
 
-    /// Keeps records sent for view change `change` until it commits or aborts.
+    /// Keeps records sent for view change `change` until it commits or
+    /// aborts. Records the clock guard refuses fail the whole transfer.
     pub fn stage(&self, change: &str, records: &[Record]) -> Result<(), StoreError> {
+        refuse_whole(&mut self.state.lock(), records)?;
         let mut batch = sled::Batch::default();
         for r in records {
             batch.insert(staging_key(change, &r.key), r.encode());
@@ -713,6 +755,19 @@ impl Store {
     }
 }
 
+/// Refuses a message (snapshot page, view-change transfer) as a whole when
+/// the clock guard refuses any of its records.
+fn refuse_whole(st: &mut State, records: &[Record]) -> Result<(), ClockSkew> {
+    match st.clock_guard.screen(records) {
+        Some(Screened { first: mut skew, .. }) => {
+            skew.refused = records.len();
+            st.clock_guard.refuse(&skew);
+            Err(skew)
+        }
+        None => Ok(()),
+    }
+}
+
 fn staging_prefix(change: &str) -> Vec<u8> {
     let mut k = change.as_bytes().to_vec();
     k.push(0);
@@ -846,6 +901,61 @@ mod tests {
         let va = a.get("k").unwrap().unwrap().value.unwrap().get().to_owned();
         let vb = b.get("k").unwrap().unwrap().value.unwrap().get().to_owned();
         assert_eq!(va, vb);
+    }
+
+    fn remote(origin: &str, seq: u64, key: &str, value: &str, hlc: u64) -> Record {
+        Record { key: key.into(), value: raw(value), dot: Dot { epoch: 0, origin: origin.into(), seq }, deps: Clock::new(), hlc }
+    }
+
+    fn now_hlc() -> u64 {
+        crate::causal::hlc::now_ms() << 16
+    }
+
+    #[test]
+    fn records_from_the_far_future_are_never_applied() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = open(dir.path(), "b:1");
+        let refused = prometheus_client::metrics::counter::Counter::default();
+        s.set_max_clock_skew(Duration::from_secs(60), refused.clone());
+        let shard = vec!["a:1".to_string(), "b:1".to_string(), "c:1".to_string()];
+        s.write_local("k", raw(r#""real""#), Clock::new()).unwrap();
+
+        // The attack of issue 11 hole 5: one record with the largest HLC.
+        let out = s.apply_remote(vec![remote("a:1", 1, "k", r#""forged""#, u64::MAX)], &shard).unwrap();
+        let skew = out.refused.expect("refused");
+        assert_eq!((skew.origin.as_str(), skew.seq, skew.refused), ("a:1", 1, 1));
+        assert_eq!(out.applied_now, 0);
+        assert_eq!(s.get("k").unwrap().unwrap().value.unwrap().get(), r#""real""#);
+        assert_eq!(s.applied().get("a:1"), 0, "no gap-making seq was recorded");
+        assert_eq!(s.pending_len(), 0);
+        // The node's own clock was not dragged to the end: writes still win.
+        let w = s.write_local("k", raw(r#""later""#), Clock::new()).unwrap().record.unwrap();
+        assert!(crate::causal::hlc::physical_ms(w.hlc) <= crate::causal::hlc::now_ms() + 1);
+
+        // A batch is cut per origin at the first refused seq; other origins apply.
+        let ahead = now_hlc() + (120_000 << 16);
+        let batch = vec![
+            remote("a:1", 1, "x", "1", now_hlc()),
+            remote("a:1", 2, "x", "2", ahead),
+            remote("a:1", 3, "x", "3", now_hlc()),
+            remote("c:1", 1, "y", "1", now_hlc() + (30_000 << 16)),
+        ];
+        let out = s.apply_remote(batch, &shard).unwrap();
+        assert_eq!(out.refused.map(|r| (r.seq, r.refused)), Some((2, 2)));
+        assert_eq!(out.applied_now, 2);
+        assert_eq!((s.applied().get("a:1"), s.applied().get("c:1")), (1, 1));
+        assert_eq!(s.get("x").unwrap().unwrap().value.unwrap().get(), "1");
+        assert_eq!(s.pending_len(), 0, "seq 3 does not wait behind a refused seq 2");
+        assert_eq!(refused.get(), 3);
+
+        // Snapshot pages and view-change transfers are refused whole.
+        let page = vec![remote("a:1", 9, "z", "1", now_hlc()), remote("a:1", 10, "k", r#""forged""#, u64::MAX)];
+        assert!(matches!(s.apply_snapshot(page.clone()), Err(StoreError::ClockSkew(ClockSkew { refused: 2, .. }))));
+        assert!(s.get("z").unwrap().is_none());
+        assert!(matches!(s.stage("change-1", &page), Err(StoreError::ClockSkew(_))));
+        assert_eq!(s.staging.scan_prefix(staging_prefix("change-1")).count(), 0);
+        assert_eq!(refused.get(), 7);
+        assert_eq!(s.get("k").unwrap().unwrap().value.unwrap().get(), r#""later""#);
     }
 
     #[test]
