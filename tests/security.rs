@@ -390,3 +390,31 @@ async fn a_refusing_peer_is_loud() {
         assert!(c.metric(i, "causalkv_auth_rejected").await > 0);
     }
 }
+
+// Hole 9: the key can come from a file, so it is in neither the command
+// line nor the environment of the process (both readable through /proc and
+// `ps`), and the node really uses it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cluster_key_can_come_from_a_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let key_file = dir.path().join("cluster.key");
+    std::fs::write(&key_file, format!("{KEY}\n")).unwrap();
+    let file = key_file.to_str().unwrap().to_string();
+    let c = Cluster::start_with(2, 2, &[("CLUSTER_KEY_FILE", &file)]).await;
+    let put = c.put(0, "k", json!("v"), &json!({})).await;
+    assert_eq!(put.status, StatusCode::CREATED);
+    let copied = wait_until(Duration::from_secs(10), || async { c.get(1, "k", &json!({})).await.value() == Some(&json!("v")) }).await;
+    assert!(copied, "signed replication works with the key from the file");
+    let hb = serde_json::to_vec(&json!({"from": c.addr(0), "epoch": 0})).unwrap();
+    let unsigned = Internal { sender: c.addr(0), receiver: c.addr(1), key: None, ts: None };
+    assert_eq!(post_internal(&c, 1, "/internal/heartbeat", &unsigned, &hb).await.0, StatusCode::UNAUTHORIZED, "the key is in force");
+    let signed = Internal { sender: c.addr(0), receiver: c.addr(1), key: Some(KEY), ts: None };
+    assert_eq!(post_internal(&c, 1, "/internal/heartbeat", &signed, &hb).await.0, StatusCode::OK, "it is the file's key");
+    let admin = send(c.client.post(c.nodes[0].url("/join?nodeid=x&nodeaddr=127.0.0.1:9"))).await;
+    assert_eq!(admin.status, StatusCode::UNAUTHORIZED, "the file's key is the admin token");
+    let pid = c.nodes[0].pid();
+    for what in ["cmdline", "environ"] {
+        let text = std::fs::read(format!("/proc/{pid}/{what}")).unwrap();
+        assert!(!String::from_utf8_lossy(&text).contains(KEY), "the key shows in /proc/{pid}/{what}");
+    }
+}
