@@ -506,18 +506,21 @@ async fn pop_payloads(d: &FakeDaemon, n: usize, limit: Duration) -> Vec<Vec<u8>>
     got
 }
 
-// Frames of every length from just below each 1 300-byte chunk boundary up
-// to 20 000 bytes to past the boundary's last dropped length, padded by the
-// transport's own rule, all cross the fake daemons (which drop what the real
-// daemon drops) and still parse; unpadded, the ones the real daemon loses
-// are lost here too.
+// Frames of lengths around every 1 300-byte chunk boundary up to 20 000
+// bytes (just below, on it, the first and last lengths the daemon drops, and
+// just past them), padded by the transport's own rule, all cross the fake
+// daemons (which drop what the real daemon drops) and still parse; unpadded,
+// the ones the real daemon loses are lost here too. (Every length from 1 to
+// 20 000 is checked against the rule by wire.rs's unit test.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn frames_of_every_length_around_the_chunk_boundaries_arrive_once_padded() {
     use causalkv::gossip::mycelium::wire;
     let net = Network::new();
     let (a, b) = (net.spawn_daemon().await, net.spawn_daemon().await);
-    let lengths: Vec<usize> =
-        (1..=20_000 / wire::CHUNK_BYTES).flat_map(|k| k * wire::CHUNK_BYTES - 1..=k * wire::CHUNK_BYTES + wire::MIN_LAST_CHUNK).collect();
+    let lengths: Vec<usize> = (1..=20_000 / wire::CHUNK_BYTES)
+        .flat_map(|k| [-1, 0, 1, 2, 125, 248, 249, 250, 251].map(|d| (k * wire::CHUNK_BYTES) as isize + d))
+        .map(|l| l as usize)
+        .collect();
     let mut padded = 0;
     for len in &lengths {
         let mut bytes = frame_of_len(*len).unwrap();
@@ -540,7 +543,7 @@ async fn frames_of_every_length_around_the_chunk_boundaries_arrive_once_padded()
     let expected: Vec<usize> = lengths.iter().map(|l| l - base).collect();
     assert_eq!(fillers, expected, "each frame arrived whole");
     println!("{} frames of {}..={} bytes around 15 chunk boundaries arrived, {padded} of them padded", lengths.len(), lengths[0], lengths[lengths.len() - 1]);
-    assert_eq!(padded, 15 * (wire::MIN_LAST_CHUNK - 1));
+    assert_eq!(padded, 15 * 5, "+1, +2, +125, +248 and +249 past each boundary");
 
     // Without padding, the lengths the real daemon drops are lost.
     let unpadded: Vec<usize> = (1..=15).flat_map(|k| [k * 1300 + 1, k * 1300 + 249]).collect();
@@ -567,7 +570,7 @@ async fn a_burst_of_2000_writes_on_ipv6_view_addresses_reaches_every_replica_wit
     let started = std::time::Instant::now();
     futures_util::future::join_all((0..CLIENTS).map(|s| async move {
         for i in (s..WRITES).step_by(CLIENTS) {
-            let a = c.put(i % 3, &format!("burst-{i}"), json!("v".repeat(i * 37 % 1500)), &json!({})).await;
+            let a = c.put(i % 3, &format!("burst-{i}"), json!(format!("{i}:{}", "v".repeat(i * 37 % 1500))), &json!({})).await;
             assert_eq!(a.status, StatusCode::CREATED, "write {i}: {:?}", a.body);
         }
     }))
@@ -590,6 +593,19 @@ async fn a_burst_of_2000_writes_on_ipv6_view_addresses_reaches_every_replica_wit
             lost += labelled(c, i, "mycelium_lost", "peer", c.addr(peer)).await;
         }
         padded += c.metric(i, "causalkv_mycelium_padded_total").await;
+    }
+    for i in 0..3 {
+        let count = c.get_json(i, "/kv-store/key-count").await.body["key-count"].clone();
+        let mut line = format!("node {i}: key-count {count}");
+        for kind in ["replicate", "pull", "heartbeat"] {
+            let sent = labelled(c, i, "mycelium_requests_sent", "kind", kind).await;
+            let timeouts = labelled(c, i, "mycelium_timeouts", "kind", kind).await;
+            line += &format!("; {kind} sent {sent} timed out {timeouts}");
+        }
+        for peer in 0..3 {
+            line += &format!("; lag to {peer} {}", c.metric(i, &format!("causalkv_replication_lag_records{{peer=\"{}\"}}", c.addr(peer))).await);
+        }
+        println!("{line}");
     }
     let chunked = m.assert_no_chunk_drops();
     println!(

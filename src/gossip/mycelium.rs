@@ -6,11 +6,11 @@
 //!   pull, snapshot, heartbeat) becomes a request message with a fresh
 //!   correlation id; the peer answers with a reply message carrying the same
 //!   id, sent to the request's authenticated sender (`srcIp`). The caller
-//!   waits for that reply with the HTTP transport's time limits, split in
-//!   two attempts: a request unanswered in the first half goes again under a
-//!   new id (`causalkv_mycelium_lost_total{peer}`), and a reply to either
-//!   ends the call. Replies that come late or twice find no waiter and are
-//!   dropped (counted).
+//!   waits for that reply with the HTTP transport's time limits; a
+//!   replication push or snapshot page unanswered in that time goes once
+//!   more under a new id (`causalkv_mycelium_lost_total{peer}` counts
+//!   unanswered attempts), and a reply to either ends the call. Replies that
+//!   come late or twice find no waiter and are dropped (counted).
 //! - **Batching.** Each destination has an outbox drained by one sender task:
 //!   every request and reply queued while the previous send was in flight
 //!   goes in the next Mycelium message ([`wire::Frame`]), so the message rate
@@ -34,9 +34,10 @@
 //!   dropped and counted (`causalkv_mycelium_rejected_total{reason}`).
 //! - **Loss, duplicates, order, daemon restarts.** Mycelium reorders, gives
 //!   up after 5 minutes and keeps its inbox in memory only. Nothing here
-//!   depends on order or delivery: a lost request or reply is resent once
-//!   within the call's time, then the call fails and the replicator /
-//!   anti-entropy retry; a duplicate request is applied again
+//!   depends on order or delivery: a lost push or snapshot request or reply
+//!   is resent once, then the call fails and the replicator / anti-entropy
+//!   retry (pulls and heartbeats are resent by their loops); a duplicate
+//!   request is applied again
 //!   harmlessly (apply is idempotent by seq); the store's seqs give order.
 //! - **Still over HTTP:** view-change steps ([`Transport::view`]) and client
 //!   forwarding use HTTP to the VIEW addresses (over the overlay when VIEW
@@ -90,8 +91,6 @@ const MAX_ROUND: usize = 1024;
 const SIGNED_PATH: &str = "/mycelium/frame";
 /// At most one warning per this period about rejected messages.
 const WARN_EVERY: Duration = Duration::from_secs(10);
-/// Shortest share of a call's time limit given to one attempt.
-const MIN_ATTEMPT: Duration = Duration::from_millis(200);
 
 /// A message waiting in an outbox.
 struct Outgoing {
@@ -178,12 +177,19 @@ impl Drop for PendingGuard<'_> {
     }
 }
 
-/// How many attempts a call of `timeout` makes: two, unless a half would be
-/// shorter than [`MIN_ATTEMPT`]. Two, not more: a reply that merely comes
-/// late (the daemon's p99 round trip is ~0.2 s) should not multiply the
-/// traffic, and one resend already turns a lost message into half a wait.
-fn attempts(timeout: Duration) -> u32 {
-    if timeout >= MIN_ATTEMPT * 2 { 2 } else { 1 }
+/// How many times a request of `kind` is sent, each with the whole time
+/// limit. Replication pushes and snapshot pages go twice: a lost one would
+/// otherwise cost a failed call, the replicator's backoff and a probe, or a
+/// whole snapshot restarted. Pulls and heartbeats go once: their loops send
+/// the next one within 200 ms anyway, and a pull's caller bounds its time.
+/// Never a resend before the whole time limit: a busy node answers late,
+/// not never, and resending big batches to it early (tried: at half the
+/// limit) multiplies its work until nothing is answered in time.
+fn attempts(kind: &str) -> u32 {
+    match kind {
+        "replicate" | "snapshot" => 2,
+        _ => 1,
+    }
 }
 
 fn kind_label(kind: &str) -> &'static str {
@@ -257,16 +263,17 @@ impl MyceliumTransport {
         }
     }
 
-    /// Sends a request to `peer` and waits (at most `timeout`) for its reply.
+    /// Sends a request to `peer` and waits (at most `timeout`) for its reply,
+    /// in up to [`attempts`] attempts of `timeout` each.
     ///
-    /// The time is split into [`attempts`]: when an attempt's reply has not
-    /// come in its share, the request goes again under a new id (counted in
-    /// `causalkv_mycelium_lost_total{peer}`), so a lost message costs one
-    /// share, not the whole call and the caller's backoff. A late reply to
-    /// an earlier attempt is still taken. Resending is safe for every kind:
-    /// a replicate batch applies by per-origin seq (a record at or below the
-    /// applied seq, or already pending, is skipped), and pull, snapshot and
-    /// heartbeat only read or record liveness.
+    /// An attempt whose reply has not come in `timeout` is counted in
+    /// `causalkv_mycelium_lost_total{peer}` and, if attempts are left, the
+    /// request goes again under a new id, so a lost message costs one time
+    /// limit. A late reply to an earlier attempt is still taken. Resending
+    /// is safe for every kind: a replicate batch applies by per-origin seq
+    /// (a record at or below the applied seq, or already pending, is
+    /// skipped), and pull, snapshot and heartbeat only read or record
+    /// liveness.
     async fn call<Req: Serialize, Resp: DeserializeOwned>(
         &self,
         peer: &str,
@@ -280,9 +287,7 @@ impl MyceliumTransport {
         }
         let dst = self.cfg.identity_of(peer).ok_or_else(|| unreachable("no Mycelium identity (MYCELIUM_PEERS)".into()))?;
         let body = serde_json::value::to_raw_value(body).map_err(|e| unreachable(e.to_string()))?;
-        let start = Instant::now();
-        let deadline = start + timeout;
-        let attempts = attempts(timeout);
+        let attempts = attempts(kind);
         let (tx, mut rx) = mpsc::channel(attempts as usize);
         let mut guard = PendingGuard { pending: &self.pending, ids: Vec::new() };
         let mut reply = None;
@@ -292,7 +297,7 @@ impl MyceliumTransport {
             let text = serde_json::to_string(&msg).map_err(|e| unreachable(e.to_string()))?;
             self.pending.lock().insert(id.clone(), Waiter { peer: peer.to_owned(), tx: tx.clone() });
             guard.ids.push(id);
-            let attempt_deadline = if attempt == attempts { deadline } else { start + timeout * attempt / attempts };
+            let attempt_deadline = Instant::now() + timeout;
             let (done_tx, mut done_rx) = oneshot::channel();
             self.enqueue(dst.clone(), peer, Outgoing { text, deadline: attempt_deadline, done: Some(done_tx) });
             self.metrics().mycelium_requests_sent.get_or_create(&KindLabel { kind }).inc();
@@ -324,7 +329,7 @@ impl MyceliumTransport {
         }
         let Some(reply) = reply else {
             self.metrics().mycelium_timeouts.get_or_create(&KindLabel { kind }).inc();
-            return Err(unreachable(format!("no {kind} reply over Mycelium within {timeout:?} ({attempts} attempts)")));
+            return Err(unreachable(format!("no {kind} reply over Mycelium within {timeout:?} ({attempts} attempt(s))")));
         };
         if reply.status == 403 {
             self.http.refused(peer, format!("answered 403 over Mycelium: {}", reply.error.as_deref().unwrap_or("")));
