@@ -304,7 +304,7 @@ async fn causal_checker_over_a_lossy_reordering_mycelium_with_daemon_restarts() 
         }
     }
     println!(
-        "daemons: {} messages sent, {} dropped, {} duplicated, {} lost in restarts, {} popped; nodes: {lost} attempts lost and resent, {timeouts} request timeouts, {stray} stray replies",
+        "daemons: {} messages sent, {} dropped, {} duplicated, {} lost in restarts, {} popped; nodes: {lost} attempts unanswered, {timeouts} request timeouts, {stray} stray replies",
         totals.sent, totals.dropped, totals.duplicated, totals.lost_in_restarts, totals.popped
     );
     assert!(report.operations >= 2000 && report.reads > 0 && report.writes > 0, "{}", report.summary());
