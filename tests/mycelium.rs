@@ -542,7 +542,12 @@ async fn frames_of_every_length_around_the_chunk_boundaries_arrive_once_padded()
     let base = frame("n:1", json!([{"id": "1", "status": 200, "error": ""}])).len();
     let expected: Vec<usize> = lengths.iter().map(|l| l - base).collect();
     assert_eq!(fillers, expected, "each frame arrived whole");
-    println!("{} frames of {}..={} bytes around 15 chunk boundaries arrived, {padded} of them padded", lengths.len(), lengths[0], lengths[lengths.len() - 1]);
+    println!(
+        "{} frames of {}..={} bytes around 15 chunk boundaries arrived, {padded} of them padded",
+        lengths.len(),
+        lengths[0],
+        lengths[lengths.len() - 1]
+    );
     assert_eq!(padded, 15 * 5, "+1, +2, +125, +248 and +249 past each boundary");
 
     // Without padding, the lengths the real daemon drops are lost.
@@ -603,7 +608,10 @@ async fn a_burst_of_2000_writes_on_ipv6_view_addresses_reaches_every_replica_wit
             line += &format!("; {kind} sent {sent} timed out {timeouts}");
         }
         for peer in 0..3 {
-            line += &format!("; lag to {peer} {}", c.metric(i, &format!("causalkv_replication_lag_records{{peer=\"{}\"}}", c.addr(peer))).await);
+            line += &format!(
+                "; lag to {peer} {}",
+                c.metric(i, &format!("causalkv_replication_lag_records{{peer=\"{}\"}}", c.addr(peer))).await
+            );
         }
         println!("{line}");
     }
