@@ -263,10 +263,11 @@ impl MyceliumTransport {
         }
     }
 
-    /// Sends a request to `peer` and waits (at most `timeout`) for its reply,
-    /// in up to [`attempts`] attempts of `timeout` each.
+    /// Sends a request to `peer` and waits for its reply: up to [`attempts`]
+    /// attempts of `timeout` each.
     ///
-    /// An attempt whose reply has not come in `timeout` is counted in
+    /// An attempt handed to the daemon whose reply has not come in `timeout`
+    /// is counted in
     /// `causalkv_mycelium_lost_total{peer}` and, if attempts are left, the
     /// request goes again under a new id, so a lost message costs one time
     /// limit. A late reply to an earlier attempt is still taken. Resending
