@@ -267,10 +267,9 @@ impl MyceliumTransport {
     /// attempts of `timeout` each.
     ///
     /// An attempt handed to the daemon whose reply has not come in `timeout`
-    /// is counted in
-    /// `causalkv_mycelium_lost_total{peer}` and, if attempts are left, the
-    /// request goes again under a new id, so a lost message costs one time
-    /// limit. A late reply to an earlier attempt is still taken. Resending
+    /// is counted in `causalkv_mycelium_lost_total{peer}` and, if attempts
+    /// are left, the request goes again under a new id, so a lost message
+    /// costs one time limit. A late reply to an earlier attempt is still taken. Resending
     /// is safe for every kind: a replicate batch applies by per-origin seq
     /// (a record at or below the applied seq, or already pending, is
     /// skipped), and pull, snapshot and heartbeat only read or record
