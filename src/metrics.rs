@@ -92,6 +92,11 @@ pub struct Metrics {
     pub mycelium_duplicates: Counter,
     pub mycelium_rejected: Family<ReasonLabel, Counter>,
     pub mycelium_daemon_errors: Counter,
+    /// Request attempts over Mycelium whose reply did not come in the
+    /// attempt's time (request or reply lost, or late), per peer.
+    pub mycelium_lost: Family<PeerLabel, Counter>,
+    /// Messages padded so the daemon's chunking does not drop them.
+    pub mycelium_padded: Counter,
 }
 
 impl Default for Metrics {
@@ -138,6 +143,8 @@ impl Default for Metrics {
             mycelium_duplicates: Counter::default(),
             mycelium_rejected: Family::default(),
             mycelium_daemon_errors: Counter::default(),
+            mycelium_lost: Family::default(),
+            mycelium_padded: Counter::default(),
             registry: Registry::default(),
         };
         registry.register("requests", "Client requests by operation and status", m.requests.clone());
@@ -227,6 +234,16 @@ impl Default for Metrics {
         registry.register("mycelium_duplicates", "Mycelium frames received twice (dropped)", m.mycelium_duplicates.clone());
         registry.register("mycelium_rejected", "Mycelium messages dropped, by reason", m.mycelium_rejected.clone());
         registry.register("mycelium_daemon_errors", "Failed calls to the Mycelium daemon's API", m.mycelium_daemon_errors.clone());
+        registry.register(
+            "mycelium_lost",
+            "Gossip requests over Mycelium whose reply did not come within the attempt's time (then resent with a new id), per peer",
+            m.mycelium_lost.clone(),
+        );
+        registry.register(
+            "mycelium_padded",
+            "Mycelium messages padded to a length the daemon's chunking delivers",
+            m.mycelium_padded.clone(),
+        );
         Metrics { registry, ..m }
     }
 }

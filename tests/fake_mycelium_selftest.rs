@@ -390,3 +390,45 @@ async fn a_restart_loses_the_inbox_and_later_messages_still_arrive() {
     assert_eq!(b.counts().lost_in_restarts, 1);
     assert!(pop_within(&c, &b, "timeout=0", Duration::from_millis(200)).await.is_none());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn long_messages_with_a_short_last_chunk_are_dropped_like_the_real_daemon_does() {
+    let net = Network::new();
+    let (a, b) = (net.spawn_daemon().await, net.spawn_daemon().await);
+    let c = client();
+    // Measured on the real daemon: a 2 606-byte reply never arrived; one
+    // chunk, a full last chunk, or a last chunk of 250 bytes and more do.
+    let arrive = [1, 1299, 1300, 1550, 2599, 2600, 2850, 3899, 3900, 19_750, 20_000];
+    let lost = [1301, 1302, 1400, 1549, 2601, 2606, 2849, 3901, 19_501, 19_749];
+    let mut lost_ids = Vec::new();
+    for len in arrive.iter().chain(&lost) {
+        let id = send(&c, &a, &b, Some(b"t"), &vec![b'x'; *len]).await;
+        if lost.contains(len) {
+            lost_ids.push(id);
+        }
+    }
+    let mut got = Vec::new();
+    while got.len() < arrive.len() {
+        let Some(m) = pop_within(&c, &b, "timeout=0", Duration::from_secs(3)).await else { break };
+        got.push(B64.decode(m["payload"].as_str().unwrap()).unwrap().len());
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(pop_within(&c, &b, "timeout=0", Duration::ZERO).await.is_none(), "nothing else arrives");
+    got.sort();
+    assert_eq!(got, arrive, "exactly the deliverable lengths arrive");
+    let counts = b.counts();
+    assert_eq!(counts.chunk_dropped, lost.len() as u64, "{counts:?}");
+    assert_eq!(counts.chunked, arrive.iter().filter(|l| **l > 1300).count() as u64, "{counts:?}");
+    assert_eq!(a.counts().sent, (arrive.len() + lost.len()) as u64);
+    // The sender is never told.
+    for id in lost_ids {
+        let st: Value = c.get(format!("{}/api/v1/messages/status/{id}", a.api())).send().await.unwrap().json().await.unwrap();
+        assert_ne!(st["state"], json!("received"), "{id}");
+        assert_ne!(st["state"], json!("read"), "{id}");
+    }
+    // The rule, over every length a test can send.
+    for len in 1..=20_000usize {
+        let expected = len > 1300 && len % 1300 != 0 && len % 1300 < 250;
+        assert_eq!(fake_mycelium::chunking_drops(len), expected, "{len}");
+    }
+}

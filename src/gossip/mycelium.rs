@@ -6,13 +6,20 @@
 //!   pull, snapshot, heartbeat) becomes a request message with a fresh
 //!   correlation id; the peer answers with a reply message carrying the same
 //!   id, sent to the request's authenticated sender (`srcIp`). The caller
-//!   waits for that reply with the HTTP transport's time limits. Replies that
+//!   waits for that reply with the HTTP transport's time limits; a
+//!   replication push or snapshot page unanswered in that time goes once
+//!   more under a new id (`causalkv_mycelium_lost_total{peer}` counts
+//!   unanswered attempts), and a reply to either ends the call. Replies that
 //!   come late or twice find no waiter and are dropped (counted).
 //! - **Batching.** Each destination has an outbox drained by one sender task:
 //!   every request and reply queued while the previous send was in flight
 //!   goes in the next Mycelium message ([`wire::Frame`]), so the message rate
 //!   stays bounded under load; replication batches and pull answers carry up
 //!   to 1 024 records each. Frames over ~1 MB go as fragments.
+//! - **Chunk-safe lengths.** The daemon sends a long message in 1 300-byte
+//!   chunks and its receiver silently drops a message whose last chunk is
+//!   under 250 bytes; every payload is padded to a length it delivers
+//!   ([`wire::pad`]) before it is handed over.
 //! - **Receiving.** One node-lifetime task pops the cluster's topic
 //!   (`peek=false&timeout=0`, never a waiting GET: it would hold the daemon's
 //!   lock and stall every send) every [`MIN_POLL`] while replies are awaited
@@ -27,8 +34,10 @@
 //!   dropped and counted (`causalkv_mycelium_rejected_total{reason}`).
 //! - **Loss, duplicates, order, daemon restarts.** Mycelium reorders, gives
 //!   up after 5 minutes and keeps its inbox in memory only. Nothing here
-//!   depends on order or delivery: a lost request or reply times out and the
-//!   replicator / anti-entropy retry; a duplicate request is applied again
+//!   depends on order or delivery: a lost push or snapshot request or reply
+//!   is resent once, then the call fails and the replicator / anti-entropy
+//!   retry (pulls and heartbeats are resent by their loops); a duplicate
+//!   request is applied again
 //!   harmlessly (apply is idempotent by seq); the store's seqs give order.
 //! - **Still over HTTP:** view-change steps ([`Transport::view`]) and client
 //!   forwarding use HTTP to the VIEW addresses (over the overlay when VIEW
@@ -36,7 +45,7 @@
 
 mod daemon;
 pub mod settings;
-mod wire;
+pub mod wire;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -60,7 +69,7 @@ use super::{
     PUSH_TIMEOUT, PullRequest, PullResponse, ReplicateAck, ReplicateBatch, SnapshotPage, SnapshotRequest, Transport,
 };
 use crate::faults::Faults;
-use crate::metrics::{KindLabel, Metrics, ReasonLabel};
+use crate::metrics::{KindLabel, Metrics, PeerLabel, ReasonLabel};
 use daemon::{Daemon, Received};
 use wire::{Frame, Msg, Reassembly, VERSION};
 
@@ -102,7 +111,8 @@ struct Reply {
 
 struct Waiter {
     peer: String,
-    tx: oneshot::Sender<Reply>,
+    /// Shared by every attempt of one call.
+    tx: mpsc::Sender<Reply>,
 }
 
 /// What the outbox senders share.
@@ -152,15 +162,33 @@ pub struct MyceliumTransport {
     last_warning: Mutex<Option<std::time::Instant>>,
 }
 
-/// Removes a caller's waiter however the call ends.
+/// Removes a caller's waiters (one per attempt) however the call ends.
 struct PendingGuard<'a> {
     pending: &'a Mutex<HashMap<String, Waiter>>,
-    id: &'a str,
+    ids: Vec<String>,
 }
 
 impl Drop for PendingGuard<'_> {
     fn drop(&mut self) {
-        self.pending.lock().remove(self.id);
+        let mut pending = self.pending.lock();
+        for id in &self.ids {
+            pending.remove(id);
+        }
+    }
+}
+
+/// How many times a request of `kind` is sent, each with the whole time
+/// limit. Replication pushes and snapshot pages go twice: a lost one would
+/// otherwise cost a failed call, the replicator's backoff and a probe, or a
+/// whole snapshot restarted. Pulls and heartbeats go once: their loops send
+/// the next one within 200 ms anyway, and a pull's caller bounds its time.
+/// Never a resend before the whole time limit: a busy node answers late,
+/// not never, and resending big batches to it early (tried: at half the
+/// limit) multiplies its work until nothing is answered in time.
+fn attempts(kind: &str) -> u32 {
+    match kind {
+        "replicate" | "snapshot" => 2,
+        _ => 1,
     }
 }
 
@@ -235,7 +263,17 @@ impl MyceliumTransport {
         }
     }
 
-    /// Sends a request to `peer` and waits (at most `timeout`) for its reply.
+    /// Sends a request to `peer` and waits for its reply: up to [`attempts`]
+    /// attempts of `timeout` each.
+    ///
+    /// An attempt handed to the daemon whose reply has not come in `timeout`
+    /// is counted in `causalkv_mycelium_lost_total{peer}` and, if attempts
+    /// are left, the request goes again under a new id, so a lost message
+    /// costs one time limit. A late reply to an earlier attempt is still taken. Resending
+    /// is safe for every kind: a replicate batch applies by per-origin seq
+    /// (a record at or below the applied seq, or already pending, is
+    /// skipped), and pull, snapshot and heartbeat only read or record
+    /// liveness.
     async fn call<Req: Serialize, Resp: DeserializeOwned>(
         &self,
         peer: &str,
@@ -248,33 +286,50 @@ impl MyceliumTransport {
             return Err(unreachable("blocked by fault switch".into()));
         }
         let dst = self.cfg.identity_of(peer).ok_or_else(|| unreachable("no Mycelium identity (MYCELIUM_PEERS)".into()))?;
-        let deadline = Instant::now() + timeout;
-        let id = self.shared.ids.next();
         let body = serde_json::value::to_raw_value(body).map_err(|e| unreachable(e.to_string()))?;
-        let text = serde_json::to_string(&Msg { id: id.clone(), kind: Some(kind.into()), status: None, body: Some(body), error: None })
-            .map_err(|e| unreachable(e.to_string()))?;
-        let (tx, rx) = oneshot::channel();
-        self.pending.lock().insert(id.clone(), Waiter { peer: peer.to_owned(), tx });
-        let _guard = PendingGuard { pending: &self.pending, id: &id };
-        let (done_tx, done_rx) = oneshot::channel();
-        self.enqueue(dst, peer, Outgoing { text, deadline, done: Some(done_tx) });
-        self.metrics().mycelium_requests_sent.get_or_create(&KindLabel { kind }).inc();
-        self.wake.notify_one();
-        let waited = tokio::time::timeout_at(deadline, async {
-            match done_rx.await {
-                Ok(Ok(())) => {}
-                Ok(Err(e)) => return Err(unreachable(e)),
-                Err(_) => return Err(unreachable("the message was not sent".into())),
+        let attempts = attempts(kind);
+        let (tx, mut rx) = mpsc::channel(attempts as usize);
+        let mut guard = PendingGuard { pending: &self.pending, ids: Vec::new() };
+        let mut reply = None;
+        for attempt in 1..=attempts {
+            let id = self.shared.ids.next();
+            let msg = Msg { id: id.clone(), kind: Some(kind.into()), status: None, body: Some(body.clone()), error: None };
+            let text = serde_json::to_string(&msg).map_err(|e| unreachable(e.to_string()))?;
+            self.pending.lock().insert(id.clone(), Waiter { peer: peer.to_owned(), tx: tx.clone() });
+            guard.ids.push(id);
+            let attempt_deadline = Instant::now() + timeout;
+            let (done_tx, mut done_rx) = oneshot::channel();
+            self.enqueue(dst.clone(), peer, Outgoing { text, deadline: attempt_deadline, done: Some(done_tx) });
+            self.metrics().mycelium_requests_sent.get_or_create(&KindLabel { kind }).inc();
+            self.wake.notify_one();
+            let mut handed = false;
+            let timer = tokio::time::sleep_until(attempt_deadline);
+            tokio::pin!(timer);
+            loop {
+                tokio::select! {
+                    r = rx.recv() => {
+                        reply = Some(r.ok_or_else(|| unreachable("the transport stopped".into()))?);
+                        break;
+                    }
+                    sent = &mut done_rx, if !handed => match sent {
+                        Ok(Ok(())) => handed = true,
+                        Ok(Err(e)) => return Err(unreachable(e)),
+                        Err(_) => return Err(unreachable("the message was not sent".into())),
+                    },
+                    _ = &mut timer => break,
+                }
             }
-            rx.await.map_err(|_| unreachable("the transport stopped".into()))
-        })
-        .await;
-        let reply = match waited {
-            Ok(reply) => reply?,
-            Err(_) => {
-                self.metrics().mycelium_timeouts.get_or_create(&KindLabel { kind }).inc();
-                return Err(unreachable(format!("no {kind} reply over Mycelium within {timeout:?}")));
+            if reply.is_some() {
+                break;
             }
+            if handed {
+                self.metrics().mycelium_lost.get_or_create(&PeerLabel { peer: peer.to_owned() }).inc();
+                tracing::debug!(%peer, kind, attempt, attempts, "no reply over Mycelium in the attempt's time");
+            }
+        }
+        let Some(reply) = reply else {
+            self.metrics().mycelium_timeouts.get_or_create(&KindLabel { kind }).inc();
+            return Err(unreachable(format!("no {kind} reply over Mycelium within {timeout:?} ({attempts} attempt(s))")));
         };
         if reply.status == 403 {
             self.http.refused(peer, format!("answered 403 over Mycelium: {}", reply.error.as_deref().unwrap_or("")));
@@ -466,7 +521,8 @@ impl MyceliumTransport {
             Some(w) if w.peer == sender => {
                 let w = pending.remove(&m.id).expect("present");
                 let reply = Reply { status: m.status.unwrap_or(500), body: m.body, error: m.error };
-                let _ = w.tx.send(reply);
+                // Full only when an earlier attempt's reply is already there.
+                let _ = w.tx.try_send(reply);
             }
             Some(_) => {
                 drop(pending);
@@ -542,11 +598,11 @@ async fn send_frame(shared: &Shared, dst: &Identity, peer: &str, outs: Vec<Outgo
     let (ts, sig) = shared.auth.sign_message(SIGNED_PATH, peer, msgs.get().as_bytes()).unzip();
     let frame = Frame { v: VERSION, from: shared.me.clone(), ts, sig, msgs: Some(msgs), frag: None };
     let result = match serde_json::to_vec(&frame) {
-        Ok(bytes) if bytes.len() <= wire::MAX_FRAME_BYTES => post(shared, dst, &bytes).await,
+        Ok(bytes) if bytes.len() <= wire::MAX_FRAME_BYTES => post(shared, dst, bytes).await,
         Ok(bytes) => {
             let mut result = Ok(());
             for part in wire::fragment(&shared.me, &shared.ids.next(), &bytes) {
-                result = post(shared, dst, &part).await;
+                result = post(shared, dst, part).await;
                 if result.is_err() {
                     break;
                 }
@@ -565,8 +621,14 @@ async fn send_frame(shared: &Shared, dst: &Identity, peer: &str, outs: Vec<Outgo
     }
 }
 
-async fn post(shared: &Shared, dst: &Identity, payload: &[u8]) -> Result<(), String> {
-    match shared.daemon.send(dst, payload).await {
+/// Hands one payload (a frame or a fragment) to the daemon, padded to a
+/// length its chunking delivers ([`wire::pad`]).
+async fn post(shared: &Shared, dst: &Identity, payload: Vec<u8>) -> Result<(), String> {
+    let mut payload = payload;
+    if wire::pad(&mut payload) {
+        shared.metrics.mycelium_padded.inc();
+    }
+    match shared.daemon.send(dst, &payload).await {
         Ok(_) => {
             shared.metrics.mycelium_messages_sent.inc();
             Ok(())

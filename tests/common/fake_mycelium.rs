@@ -17,6 +17,16 @@
 //! A blocking `POST ?reply_timeout=N` does not hold the lock (MYCELIUM.md does
 //! not say it does).
 //!
+//! **Chunking**, as measured on the real daemon: a message longer than
+//! [`CHUNK_BYTES`] travels in chunks of that size and the receiving daemon
+//! discards a last chunk shorter than [`MIN_LAST_CHUNK`], losing the whole
+//! message (payload length `> 1300` with `1 <= len % 1300 < 250`). The fake
+//! does the same at delivery, logs the real daemon's line on stderr and
+//! counts it ([`Counts::chunk_dropped`]); the sender's status never turns
+//! `received` (the real one even says sent and acknowledged). This is its
+//! own copy of the rule, not the crate's, so a wrong rule in the crate
+//! shows as lost messages here.
+//!
 //! Switches ([`Network::set_faults`]): drop, duplicate, extra delay, extra
 //! reordering; [`FakeDaemon::restart`] takes a daemon's API down for a while
 //! and loses its inbox (the real inbox is in memory). Counters per daemon
@@ -48,6 +58,15 @@ pub const MAX_TOPIC: usize = 255;
 pub const GIVE_UP_AFTER: Duration = Duration::from_secs(300);
 /// Retry period of an undeliverable message (Mycelium's retransmit tick).
 const RETRY_TICK: Duration = Duration::from_millis(100);
+/// Chunk size of a long message.
+pub const CHUNK_BYTES: usize = 1300;
+/// The receiver drops a message whose last chunk is shorter than this.
+pub const MIN_LAST_CHUNK: usize = 250;
+
+/// Whether the real daemon's chunking loses a payload of `len` bytes.
+pub fn chunking_drops(len: usize) -> bool {
+    len > CHUNK_BYTES && (1..MIN_LAST_CHUNK).contains(&(len % CHUNK_BYTES))
+}
 
 /// Network fault switches (all off by default, delay 10–60 ms).
 #[derive(Clone, Debug)]
@@ -97,6 +116,11 @@ pub struct Counts {
     pub duplicated: u64,
     /// Messages lost from the inbox by restarts.
     pub lost_in_restarts: u64,
+    /// Messages to this daemon lost to the chunking rule (its last chunk
+    /// was too small).
+    pub chunk_dropped: u64,
+    /// Messages to this daemon longer than one chunk that arrived.
+    pub chunked: u64,
 }
 
 #[derive(Default)]
@@ -108,6 +132,8 @@ struct Counters {
     dropped: AtomicU64,
     duplicated: AtomicU64,
     lost_in_restarts: AtomicU64,
+    chunk_dropped: AtomicU64,
+    chunked: AtomicU64,
 }
 
 #[derive(Clone, Debug)]
@@ -291,10 +317,27 @@ struct Daemon {
 
 impl Daemon {
     /// Puts a message in the inbox (or hands a reply to its waiting
-    /// sender). False when the daemon is down (the message is lost).
+    /// sender). False when the daemon is down or its chunking drops the
+    /// message (the message is lost).
     fn deliver(&self, mut msg: Message, is_reply: bool) -> bool {
         if !self.up.load(Ordering::SeqCst) {
             return false;
+        }
+        let len = msg.payload.len();
+        if chunking_drops(len) {
+            let chunks = len.div_ceil(CHUNK_BYTES);
+            self.counters.chunk_dropped.fetch_add(1, Ordering::Relaxed);
+            eprintln!(
+                "fake mycelium {}: Dropping CHUNK {chunks}/{chunks} which is too small ({} bytes / {MIN_LAST_CHUNK} bytes) of message {} ({len} bytes from {})",
+                self.ip,
+                len % CHUNK_BYTES,
+                msg.id,
+                msg.src_ip
+            );
+            return false;
+        }
+        if len > CHUNK_BYTES {
+            self.counters.chunked.fetch_add(1, Ordering::Relaxed);
         }
         self.counters.delivered.fetch_add(1, Ordering::Relaxed);
         if is_reply {
@@ -427,6 +470,8 @@ impl FakeDaemon {
             dropped: c.dropped.load(Ordering::Relaxed),
             duplicated: c.duplicated.load(Ordering::Relaxed),
             lost_in_restarts: c.lost_in_restarts.load(Ordering::Relaxed),
+            chunk_dropped: c.chunk_dropped.load(Ordering::Relaxed),
+            chunked: c.chunked.load(Ordering::Relaxed),
         }
     }
 
