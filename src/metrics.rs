@@ -85,6 +85,11 @@ pub struct Metrics {
     pub mycelium_duplicates: Counter,
     pub mycelium_rejected: Family<ReasonLabel, Counter>,
     pub mycelium_daemon_errors: Counter,
+    /// Conflicts begun: a peer met running another view at this epoch.
+    pub view_conflicts: Counter,
+    /// Peers currently known to run another view at this epoch (set when
+    /// `/metrics` is read).
+    pub view_conflict_peers: Gauge,
 }
 
 impl Default for Metrics {
@@ -127,6 +132,8 @@ impl Default for Metrics {
             mycelium_duplicates: Counter::default(),
             mycelium_rejected: Family::default(),
             mycelium_daemon_errors: Counter::default(),
+            view_conflicts: Counter::default(),
+            view_conflict_peers: Gauge::default(),
             registry: Registry::default(),
         };
         registry.register("requests", "Client requests by operation and status", m.requests.clone());
@@ -196,6 +203,16 @@ impl Default for Metrics {
         registry.register("mycelium_duplicates", "Mycelium frames received twice (dropped)", m.mycelium_duplicates.clone());
         registry.register("mycelium_rejected", "Mycelium messages dropped, by reason", m.mycelium_rejected.clone());
         registry.register("mycelium_daemon_errors", "Failed calls to the Mycelium daemon's API", m.mycelium_daemon_errors.clone());
+        registry.register(
+            "view_conflicts",
+            "Peers met running another view at this node's epoch (two views at one epoch; key requests refused meanwhile)",
+            m.view_conflicts.clone(),
+        );
+        registry.register(
+            "view_conflict_peers",
+            "Peers currently running another view at this node's epoch",
+            m.view_conflict_peers.clone(),
+        );
         Metrics { registry, ..m }
     }
 }

@@ -119,8 +119,18 @@ pub(super) async fn remote_count(node: &Node, replicas: &[String]) -> Option<u64
     None
 }
 
-pub async fn health() -> Response {
-    (StatusCode::OK, axum::Json(serde_json::json!({"status": "ok", "causal-context": {}}))).into_response()
+/// 200 while the process serves; `status` is `view-conflict` (with the
+/// conflicts) while key requests are refused because a peer runs another
+/// view at this node's epoch.
+pub async fn health(State(node): State<Arc<Node>>) -> Response {
+    let conflicts = node.view_conflicts();
+    let body = if conflicts.is_empty() {
+        serde_json::json!({"status": "ok", "causal-context": {}})
+    } else {
+        let list: Vec<Value> = conflicts.iter().map(|c| c.to_json()).collect();
+        serde_json::json!({"status": "view-conflict", "view-conflicts": list, "causal-context": {}})
+    };
+    (StatusCode::OK, axum::Json(body)).into_response()
 }
 
 pub async fn ready(State(node): State<Arc<Node>>) -> Response {
@@ -132,6 +142,7 @@ pub async fn ready(State(node): State<Arc<Node>>) -> Response {
 pub async fn metrics(State(node): State<Arc<Node>>) -> Response {
     node.metrics.live_keys.set(node.store.live_count() as i64);
     node.metrics.pending_records.set(node.store.pending_len() as i64);
+    node.metrics.view_conflict_peers.set(node.view_conflicts().len() as i64);
     let wal = &node.store.stats;
     let load = |a: &std::sync::atomic::AtomicU64| a.load(std::sync::atomic::Ordering::Relaxed) as i64;
     node.metrics.wal_syncs.set(load(&wal.syncs));

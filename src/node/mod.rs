@@ -23,7 +23,8 @@ use tokio::task::JoinHandle;
 
 use crate::config::Config;
 use crate::faults::Faults;
-use crate::gossip::{Auth, EpochHint, FailureDetector, Gossip, HttpTransport, Inbound, MyceliumTransport, Transport};
+use crate::gossip::conflict::Conflict;
+use crate::gossip::{Auth, EpochHint, FailureDetector, Gossip, HttpTransport, Inbound, MyceliumTransport, Transport, ViewConflicts};
 use crate::metrics::Metrics;
 use crate::shard::{ShardMap, View};
 use crate::store::{Store, StoreError, run_checkpointer, run_flusher};
@@ -61,6 +62,8 @@ pub struct Node {
     pub auth: Arc<Auth>,
     pub detector: Arc<FailureDetector>,
     pub epoch_hint: Arc<EpochHint>,
+    /// Peers met running another view at this node's epoch.
+    pub conflicts: Arc<ViewConflicts>,
     pub transport: Arc<dyn Transport>,
     /// Client for forwarded requests (keep-alive, pooled).
     pub client: reqwest::Client,
@@ -100,6 +103,12 @@ impl Node {
         self.ready.load(Ordering::Relaxed)
     }
 
+    /// Peers running another view at this node's epoch, under its current
+    /// view; while there is any, key requests are refused.
+    pub fn view_conflicts(&self) -> Vec<Conflict> {
+        self.conflicts.active(self.current().map.view_id())
+    }
+
     fn make_epoch(&self, view: View) -> Arc<Epoch> {
         let map = ShardMap::new(view, &self.config.address);
         // Before anything is served in this epoch (commit_epoch already set
@@ -111,8 +120,8 @@ impl Node {
             self.metrics.clone(),
             self.detector.clone(),
             self.epoch_hint.clone(),
-            map.my_replicas().to_vec(),
-            map.view.nodes.clone(),
+            self.conflicts.clone(),
+            &map,
         ));
         Arc::new(Epoch { map, gossip })
     }
@@ -183,6 +192,7 @@ impl Node {
         let listener = tokio::net::TcpListener::bind(bind).await.map_err(|source| NodeError::Bind { addr: bind, source })?;
         let local_addr = listener.local_addr().map_err(|source| NodeError::Bind { addr: bind, source })?;
         let detector = Arc::new(FailureDetector::new(&config.address));
+        let conflicts = Arc::new(ViewConflicts::new(&config.address));
         let (shutdown_tx, shutdown_rx) = watch::channel(false);
         let (epoch_stop, _) = watch::channel(false);
         let placeholder = {
@@ -193,8 +203,8 @@ impl Node {
                 metrics.clone(),
                 detector.clone(),
                 Arc::new(EpochHint::default()),
-                Vec::new(),
-                Vec::new(),
+                conflicts.clone(),
+                &map,
             ));
             Arc::new(Epoch { map, gossip })
         };
@@ -206,6 +216,7 @@ impl Node {
             auth,
             detector,
             epoch_hint: Arc::new(EpochHint::default()),
+            conflicts,
             transport,
             client,
             current: RwLock::new(placeholder),
