@@ -266,3 +266,44 @@ fn stop(children: &mut [Child]) {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn store_view(dir: &Path, addr: &str, view: &View) {
+        let store = Store::open(dir, addr, DurabilityMode::Fsync).expect("open a store");
+        store.store_view(&serde_json::to_vec(view).expect("a view serialises")).expect("store the view");
+    }
+
+    #[test]
+    fn only_folders_of_another_view_at_the_same_epoch_are_refused() {
+        let tmp = tempfile::tempdir().expect("temp dir");
+        let start = View::parse("127.0.0.1:1,127.0.0.1:2", 2, 0).expect("view");
+        let dirs: Vec<(String, PathBuf)> =
+            start.nodes.iter().enumerate().map(|(i, a)| (a.clone(), tmp.path().join(format!("n{i}")))).collect();
+        assert_eq!(check_stored_views(&start, &dirs), Ok(()), "no folders yet");
+        store_view(&dirs[0].1, &dirs[0].0, &start);
+        assert_eq!(check_stored_views(&start, &dirs), Ok(()), "this cluster's own folder");
+        // A view change committed everywhere: restarting keeps it.
+        let changed = View { repl_factor: 1, epoch: 1, ..start.clone() };
+        for (addr, dir) in &dirs {
+            store_view(dir, addr, &changed);
+        }
+        assert_eq!(check_stored_views(&start, &dirs), Ok(()), "a later committed view");
+        // Two views at epoch 1.
+        store_view(&dirs[1].1, &dirs[1].0, &View { epoch: 1, ..start.clone() });
+        let err = check_stored_views(&start, &dirs).expect_err("two views at epoch 1");
+        assert!(err.contains(&dirs[0].1.display().to_string()) && err.contains(&dirs[1].1.display().to_string()), "{err}");
+        // The README in order: a node first run alone.
+        std::fs::remove_dir_all(&dirs[1].1).expect("remove");
+        let alone = View::parse("127.0.0.1:1", 1, 0).expect("view");
+        store_view(&dirs[0].1, &dirs[0].0, &alone);
+        let err = check_stored_views(&start, &dirs).expect_err("a one-node view at epoch 0");
+        assert!(err.contains(&dirs[0].1.display().to_string()) && err.contains("--fresh"), "{err}");
+        assert!(!err.contains(&dirs[1].1.display().to_string()), "only the stray folder is named: {err}");
+        assert_eq!(clear_data(&dirs), Ok(()));
+        assert!(!dirs[0].1.exists());
+        assert_eq!(check_stored_views(&start, &dirs), Ok(()), "fresh");
+    }
+}

@@ -119,6 +119,7 @@ async fn a_node_keeping_another_view_at_the_same_epoch_refuses_key_requests() {
         assert_eq!(c["peer"], json!(addrs[0]), "{c}");
         assert_eq!(c["theirs"]["view"], json!([addrs[0]]), "node 0's members were sent: {c}");
         assert!(is_conflict(&get(&http, n, "before", &json!({})).await));
+        assert!(is_conflict(&put(&http, n, "after", json!("lost"), &json!({})).await), "writes refused at {}", n.addr);
     }
     // Nothing changed while refusing: node 0 still has exactly its key.
     assert_eq!(get_json(&http, &nodes[0], "/kv-store/key-count").await.body["key-count"], count_before);

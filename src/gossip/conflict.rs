@@ -171,6 +171,12 @@ impl ViewConflicts {
         started
     }
 
+    /// True while no conflict at all is recorded (one atomic load: every key
+    /// request asks).
+    pub fn is_empty(&self) -> bool {
+        !self.any.load(Ordering::Acquire)
+    }
+
     /// `peer` reported an agreeing view, or another epoch.
     pub fn clear(&self, peer: &str) {
         if !self.any.load(Ordering::Acquire) {

@@ -106,6 +106,9 @@ impl Node {
     /// Peers running another view at this node's epoch, under its current
     /// view; while there is any, key requests are refused.
     pub fn view_conflicts(&self) -> Vec<Conflict> {
+        if self.conflicts.is_empty() {
+            return Vec::new();
+        }
         self.conflicts.active(self.current().map.view_id())
     }
 
