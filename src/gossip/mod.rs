@@ -182,6 +182,9 @@ pub struct Gossip {
     pub detector: Arc<FailureDetector>,
     /// Peers met running another view at this epoch.
     pub conflicts: Arc<ViewConflicts>,
+    /// Nodes outside the view that get heartbeats too (see
+    /// [`Gossip::also_heartbeat`]).
+    extra_heartbeats: Vec<String>,
     /// Highest epoch a peer reported, and who (a missed view change).
     pub epoch_hint: Arc<EpochHint>,
     /// Latest applied clock reported by each peer of the shard.
@@ -206,12 +209,22 @@ impl Gossip {
             shard: map.my_replicas().to_vec(),
             view_id: map.view_id().to_owned(),
             view: map.view.clone(),
+            extra_heartbeats: Vec::new(),
             detector,
             conflicts,
             epoch_hint,
             peer_clocks: Mutex::new(HashMap::new()),
             snapshot_running: AtomicBool::new(false),
         }
+    }
+
+    /// Heartbeats `nodes` too, though they are not in the view: a node
+    /// whose stored view differs from the one it was configured with sends
+    /// its view to the configured nodes, which may not count it as a member
+    /// of theirs and so would never let it hear of them otherwise.
+    pub fn also_heartbeat(mut self, nodes: Vec<String>) -> Self {
+        self.extra_heartbeats = nodes;
+        self
     }
 
     pub fn shard(&self) -> &[String] {
@@ -495,7 +508,8 @@ async fn anti_entropy_loop(gossip: Arc<Gossip>, mut shutdown: watch::Receiver<bo
 
 async fn heartbeat_loop(gossip: Arc<Gossip>, mut shutdown: watch::Receiver<bool>) {
     let me = gossip.me().to_owned();
-    let targets: Vec<String> = gossip.view.nodes.iter().filter(|n| **n != me).cloned().collect();
+    let mut targets: Vec<String> = gossip.view.nodes.iter().filter(|n| **n != me).cloned().collect();
+    targets.extend(gossip.extra_heartbeats.iter().filter(|n| **n != me && !gossip.view.nodes.contains(n)).cloned());
     if targets.is_empty() {
         return;
     }

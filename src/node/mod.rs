@@ -117,7 +117,13 @@ impl Node {
         // Before anything is served in this epoch (commit_epoch already set
         // it for a committed change; this covers the start-up epoch).
         self.store.set_keeps_log(!map.peers().is_empty());
-        let gossip = Arc::new(Gossip::new(
+        // Configured with another view at the same epoch (the data folder
+        // kept the view of an earlier start): the configured nodes hear of
+        // ours, so two views at one epoch are found whoever accepts whom.
+        let configured = &self.config.view;
+        let extra =
+            if configured.epoch == map.view.epoch && configured.id() != map.view_id() { configured.nodes.clone() } else { Vec::new() };
+        let gossip = Gossip::new(
             self.store.clone(),
             self.transport.clone(),
             self.metrics.clone(),
@@ -125,7 +131,9 @@ impl Node {
             self.epoch_hint.clone(),
             self.conflicts.clone(),
             &map,
-        ));
+        )
+        .also_heartbeat(extra);
+        let gossip = Arc::new(gossip);
         Arc::new(Epoch { map, gossip })
     }
 
@@ -157,7 +165,15 @@ impl Node {
         let view = match store.stored_view().map_err(|source| NodeError::Store { dir: dir.clone(), source })? {
             Some(bytes) => {
                 let view: View = serde_json::from_slice(&bytes).map_err(|source| NodeError::StoredView { dir: dir.clone(), source })?;
-                if view.nodes != config.view.nodes || view.repl_factor != config.view.repl_factor {
+                if view.epoch == config.view.epoch && view != config.view {
+                    // Not a view change: the folder was first used with
+                    // other settings, or by another cluster.
+                    tracing::warn!(
+                        stored = ?view.nodes, stored_repl_factor = view.repl_factor, epoch = view.epoch, dir = %dir,
+                        "the data folder holds the view of an earlier start, not VIEW/REPL_FACTOR; this node keeps it. \
+                         If the folder belongs to another cluster, stop this node and start it with an empty data folder"
+                    );
+                } else if view.nodes != config.view.nodes || view.repl_factor != config.view.repl_factor {
                     tracing::warn!(stored = ?view.nodes, epoch = view.epoch, "using the view of the last committed view change, not VIEW/REPL_FACTOR");
                 }
                 view
