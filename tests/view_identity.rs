@@ -122,8 +122,12 @@ async fn a_node_keeping_another_view_at_the_same_epoch_refuses_key_requests() {
         assert!(is_conflict(&get(&http, n, "before", &json!({})).await));
         assert!(is_conflict(&put(&http, n, "after", json!("lost"), &json!({})).await), "writes refused at {}", n.addr);
     }
-    // Nothing changed while refusing: node 0 still has exactly its key.
-    assert_eq!(get_json(&http, &nodes[0], "/kv-store/key-count").await.body["key-count"], count_before);
+    // Nothing changed while refusing: node 0 still has exactly its key, and
+    // the answers it still gives say why key requests are refused.
+    let count = get_json(&http, &nodes[0], "/kv-store/key-count").await;
+    assert_eq!(count.body["key-count"], count_before);
+    assert!(count.body["view-conflict"].as_str().is_some_and(|t| t.starts_with("Two views at one epoch")), "{:?}", count.body);
+    assert!(get_json(&http, &nodes[1], "/kv-store/shards").await.body.get("view-conflict").is_some());
 
     // The way out the log names: a view change to the cluster's view.
     let change = send(http.put(nodes[1].url("/kv-store/view-change")).json(&json!({"view": addrs, "repl-factor": 2}))).await;
@@ -142,6 +146,7 @@ async fn a_node_keeping_another_view_at_the_same_epoch_refuses_key_requests() {
         }
     }
     assert!(cleared, "the conflict did not clear after the view change: {:?}", change.body);
+    assert!(get_json(&http, &nodes[0], "/kv-store/key-count").await.body.get("view-conflict").is_none());
     let a = put(&http, &nodes[0], "after", json!("kept"), &json!({})).await;
     assert!(a.status.is_success(), "{a:?}");
     for n in &nodes {

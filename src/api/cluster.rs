@@ -44,6 +44,7 @@ pub async fn key_count(State(node): State<Arc<Node>>, method: Method, query: Q, 
     Reply {
         key_count: Some(count),
         shard_id: Some(node.current().map.my_shard().map(Value::from).unwrap_or(Value::Null)),
+        view_conflict: view_conflict(&node),
         ..Reply::message("Key count retrieved successfully", ctx)
     }
     .into_response_with(StatusCode::OK)
@@ -54,8 +55,17 @@ pub async fn shards(State(node): State<Arc<Node>>, method: Method, query: Q, bod
         Ok(c) => c,
         Err(e) => return e.into_response(),
     };
-    Reply { shards: Some(Value::from(node.current().map.shard_ids())), ..Reply::message("Shard membership retrieved successfully", ctx) }
-        .into_response_with(StatusCode::OK)
+    Reply {
+        shards: Some(Value::from(node.current().map.shard_ids())),
+        view_conflict: view_conflict(&node),
+        ..Reply::message("Shard membership retrieved successfully", ctx)
+    }
+    .into_response_with(StatusCode::OK)
+}
+
+/// Why key requests are refused, for the answers still given meanwhile.
+fn view_conflict(node: &Node) -> Option<String> {
+    node.view_conflicts().first().map(ToString::to_string)
 }
 
 pub async fn shard_info(
