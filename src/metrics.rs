@@ -97,6 +97,11 @@ pub struct Metrics {
     pub mycelium_lost: Family<PeerLabel, Counter>,
     /// Messages padded so the daemon's chunking does not drop them.
     pub mycelium_padded: Counter,
+    /// Conflicts begun: a peer met running another view at this epoch.
+    pub view_conflicts: Counter,
+    /// Peers currently known to run another view at this epoch (set when
+    /// `/metrics` is read).
+    pub view_conflict_peers: Gauge,
 }
 
 impl Default for Metrics {
@@ -145,6 +150,8 @@ impl Default for Metrics {
             mycelium_daemon_errors: Counter::default(),
             mycelium_lost: Family::default(),
             mycelium_padded: Counter::default(),
+            view_conflicts: Counter::default(),
+            view_conflict_peers: Gauge::default(),
             registry: Registry::default(),
         };
         registry.register("requests", "Client requests by operation and status", m.requests.clone());
@@ -243,6 +250,16 @@ impl Default for Metrics {
             "mycelium_padded",
             "Mycelium messages padded to a length the daemon's chunking delivers",
             m.mycelium_padded.clone(),
+        );
+        registry.register(
+            "view_conflicts",
+            "Peers met running another view at this node's epoch (two views at one epoch; key requests refused meanwhile)",
+            m.view_conflicts.clone(),
+        );
+        registry.register(
+            "view_conflict_peers",
+            "Peers currently running another view at this node's epoch",
+            m.view_conflict_peers.clone(),
         );
         Metrics { registry, ..m }
     }

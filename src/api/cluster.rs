@@ -44,6 +44,7 @@ pub async fn key_count(State(node): State<Arc<Node>>, method: Method, query: Q, 
     Reply {
         key_count: Some(count),
         shard_id: Some(node.current().map.my_shard().map(Value::from).unwrap_or(Value::Null)),
+        view_conflict: view_conflict(&node),
         ..Reply::message("Key count retrieved successfully", ctx)
     }
     .into_response_with(StatusCode::OK)
@@ -54,8 +55,17 @@ pub async fn shards(State(node): State<Arc<Node>>, method: Method, query: Q, bod
         Ok(c) => c,
         Err(e) => return e.into_response(),
     };
-    Reply { shards: Some(Value::from(node.current().map.shard_ids())), ..Reply::message("Shard membership retrieved successfully", ctx) }
-        .into_response_with(StatusCode::OK)
+    Reply {
+        shards: Some(Value::from(node.current().map.shard_ids())),
+        view_conflict: view_conflict(&node),
+        ..Reply::message("Shard membership retrieved successfully", ctx)
+    }
+    .into_response_with(StatusCode::OK)
+}
+
+/// Why key requests are refused, for the answers still given meanwhile.
+fn view_conflict(node: &Node) -> Option<String> {
+    node.view_conflicts().first().map(ToString::to_string)
 }
 
 pub async fn shard_info(
@@ -120,12 +130,24 @@ pub(super) async fn remote_count(node: &Node, replicas: &[String]) -> Option<u64
 }
 
 /// Liveness: always 200 while the node serves (orchestrators restart on
-/// failure, and a restart cannot fix a peer). `status` is `degraded` and
-/// `failing-peers` names each peer refusing this node's internal traffic.
+/// failure, and a restart cannot fix a peer). `status` is `degraded` with
+/// `failing-peers` naming each peer refusing this node's internal traffic,
+/// or `view-conflict` (with the conflicts) while key requests are refused
+/// because a peer runs another view at this node's epoch.
 pub async fn health(State(node): State<Arc<Node>>) -> Response {
     let failing: serde_json::Map<String, Value> = node.refusals.failing().into_iter().map(|(p, why)| (p, Value::from(why))).collect();
-    let status = if failing.is_empty() { "ok" } else { "degraded" };
-    let body = serde_json::json!({"status": status, "failing-peers": failing, "causal-context": {}});
+    let conflicts: Vec<Value> = node.view_conflicts().iter().map(|c| c.to_json()).collect();
+    let status = if !conflicts.is_empty() {
+        "view-conflict"
+    } else if !failing.is_empty() {
+        "degraded"
+    } else {
+        "ok"
+    };
+    let mut body = serde_json::json!({"status": status, "failing-peers": failing, "causal-context": {}});
+    if !conflicts.is_empty() {
+        body["view-conflicts"] = Value::Array(conflicts);
+    }
     (StatusCode::OK, axum::Json(body)).into_response()
 }
 
@@ -138,6 +160,7 @@ pub async fn ready(State(node): State<Arc<Node>>) -> Response {
 pub async fn metrics(State(node): State<Arc<Node>>) -> Response {
     node.metrics.live_keys.set(node.store.live_count() as i64);
     node.metrics.pending_records.set(node.store.pending_len() as i64);
+    node.metrics.view_conflict_peers.set(node.view_conflicts().len() as i64);
     let wal = &node.store.stats;
     let load = |a: &std::sync::atomic::AtomicU64| a.load(std::sync::atomic::Ordering::Relaxed) as i64;
     node.metrics.wal_syncs.set(load(&wal.syncs));

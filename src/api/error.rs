@@ -34,6 +34,10 @@ pub enum ApiError {
     InvalidContext,
     #[error("Unable to satisfy request")]
     Unavailable,
+    /// This node met a peer running another view at its epoch (the text
+    /// says which and what to do); see `gossip::conflict`.
+    #[error("{0}")]
+    ViewConflict(String),
     #[error("Key does not exist")]
     KeyNotFound,
     #[error("{0}")]
@@ -63,7 +67,7 @@ impl ApiError {
             | Self::InvalidContext
             | Self::InvalidView(_) => StatusCode::BAD_REQUEST,
             Self::ValueTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
-            Self::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+            Self::Unavailable | Self::ViewConflict(_) => StatusCode::SERVICE_UNAVAILABLE,
             Self::KeyNotFound | Self::ShardNotFound | Self::RouteNotFound => StatusCode::NOT_FOUND,
             Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             Self::Unauthorized => StatusCode::UNAUTHORIZED,

@@ -89,7 +89,12 @@ pub async fn handle(State(node): State<Arc<Node>>, req: Request) -> Response {
     let (method, headers) = (&parts.method, &parts.headers);
     let response = match parse(&node, method, op, headers, parts.uri.path(), query.as_deref(), body) {
         Ok(req) => {
-            if req.hop > 0 && sender(headers).is_some_and(|s| node.faults.is_blocked(s)) {
+            let conflict = node.view_conflicts().into_iter().next();
+            if let Some(conflict) = conflict {
+                // Two views at one epoch: whatever either view routes here
+                // may be acknowledged and never found by the other.
+                ErrorReply::new(method, ApiError::ViewConflict(conflict.to_string()), req.context.clone()).into_response()
+            } else if req.hop > 0 && sender(headers).is_some_and(|s| node.faults.is_blocked(s)) {
                 ErrorReply::new(method, ApiError::Unavailable, req.context.clone()).into_response()
             } else {
                 match route(&node, &req).await {

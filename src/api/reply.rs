@@ -35,6 +35,10 @@ pub struct Reply {
     pub replicas: Option<Vec<String>>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub address: Option<String>,
+    /// Set on answers a node still gives while it knows of another view at
+    /// its epoch (key-count, shards): says why key requests are refused.
+    #[serde(rename = "view-conflict", skip_serializing_if = "Option::is_none")]
+    pub view_conflict: Option<String>,
     #[serde(rename = "causal-context")]
     pub causal_context: ReplyContext,
 }
@@ -140,6 +144,10 @@ impl Reply {
             out.extend_from_slice(br#","address":"#);
             write_str(out, address)?;
         }
+        if let Some(conflict) = &self.view_conflict {
+            out.extend_from_slice(br#","view-conflict":"#);
+            write_str(out, conflict)?;
+        }
         out.extend_from_slice(br#","causal-context":"#);
         match &self.causal_context {
             ReplyContext::Json(v) => serde_json::to_writer(&mut *out, v)?,
@@ -238,6 +246,7 @@ mod tests {
                 shards: Some(json!([{"shard-id": 1, "key-count": 2, "replicas": [t]}])),
                 replicas: Some(vec![t.to_string(), "10.0.0.1:13800".into()]),
                 address: Some(format!("{t}:13800")),
+                view_conflict: Some(format!("Two views at one epoch: {t}")),
                 causal_context: CausalContext::from_json(&json!({"epoch": 1, "clock": {"b": 1, "a": 2}})).unwrap().into(),
             });
         }

@@ -134,7 +134,9 @@ async fn run(node: &Node, method: &Method, headers: &HeaderMap, view: View, ctx:
         }
         return ErrorReply::new(method, ApiError::Unavailable, ctx).into_response();
     }
-    if view.nodes == cur.map.view.nodes && view.repl_factor == cur.map.view.repl_factor {
+    // The same view again changes nothing, unless a peer runs another view
+    // at this epoch: then the change (to a new epoch) is how they agree.
+    if view.nodes == cur.map.view.nodes && view.repl_factor == cur.map.view.repl_factor && node.view_conflicts().is_empty() {
         return shards_reply(node, &cur.map, &[], ctx).await;
     }
     match node.change_view(view).await {

@@ -3,6 +3,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::causal::Clock;
+use crate::shard::{View, ViewStamp};
 use crate::store::Record;
 
 /// Records pushed by `from`, in seq order.
@@ -54,13 +55,27 @@ pub struct SnapshotPage {
     pub done: bool,
 }
 
+/// A sign of life, and what the sender's view is (`view`: absent from nodes
+/// older than view ids, which are then never taken for a conflict).
 #[derive(Debug, Serialize, Deserialize)]
 pub struct Heartbeat {
     pub from: String,
     pub epoch: u64,
+    #[serde(default)]
+    pub view: Option<ViewStamp>,
+    /// The sender's whole view, sent only to a peer known to run another
+    /// view at the same epoch, so that peer's log can name both member lists.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub view_detail: Option<View>,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
 pub struct HeartbeatAck {
     pub epoch: u64,
+    #[serde(default)]
+    pub view: Option<ViewStamp>,
+    /// The responder's whole view, sent only when the heartbeat's view
+    /// differs from it at the same epoch.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub view_detail: Option<View>,
 }

@@ -17,6 +17,8 @@
 //!   concurrent with them.
 //! - **Failure detector** ([`detector`]): heartbeats to every node of the
 //!   view every [`HEARTBEAT_INTERVAL`]; any answer counts as a sign of life.
+//!   Heartbeats and their answers carry the view's id: a peer running
+//!   another view at the same epoch is a conflict ([`conflict`]).
 //! - Receiving is transport-agnostic (`Gossip::handle_*`); a [`Transport`]
 //!   only moves messages: [`HttpTransport`] (the `/internal/...` endpoints
 //!   feed the handlers) or [`MyceliumTransport`] (its own receive loop
@@ -28,6 +30,7 @@
 
 pub mod auth;
 mod compaction;
+pub mod conflict;
 pub mod detector;
 pub mod dispatch;
 mod http;
@@ -47,6 +50,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 pub use auth::Auth;
+pub use conflict::ViewConflicts;
 pub use detector::FailureDetector;
 pub use http::{FROM_HEADER, HttpTransport};
 pub use messages::{Heartbeat, HeartbeatAck, PullRequest, PullResponse, ReplicateAck, ReplicateBatch, SnapshotPage, SnapshotRequest};
@@ -54,6 +58,7 @@ pub use mycelium::{MyceliumConfig, MyceliumTransport};
 
 use crate::causal::Clock;
 use crate::metrics::Metrics;
+use crate::shard::{ShardMap, View, ViewStamp};
 use crate::store::{Store, StoreError};
 
 /// Most records in one replication batch or pull answer.
@@ -176,9 +181,16 @@ pub struct Gossip {
     metrics: Arc<Metrics>,
     /// Replicas of this node's shard (itself included), in view order.
     shard: Vec<String>,
-    /// Every node of the view (heartbeat targets).
-    view: Vec<String>,
+    /// The view of this epoch (its nodes are the heartbeat targets).
+    view: View,
+    /// `view.id()`, told to every peer in heartbeats.
+    view_id: String,
     pub detector: Arc<FailureDetector>,
+    /// Peers met running another view at this epoch.
+    pub conflicts: Arc<ViewConflicts>,
+    /// Nodes outside the view that get heartbeats too (see
+    /// [`Gossip::also_heartbeat`]).
+    extra_heartbeats: Vec<String>,
     /// Highest epoch a peer reported, and who (a missed view change).
     pub epoch_hint: Arc<EpochHint>,
     /// Latest applied clock reported by each peer of the shard.
@@ -193,20 +205,32 @@ impl Gossip {
         metrics: Arc<Metrics>,
         detector: Arc<FailureDetector>,
         epoch_hint: Arc<EpochHint>,
-        shard: Vec<String>,
-        view: Vec<String>,
+        conflicts: Arc<ViewConflicts>,
+        map: &ShardMap,
     ) -> Self {
         Self {
             store,
             transport,
             metrics,
-            shard,
-            view,
+            shard: map.my_replicas().to_vec(),
+            view_id: map.view_id().to_owned(),
+            view: map.view.clone(),
+            extra_heartbeats: Vec::new(),
             detector,
+            conflicts,
             epoch_hint,
             peer_clocks: Mutex::new(HashMap::new()),
             snapshot_running: AtomicBool::new(false),
         }
+    }
+
+    /// Heartbeats `nodes` too, though they are not in the view: a node
+    /// whose stored view differs from the one it was configured with sends
+    /// its view to the configured nodes, which may not count it as a member
+    /// of theirs and so would never let it hear of them otherwise.
+    pub fn also_heartbeat(mut self, nodes: Vec<String>) -> Self {
+        self.extra_heartbeats = nodes;
+        self
     }
 
     pub fn shard(&self) -> &[String] {
@@ -304,11 +328,43 @@ impl Gossip {
     pub fn handle_heartbeat(&self, msg: &Heartbeat) -> HeartbeatAck {
         // Only members of this epoch's view are tracked: anyone else is
         // answered, never remembered (no table grows from what they claim).
-        if self.view.contains(&msg.from) {
+        let member = self.view.nodes.contains(&msg.from);
+        if member {
             self.detector.heard_from(&msg.from);
             self.epoch_hint.saw(msg.epoch, &msg.from);
         }
-        HeartbeatAck { epoch: self.store.epoch() }
+        let differs = member && self.compare_view(&msg.from, msg.view.as_ref(), msg.view_detail.as_ref());
+        HeartbeatAck { epoch: self.store.epoch(), view: Some(self.stamp()), view_detail: differs.then(|| self.view.clone()) }
+    }
+
+    fn stamp(&self) -> ViewStamp {
+        ViewStamp { epoch: self.view.epoch, id: self.view_id.clone() }
+    }
+
+    /// The heartbeat for `peer`: with this node's whole view when the peer
+    /// is known to run another one, so its log can name our members.
+    fn heartbeat_for(&self, peer: &str) -> Heartbeat {
+        Heartbeat {
+            from: self.me().to_owned(),
+            epoch: self.store.epoch(),
+            view: Some(self.stamp()),
+            view_detail: self.conflicts.with(peer, &self.view_id).then(|| self.view.clone()),
+        }
+    }
+
+    /// Compares the view `peer` reported with this epoch's; true when it is
+    /// another view at the same epoch (recorded as a conflict). Peers that
+    /// report no view (older versions) are never a conflict.
+    fn compare_view(&self, peer: &str, theirs: Option<&ViewStamp>, detail: Option<&View>) -> bool {
+        let Some(theirs) = theirs else { return false };
+        if theirs.epoch != self.view.epoch || theirs.id == self.view_id {
+            self.conflicts.clear(peer);
+            return false;
+        }
+        if self.conflicts.record(peer, &self.view, &self.view_id, theirs, detail) {
+            self.metrics.view_conflicts.inc();
+        }
+        true
     }
 
     /// One anti-entropy exchange with `peer`: sends this node's applied
@@ -471,19 +527,20 @@ async fn anti_entropy_loop(gossip: Arc<Gossip>, mut shutdown: watch::Receiver<bo
 
 async fn heartbeat_loop(gossip: Arc<Gossip>, mut shutdown: watch::Receiver<bool>) {
     let me = gossip.me().to_owned();
-    let targets: Vec<String> = gossip.view.iter().filter(|n| **n != me).cloned().collect();
+    let mut targets: Vec<String> = gossip.view.nodes.iter().filter(|n| **n != me).cloned().collect();
+    targets.extend(gossip.extra_heartbeats.iter().filter(|n| **n != me && !gossip.view.nodes.contains(n)).cloned());
     if targets.is_empty() {
         return;
     }
     loop {
-        let msg = Heartbeat { from: me.clone(), epoch: gossip.store.epoch() };
-        let msg = &msg;
         futures_util::future::join_all(targets.iter().map(|peer| {
             let gossip = &gossip;
             async move {
-                if let Ok(Ok(ack)) = tokio::time::timeout(HEARTBEAT_TIMEOUT, gossip.transport.heartbeat(peer, msg)).await {
+                let msg = gossip.heartbeat_for(peer);
+                if let Ok(Ok(ack)) = tokio::time::timeout(HEARTBEAT_TIMEOUT, gossip.transport.heartbeat(peer, &msg)).await {
                     gossip.detector.heard_from(peer);
                     gossip.epoch_hint.saw(ack.epoch, peer);
+                    gossip.compare_view(peer, ack.view.as_ref(), ack.view_detail.as_ref());
                 }
             }
         }))

@@ -23,8 +23,9 @@ use tokio::task::JoinHandle;
 
 use crate::config::Config;
 use crate::faults::Faults;
+use crate::gossip::conflict::Conflict;
 use crate::gossip::refusals::PeerRefusals;
-use crate::gossip::{Auth, EpochHint, FailureDetector, Gossip, HttpTransport, Inbound, MyceliumTransport, Transport};
+use crate::gossip::{Auth, EpochHint, FailureDetector, Gossip, HttpTransport, Inbound, MyceliumTransport, Transport, ViewConflicts};
 use crate::metrics::Metrics;
 use crate::shard::{ShardMap, View};
 use crate::store::{Store, StoreError, run_checkpointer, run_flusher};
@@ -70,6 +71,8 @@ pub struct Node {
     pub internal_bodies: Arc<tokio::sync::Semaphore>,
     pub detector: Arc<FailureDetector>,
     pub epoch_hint: Arc<EpochHint>,
+    /// Peers met running another view at this node's epoch.
+    pub conflicts: Arc<ViewConflicts>,
     pub transport: Arc<dyn Transport>,
     /// Client for forwarded requests (keep-alive, pooled).
     pub client: reqwest::Client,
@@ -109,20 +112,37 @@ impl Node {
         self.ready.load(Ordering::Relaxed)
     }
 
+    /// Peers running another view at this node's epoch, under its current
+    /// view; while there is any, key requests are refused.
+    pub fn view_conflicts(&self) -> Vec<Conflict> {
+        if self.conflicts.is_empty() {
+            return Vec::new();
+        }
+        self.conflicts.active(self.current().map.view_id())
+    }
+
     fn make_epoch(&self, view: View) -> Arc<Epoch> {
         let map = ShardMap::new(view, &self.config.address);
         // Before anything is served in this epoch (commit_epoch already set
         // it for a committed change; this covers the start-up epoch).
         self.store.set_keeps_log(!map.peers().is_empty());
-        let gossip = Arc::new(Gossip::new(
+        // Configured with another view at the same epoch (the data folder
+        // kept the view of an earlier start): the configured nodes hear of
+        // ours, so two views at one epoch are found whoever accepts whom.
+        let configured = &self.config.view;
+        let extra =
+            if configured.epoch == map.view.epoch && configured.id() != map.view_id() { configured.nodes.clone() } else { Vec::new() };
+        let gossip = Gossip::new(
             self.store.clone(),
             self.transport.clone(),
             self.metrics.clone(),
             self.detector.clone(),
             self.epoch_hint.clone(),
-            map.my_replicas().to_vec(),
-            map.view.nodes.clone(),
-        ));
+            self.conflicts.clone(),
+            &map,
+        )
+        .also_heartbeat(extra);
+        let gossip = Arc::new(gossip);
         Arc::new(Epoch { map, gossip })
     }
 
@@ -154,7 +174,15 @@ impl Node {
         let view = match store.stored_view().map_err(|source| NodeError::Store { dir: dir.clone(), source })? {
             Some(bytes) => {
                 let view: View = serde_json::from_slice(&bytes).map_err(|source| NodeError::StoredView { dir: dir.clone(), source })?;
-                if view.nodes != config.view.nodes || view.repl_factor != config.view.repl_factor {
+                if view.epoch == config.view.epoch && view != config.view {
+                    // Not a view change: the folder was first used with
+                    // other settings, or by another cluster.
+                    tracing::warn!(
+                        stored = ?view.nodes, stored_repl_factor = view.repl_factor, epoch = view.epoch, dir = %dir,
+                        "the data folder holds the view of an earlier start, not VIEW/REPL_FACTOR; this node keeps it. \
+                         If the folder belongs to another cluster, stop this node and start it with an empty data folder"
+                    );
+                } else if view.nodes != config.view.nodes || view.repl_factor != config.view.repl_factor {
                     tracing::warn!(stored = ?view.nodes, epoch = view.epoch, "using the view of the last committed view change, not VIEW/REPL_FACTOR");
                 }
                 view
@@ -193,6 +221,7 @@ impl Node {
         let listener = tokio::net::TcpListener::bind(bind).await.map_err(|source| NodeError::Bind { addr: bind, source })?;
         let local_addr = listener.local_addr().map_err(|source| NodeError::Bind { addr: bind, source })?;
         let detector = Arc::new(FailureDetector::new(&config.address));
+        let conflicts = Arc::new(ViewConflicts::new(&config.address));
         let (shutdown_tx, shutdown_rx) = watch::channel(false);
         let (epoch_stop, _) = watch::channel(false);
         let placeholder = {
@@ -203,8 +232,8 @@ impl Node {
                 metrics.clone(),
                 detector.clone(),
                 Arc::new(EpochHint::default()),
-                Vec::new(),
-                Vec::new(),
+                conflicts.clone(),
+                &map,
             ));
             Arc::new(Epoch { map, gossip })
         };
@@ -218,6 +247,7 @@ impl Node {
             internal_bodies: Arc::new(tokio::sync::Semaphore::new(INTERNAL_BODY_BUDGET)),
             detector,
             epoch_hint: Arc::new(EpochHint::default()),
+            conflicts,
             transport,
             client,
             current: RwLock::new(placeholder),

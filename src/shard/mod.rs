@@ -19,4 +19,4 @@ mod placement;
 mod view;
 
 pub use placement::{Placement, VNODES_PER_SHARD};
-pub use view::{ShardId, ShardMap, View, ViewError, normalise_address};
+pub use view::{ShardId, ShardMap, View, ViewError, ViewStamp, normalise_address};

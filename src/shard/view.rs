@@ -1,9 +1,17 @@
-//! The view (ordered node addresses, replication factor, epoch) and the shard
-//! map derived from it.
+//! The view (ordered node addresses, replication factor, epoch), its
+//! identity, and the shard map derived from it.
+//!
+//! A view's identity ([`View::id`]) is a hash of exactly what makes it: the
+//! members in order, the replication factor and the epoch. It is computed,
+//! never stored, so views persisted before it existed load unchanged; two
+//! nodes that report the same epoch with different ids run different views
+//! (two clusters sharing one epoch), which `gossip::conflict` refuses to
+//! serve through.
 
 use std::net::SocketAddr;
 
 use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
 
 use super::Placement;
 
@@ -52,6 +60,13 @@ pub struct View {
     pub epoch: u64,
 }
 
+/// What a node tells its peers about its view: the epoch and the view's id.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ViewStamp {
+    pub epoch: u64,
+    pub id: String,
+}
+
 impl View {
     pub fn new(nodes: Vec<String>, repl_factor: usize, epoch: u64) -> Result<Self, ViewError> {
         if nodes.is_empty() {
@@ -80,6 +95,27 @@ impl View {
         Self::new(nodes, repl_factor, epoch)
     }
 
+    /// The view's identity: 16 hex digits of a SHA-256 over the members in
+    /// order, the replication factor and the epoch. Stable across versions
+    /// and platforms (a unit test pins one value): nodes of different builds
+    /// compare it.
+    pub fn id(&self) -> String {
+        let mut hash = Sha256::new();
+        hash.update(b"causalkv view v1\n");
+        for node in &self.nodes {
+            // Addresses never contain a newline (`normalise_address`), so the
+            // encoding is unambiguous.
+            hash.update(node.as_bytes());
+            hash.update(b"\n");
+        }
+        hash.update(format!("repl-factor {}\nepoch {}\n", self.repl_factor, self.epoch).as_bytes());
+        hex::encode(&hash.finalize()[..8])
+    }
+
+    pub fn stamp(&self) -> ViewStamp {
+        ViewStamp { epoch: self.epoch, id: self.id() }
+    }
+
     /// Replicas of every shard, shard `i` at index `i - 1`.
     pub fn shards(&self) -> Vec<Vec<String>> {
         let rf = self.repl_factor;
@@ -96,6 +132,8 @@ impl View {
 #[derive(Debug)]
 pub struct ShardMap {
     pub view: View,
+    /// `view.id()`, computed once: every key request compares it.
+    view_id: String,
     me: String,
     shards: Vec<Vec<String>>,
     placement: Placement,
@@ -107,7 +145,12 @@ impl ShardMap {
         let shards = view.shards();
         let placement = Placement::new(shards.len() as ShardId);
         let my_shard = shards.iter().position(|r| r.iter().any(|a| a == me)).map(|i| i as ShardId + 1);
-        Self { view, me: me.to_owned(), shards, placement, my_shard }
+        let view_id = view.id();
+        Self { view, view_id, me: me.to_owned(), shards, placement, my_shard }
+    }
+
+    pub fn view_id(&self) -> &str {
+        &self.view_id
     }
 
     pub fn me(&self) -> &str {
@@ -209,6 +252,32 @@ mod tests {
         assert_eq!(normalise_address(" 127.0.0.1:80 ").unwrap(), "127.0.0.1:80");
         assert_eq!(normalise_address("[0:0::1]:80").unwrap(), "[::1]:80");
         assert_eq!(normalise_address("node-1.svc:13800").unwrap(), "node-1.svc:13800");
+    }
+
+    #[test]
+    fn view_ids_tell_views_apart_and_are_stable() {
+        let base = View::parse("127.0.0.1:13800,127.0.0.1:13801,127.0.0.1:13802,127.0.0.1:13803", 2, 0).unwrap();
+        // Pinned (also: sha256 of "causalkv view v1\n" + each node + "\n" +
+        // "repl-factor 2\nepoch 0\n", first 8 bytes): every build must agree.
+        assert_eq!(base.id(), "e93154f469a07cda");
+        assert_eq!(base.id(), base.clone().id(), "computed, deterministic");
+        assert_eq!(base.id().len(), 16);
+        let mut reordered = base.clone();
+        reordered.nodes.swap(0, 1);
+        let fewer = View::parse("127.0.0.1:13800", 1, 0).unwrap();
+        let other_rf = View { repl_factor: 1, ..base.clone() };
+        let next_epoch = View { epoch: 1, ..base.clone() };
+        let ids = [base.id(), reordered.id(), fewer.id(), other_rf.id(), next_epoch.id()];
+        for (i, a) in ids.iter().enumerate() {
+            for b in &ids[i + 1..] {
+                assert_ne!(a, b, "{ids:?}");
+            }
+        }
+        assert_eq!(base.stamp(), ViewStamp { epoch: 0, id: base.id() });
+        assert_eq!(ShardMap::new(base.clone(), "127.0.0.1:13800").view_id(), base.id());
+        // Views stored before ids existed (no id field) still load.
+        let stored: View = serde_json::from_str(r#"{"nodes":["127.0.0.1:13800"],"repl_factor":1,"epoch":0}"#).unwrap();
+        assert_eq!(stored.id(), fewer.id());
     }
 
     #[test]

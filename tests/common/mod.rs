@@ -35,6 +35,18 @@ pub struct NodeProc {
 }
 
 impl NodeProc {
+    /// A node (not started) at `addr` with its data in `data_dir` and the
+    /// extra environment `env` (VIEW defaults to ADDRESS alone).
+    pub fn new(addr: &str, data_dir: PathBuf, env: &[(&str, &str)]) -> NodeProc {
+        let env = env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        NodeProc { addr: addr.to_owned(), data_dir, env, child: None }
+    }
+
+    /// Whether the process has exited (false when not started).
+    pub fn exited(&mut self) -> bool {
+        self.child.as_mut().is_some_and(|c| matches!(c.try_wait(), Ok(Some(_))))
+    }
+
     pub fn start(&mut self) {
         assert!(self.child.is_none(), "node {} already running", self.addr);
         let log = std::env::var("CAUSALKV_TEST_LOG").is_ok();
