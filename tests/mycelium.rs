@@ -469,7 +469,9 @@ async fn a_wiped_replica_is_rebuilt_from_a_snapshot_over_mycelium() {
         wait_until(Duration::from_secs(20), || async { c.get_json(1, "/kv-store/key-count").await.body["key-count"] == json!(300) }).await,
         "the wiped worker was not rebuilt"
     );
-    assert!(c.metric(1, "causalkv_snapshots_installed").await >= 1);
+    // The keys show while pages are applied; the snapshot counts once the
+    // last page is in, a moment later.
+    assert!(wait_until(Duration::from_secs(10), || async { c.metric(1, "causalkv_snapshots_installed").await >= 1 }).await);
     assert!(labelled(c, 0, "mycelium_requests_received", "kind", "snapshot").await >= 1);
     let get = c.get(1, "snap-299", &last).await;
     assert_eq!((get.status, get.address()), (StatusCode::OK, None));
