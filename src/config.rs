@@ -1,6 +1,7 @@
 //! Node configuration: flags that also read the environment variables of
 //! API.md, validated into a [`Config`].
 
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -14,15 +15,32 @@ use crate::store::DurabilityMode;
 const MAX_CAUSAL_WAIT_MS: u64 = 60_000;
 /// Largest accepted `MAX_VALUE_BYTES` (bodies are held in memory).
 const MAX_VALUE_LIMIT: usize = 64 * 1024 * 1024;
+/// Longest accepted `HEADER_READ_TIMEOUT_MS` / `IDLE_TIMEOUT_MS`.
+const MAX_CONNECTION_TIMEOUT_MS: u64 = 3_600_000;
 
 #[derive(Args, Debug, Clone)]
 pub struct NodeArgs {
     /// This node's host:port as it appears in VIEW.
     #[arg(long, env = "ADDRESS", default_value = "127.0.0.1:13800")]
     pub address: String,
-    /// TCP port to bind on all interfaces (default: the port of ADDRESS).
+    /// TCP port to listen on (default: the port of ADDRESS).
     #[arg(long, env = "PORT")]
     pub port: Option<u16>,
+    /// IP (or ip:port) to listen on. Default: loopback when ADDRESS is a
+    /// loopback address or `localhost`, else every interface.
+    #[arg(long, env = "BIND_ADDR")]
+    pub bind_addr: Option<String>,
+    /// Most client connections served at once; more are refused at once
+    /// (default: 4096, lowered to fit the open-file limit).
+    #[arg(long, env = "MAX_CONNECTIONS")]
+    pub max_connections: Option<usize>,
+    /// Longest time a client may take to send a request's headers, from its
+    /// first byte.
+    #[arg(long, env = "HEADER_READ_TIMEOUT_MS", default_value_t = 10_000)]
+    pub header_read_timeout_ms: u64,
+    /// Longest time a connection may stay open waiting for a request.
+    #[arg(long, env = "IDLE_TIMEOUT_MS", default_value_t = 60_000)]
+    pub idle_timeout_ms: u64,
     /// Comma-separated node addresses, in order (default: ADDRESS alone).
     #[arg(long, env = "VIEW")]
     pub view: Option<String>,
@@ -73,6 +91,9 @@ pub struct Config {
     /// Canonical form of ADDRESS (as it appears in the view).
     pub address: String,
     pub port: u16,
+    /// IP to listen on (BIND_ADDR, else loopback for a loopback ADDRESS,
+    /// else every interface).
+    pub bind_ip: IpAddr,
     pub view: View,
     pub data_dir: PathBuf,
     pub causal_wait: Duration,
@@ -83,15 +104,43 @@ pub struct Config {
     pub cluster_key: Option<String>,
     /// Set when gossip goes over Mycelium (`GOSSIP_TRANSPORT=mycelium`).
     pub mycelium: Option<MyceliumConfig>,
+    /// Connection limits of the HTTP server.
+    pub server: ServerLimits,
+}
+
+/// Connection limits of the HTTP server (`crate::server`).
+#[derive(Debug, Clone)]
+pub struct ServerLimits {
+    /// MAX_CONNECTIONS as given; the server lowers the default to fit the
+    /// open-file limit.
+    pub max_connections: Option<usize>,
+    pub header_read_timeout: Duration,
+    pub idle_timeout: Duration,
 }
 
 impl Config {
     pub fn from_args(args: &NodeArgs) -> Result<Config, String> {
         let address = normalise_address(&args.address).map_err(|e| format!("ADDRESS: {e}"))?;
         let default_port = address.rsplit_once(':').and_then(|(_, p)| p.parse().ok()).unwrap_or(13800);
-        let port = args.port.unwrap_or(default_port);
+        let mut port = args.port.unwrap_or(default_port);
+        let bind_ip = match args.bind_addr.as_deref().map(str::trim).filter(|b| !b.is_empty()) {
+            Some(text) => {
+                let (ip, bind_port) = parse_bind_addr(text)?;
+                port = bind_port.unwrap_or(port);
+                ip
+            }
+            None => default_bind_ip(&address),
+        };
         if port == 0 {
             return Err("PORT must be between 1 and 65535".into());
+        }
+        if args.max_connections == Some(0) {
+            return Err("MAX_CONNECTIONS must be at least 1".into());
+        }
+        for (name, ms) in [("HEADER_READ_TIMEOUT_MS", args.header_read_timeout_ms), ("IDLE_TIMEOUT_MS", args.idle_timeout_ms)] {
+            if ms == 0 || ms > MAX_CONNECTION_TIMEOUT_MS {
+                return Err(format!("{name} must be between 1 and {MAX_CONNECTION_TIMEOUT_MS}"));
+            }
         }
         let view_text = args.view.clone().unwrap_or_else(|| address.clone());
         let view = View::parse(&view_text, args.repl_factor, 0).map_err(|e| format!("VIEW/REPL_FACTOR: {e}"))?;
@@ -116,6 +165,7 @@ impl Config {
         Ok(Config {
             address,
             port,
+            bind_ip,
             view,
             data_dir,
             causal_wait: Duration::from_millis(args.causal_wait_ms),
@@ -125,14 +175,41 @@ impl Config {
             faults: args.faults,
             cluster_key: args.cluster_key.clone().filter(|k| !k.is_empty()),
             mycelium,
+            server: ServerLimits {
+                max_connections: args.max_connections,
+                header_read_timeout: Duration::from_millis(args.header_read_timeout_ms),
+                idle_timeout: Duration::from_millis(args.idle_timeout_ms),
+            },
         })
     }
 
-    /// Address to bind: all interfaces, IPv6 when ADDRESS is IPv6.
-    pub fn bind_addr(&self) -> std::net::SocketAddr {
-        let ip: std::net::IpAddr =
-            if self.address.starts_with('[') { std::net::Ipv6Addr::UNSPECIFIED.into() } else { std::net::Ipv4Addr::UNSPECIFIED.into() };
-        (ip, self.port).into()
+    /// Address to listen on: `bind_ip` and PORT.
+    pub fn bind_addr(&self) -> SocketAddr {
+        (self.bind_ip, self.port).into()
+    }
+}
+
+/// `BIND_ADDR`: an IP, or ip:port (IPv6 in brackets with a port).
+fn parse_bind_addr(text: &str) -> Result<(IpAddr, Option<u16>), String> {
+    if let Ok(ip) = text.trim_start_matches('[').trim_end_matches(']').parse::<IpAddr>() {
+        return Ok((ip, None));
+    }
+    text.parse::<SocketAddr>()
+        .map(|a| (a.ip(), Some(a.port())))
+        .map_err(|_| format!("BIND_ADDR must be an IP address or ip:port, not {text:?}"))
+}
+
+/// A node addressed at loopback is meant for this machine only: listening
+/// on every interface would open it (and its admin endpoints) to the network.
+fn default_bind_ip(address: &str) -> IpAddr {
+    let host = address.rsplit_once(':').map_or(address, |(h, _)| h);
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    match host.parse::<IpAddr>() {
+        Ok(ip) if ip.is_loopback() => ip,
+        Ok(IpAddr::V6(_)) => Ipv6Addr::UNSPECIFIED.into(),
+        Ok(IpAddr::V4(_)) => Ipv4Addr::UNSPECIFIED.into(),
+        Err(_) if host.eq_ignore_ascii_case("localhost") => Ipv4Addr::LOCALHOST.into(),
+        Err(_) => Ipv4Addr::UNSPECIFIED.into(),
     }
 }
 
@@ -170,8 +247,36 @@ mod tests {
         assert_eq!(again.nodes, c.view.nodes);
         assert!(config(&["--address", "4a0::1:13800"]).is_err(), "IPv6 without brackets is ambiguous");
         assert!(config(&["--address", "[4a0::1]"]).is_err(), "a port is required");
-        let v4 = config(&["--address", "127.0.0.1:13801"]).unwrap();
+        let v4 = config(&["--address", "10.1.2.3:13801"]).unwrap();
         assert_eq!(v4.bind_addr(), "0.0.0.0:13801".parse().unwrap());
+    }
+
+    #[test]
+    fn loopback_addresses_listen_on_loopback_unless_bind_addr_says_otherwise() {
+        let bind = |args: &[&str]| config(args).unwrap().bind_addr().to_string();
+        assert_eq!(bind(&["--address", "127.0.0.1:13801"]), "127.0.0.1:13801");
+        assert_eq!(bind(&["--address", "127.3.0.9:13801"]), "127.3.0.9:13801");
+        assert_eq!(bind(&["--address", "[::1]:13801"]), "[::1]:13801");
+        assert_eq!(bind(&["--address", "localhost:13801"]), "127.0.0.1:13801");
+        assert_eq!(bind(&["--address", "node1:13800"]), "0.0.0.0:13800", "a DNS name: every interface");
+        assert_eq!(bind(&["--address", "127.0.0.1:13801", "--bind-addr", "0.0.0.0"]), "0.0.0.0:13801");
+        assert_eq!(bind(&["--address", "127.0.0.1:13801", "--bind-addr", "10.0.0.5:9000"]), "10.0.0.5:9000");
+        assert_eq!(bind(&["--address", "127.0.0.1:13801", "--bind-addr", "::"]), "[::]:13801");
+        assert_eq!(bind(&["--address", "127.0.0.1:13801", "--bind-addr", "[::1]:9000"]), "[::1]:9000");
+        assert_eq!(bind(&["--address", "127.0.0.1:13801", "--port", "9001"]), "127.0.0.1:9001");
+        let err = config(&["--bind-addr", "example.org"]).unwrap_err();
+        assert!(err.starts_with("BIND_ADDR"), "{err}");
+    }
+
+    #[test]
+    fn connection_limits() {
+        let c = config(&[]).unwrap();
+        assert_eq!(c.server.max_connections, None);
+        assert_eq!(c.server.header_read_timeout, Duration::from_secs(10));
+        assert_eq!(c.server.idle_timeout, Duration::from_secs(60));
+        assert!(config(&["--max-connections", "0"]).unwrap_err().starts_with("MAX_CONNECTIONS"));
+        assert!(config(&["--header-read-timeout-ms", "0"]).unwrap_err().starts_with("HEADER_READ_TIMEOUT_MS"));
+        assert!(config(&["--idle-timeout-ms", "3600001"]).unwrap_err().starts_with("IDLE_TIMEOUT_MS"));
     }
 
     #[test]

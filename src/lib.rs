@@ -5,6 +5,7 @@ pub mod faults;
 pub mod gossip;
 pub mod metrics;
 pub mod node;
+pub mod server;
 pub mod shard;
 pub mod store;
 

@@ -85,6 +85,12 @@ pub struct Metrics {
     pub mycelium_duplicates: Counter,
     pub mycelium_rejected: Family<ReasonLabel, Counter>,
     pub mycelium_daemon_errors: Counter,
+    /// Client connections open now (`crate::server`).
+    pub open_connections: Gauge,
+    /// Connections refused because MAX_CONNECTIONS were open.
+    pub connections_refused: Counter,
+    /// Connections closed because a request's headers came too slowly.
+    pub header_timeouts: Counter,
 }
 
 impl Default for Metrics {
@@ -127,6 +133,9 @@ impl Default for Metrics {
             mycelium_duplicates: Counter::default(),
             mycelium_rejected: Family::default(),
             mycelium_daemon_errors: Counter::default(),
+            open_connections: Gauge::default(),
+            connections_refused: Counter::default(),
+            header_timeouts: Counter::default(),
             registry: Registry::default(),
         };
         registry.register("requests", "Client requests by operation and status", m.requests.clone());
@@ -196,6 +205,9 @@ impl Default for Metrics {
         registry.register("mycelium_duplicates", "Mycelium frames received twice (dropped)", m.mycelium_duplicates.clone());
         registry.register("mycelium_rejected", "Mycelium messages dropped, by reason", m.mycelium_rejected.clone());
         registry.register("mycelium_daemon_errors", "Failed calls to the Mycelium daemon's API", m.mycelium_daemon_errors.clone());
+        registry.register("open_connections", "Client connections open now", m.open_connections.clone());
+        registry.register("connections_refused", "Connections refused because MAX_CONNECTIONS were open", m.connections_refused.clone());
+        registry.register("header_timeouts", "Connections closed because request headers came too slowly", m.header_timeouts.clone());
         Metrics { registry, ..m }
     }
 }

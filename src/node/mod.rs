@@ -5,7 +5,8 @@
 //! the flusher and the gossip tasks of the current epoch, and returns a
 //! [`NodeHandle`]; `NodeHandle::shutdown` (or SIGTERM/SIGINT via
 //! [`NodeHandle::run_until_signal`]) stops accepting, lets in-flight requests
-//! finish, stops gossip, and flushes storage.
+//! finish (for at most `server::DRAIN_DEADLINE`), stops gossip, and flushes
+//! storage.
 //!
 //! The view, its shard map and the gossip tasks form one [`Epoch`], swapped
 //! as a whole when a view change commits (`view_change`).
@@ -228,14 +229,8 @@ impl Node {
         tasks.push(tokio::spawn(view_change::watch_for_missed_changes(node.clone(), shutdown_rx.clone())));
 
         let app = crate::api::router(node.clone());
-        let mut server_shutdown = shutdown_rx.clone();
-        let server = tokio::spawn(async move {
-            axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>())
-                .with_graceful_shutdown(async move {
-                    let _ = server_shutdown.wait_for(|s| *s).await;
-                })
-                .await
-        });
+        let server =
+            tokio::spawn(crate::server::serve(listener, app, node.config.server.clone(), node.metrics.clone(), shutdown_rx.clone()));
         let cur = node.current();
         tracing::info!(
             address = %node.config.address, bind = %local_addr, shard = ?cur.map.my_shard(), epoch = cur.map.epoch(),
@@ -276,18 +271,16 @@ pub struct NodeHandle {
     pub node: Arc<Node>,
     pub local_addr: SocketAddr,
     shutdown: watch::Sender<bool>,
-    server: JoinHandle<std::io::Result<()>>,
+    server: JoinHandle<()>,
     tasks: Vec<JoinHandle<()>>,
 }
 
 impl NodeHandle {
-    /// Stops accepting, drains in-flight requests, stops gossip, flushes.
+    /// Stops accepting, drains in-flight requests (bounded), stops gossip, flushes.
     pub async fn shutdown(self) {
         let _ = self.shutdown.send(true);
-        match self.server.await {
-            Ok(Err(e)) => tracing::error!(error = %e, "server error"),
-            Err(e) => tracing::error!(error = %e, "server task failed"),
-            Ok(Ok(())) => {}
+        if let Err(e) = self.server.await {
+            tracing::error!(error = %e, "server task failed");
         }
         let (stop, handles) = {
             let mut guard = self.node.epoch_tasks.lock();
