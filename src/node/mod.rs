@@ -163,6 +163,10 @@ impl Node {
         }
         let client = reqwest::Client::builder()
             .pool_max_idle_per_host(POOL_IDLE_PER_HOST)
+            // Give up idle connections before peers close them (IDLE_TIMEOUT_MS,
+            // the same on every node): reusing one the peer is closing fails
+            // the request.
+            .pool_idle_timeout(config.server.idle_timeout / 2)
             .connect_timeout(Duration::from_millis(500))
             .tcp_nodelay(true)
             .dns_resolver(Arc::new(crate::gossip::auth::ViewDns::default()))
