@@ -10,6 +10,7 @@ use clap::Args;
 use crate::gossip::mycelium::{DEFAULT_API, DEFAULT_TOPIC, MyceliumConfig};
 use crate::shard::{View, normalise_address};
 use crate::store::DurabilityMode;
+use crate::tls::TlsSettings;
 
 /// Longest accepted `CAUSAL_WAIT_MS`: a request must never hang for minutes.
 const MAX_CAUSAL_WAIT_MS: u64 = 60_000;
@@ -41,6 +42,21 @@ pub struct NodeArgs {
     /// Longest time a connection may stay open waiting for a request.
     #[arg(long, env = "IDLE_TIMEOUT_MS", default_value_t = 60_000)]
     pub idle_timeout_ms: u64,
+    /// This node's certificate chain (PEM): with TLS_KEY, the node serves
+    /// HTTPS only and reaches peers over HTTPS.
+    #[arg(long, env = "TLS_CERT")]
+    pub tls_cert: Option<PathBuf>,
+    /// The private key of TLS_CERT (PEM).
+    #[arg(long, env = "TLS_KEY")]
+    pub tls_key: Option<PathBuf>,
+    /// The CA certificates (PEM) that peers' and clients' certificates must
+    /// chain to.
+    #[arg(long, env = "TLS_CA")]
+    pub tls_ca: Option<PathBuf>,
+    /// `required`: every caller must present a certificate signed by TLS_CA
+    /// (mutual TLS); `none`: no client certificate is asked for.
+    #[arg(long, env = "TLS_CLIENT_AUTH", default_value = "none")]
+    pub tls_client_auth: String,
     /// Comma-separated node addresses, in order (default: ADDRESS alone).
     #[arg(long, env = "VIEW")]
     pub view: Option<String>,
@@ -106,6 +122,8 @@ pub struct Config {
     pub mycelium: Option<MyceliumConfig>,
     /// Connection limits of the HTTP server.
     pub server: ServerLimits,
+    /// Set when TLS_CERT and TLS_KEY are.
+    pub tls: Option<TlsSettings>,
 }
 
 /// Connection limits of the HTTP server (`crate::server`).
@@ -161,6 +179,7 @@ impl Config {
             }
             other => return Err(format!("GOSSIP_TRANSPORT must be http or mycelium, not {other:?}")),
         };
+        let tls = tls_settings(args)?;
         let data_dir = args.data_dir.clone().unwrap_or_else(|| PathBuf::from("data").join(address.replace([':', '[', ']'], "_")));
         Ok(Config {
             address,
@@ -180,12 +199,30 @@ impl Config {
                 header_read_timeout: Duration::from_millis(args.header_read_timeout_ms),
                 idle_timeout: Duration::from_millis(args.idle_timeout_ms),
             },
+            tls,
         })
     }
 
     /// Address to listen on: `bind_ip` and PORT.
     pub fn bind_addr(&self) -> SocketAddr {
         (self.bind_ip, self.port).into()
+    }
+}
+
+fn tls_settings(args: &NodeArgs) -> Result<Option<TlsSettings>, String> {
+    let client_auth_required = match args.tls_client_auth.trim().to_ascii_lowercase().as_str() {
+        "none" | "" => false,
+        "required" => true,
+        other => return Err(format!("TLS_CLIENT_AUTH must be none or required, not {other:?}")),
+    };
+    match (&args.tls_cert, &args.tls_key, &args.tls_ca) {
+        (None, None, _) if client_auth_required => Err("TLS_CLIENT_AUTH=required needs TLS_CERT, TLS_KEY and TLS_CA".into()),
+        (None, None, _) => Ok(None),
+        (Some(cert), Some(key), Some(ca)) => {
+            Ok(Some(TlsSettings { cert: cert.clone(), key: key.clone(), ca: ca.clone(), client_auth_required }))
+        }
+        (Some(_), Some(_), None) => Err("TLS_CA is needed with TLS_CERT and TLS_KEY (peers are verified against it)".into()),
+        _ => Err("TLS_CERT and TLS_KEY go together".into()),
     }
 }
 
@@ -266,6 +303,19 @@ mod tests {
         assert_eq!(bind(&["--address", "127.0.0.1:13801", "--port", "9001"]), "127.0.0.1:9001");
         let err = config(&["--bind-addr", "example.org"]).unwrap_err();
         assert!(err.starts_with("BIND_ADDR"), "{err}");
+    }
+
+    #[test]
+    fn tls_settings_go_together() {
+        assert!(config(&[]).unwrap().tls.is_none());
+        let t = config(&["--tls-cert", "c.pem", "--tls-key", "k.pem", "--tls-ca", "ca.pem", "--tls-client-auth", "required"]).unwrap();
+        let t = t.tls.unwrap();
+        assert!(t.client_auth_required);
+        assert_eq!(t.ca, PathBuf::from("ca.pem"));
+        assert!(config(&["--tls-cert", "c.pem"]).unwrap_err().contains("go together"));
+        assert!(config(&["--tls-cert", "c.pem", "--tls-key", "k.pem"]).unwrap_err().starts_with("TLS_CA"));
+        assert!(config(&["--tls-client-auth", "required"]).unwrap_err().starts_with("TLS_CLIENT_AUTH"));
+        assert!(config(&["--tls-client-auth", "maybe"]).unwrap_err().starts_with("TLS_CLIENT_AUTH"));
     }
 
     #[test]

@@ -8,6 +8,7 @@ pub mod node;
 pub mod server;
 pub mod shard;
 pub mod store;
+pub mod tls;
 
 pub use config::{Config, NodeArgs};
 pub use node::{Node, NodeHandle};

@@ -11,7 +11,9 @@
 //! lets requests in flight finish for at most [`DRAIN_DEADLINE`], then drops
 //! whatever is left, so no client can delay the process's exit. Handlers see
 //! the peer's address as `ConnectInfo<SocketAddr>`; oversized request heads
-//! get the API's JSON error (`api::limits`).
+//! get the API's JSON error (`api::limits`). With TLS on, every connection
+//! is TLS (`crate::tls`); a handshake counts as part of the first request's
+//! head for the header-read timeout.
 
 use std::convert::Infallible;
 use std::io;
@@ -32,6 +34,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, watch};
 use tokio::task::JoinSet;
 use tokio::time::Instant;
+use tokio_rustls::TlsAcceptor;
 use tower_service::Service;
 
 use crate::api::limits::{HYPER_MAX_HEAD_BYTES, HYPER_MAX_HEADERS, refuse_oversized};
@@ -62,12 +65,13 @@ pub async fn serve(
     listener: TcpListener,
     router: Router,
     limits: ServerLimits,
+    tls: Option<TlsAcceptor>,
     metrics: Arc<Metrics>,
     mut shutdown: watch::Receiver<bool>,
 ) {
     let max = connection_cap(limits.max_connections);
     if let Ok(addr) = listener.local_addr() {
-        tracing::info!(listen = %addr, max_connections = max, "listening");
+        tracing::info!(listen = %addr, tls = tls.is_some(), max_connections = max, "listening");
     }
     let slots = Arc::new(Semaphore::new(max));
     let mut builder = http1::Builder::new();
@@ -97,11 +101,12 @@ pub async fn serve(
                             router: router.clone(),
                             builder: builder.clone(),
                             header_read_timeout: limits.header_read_timeout,
+                            tls: tls.clone(),
                             metrics: metrics.clone(),
                             drain: drain_rx.clone(),
                             _slot: Slot::new(permit, metrics.clone()),
                         };
-                        connections.spawn(conn.run(stream));
+                        connections.spawn(conn.start(stream));
                     }
                     Err(_) => {
                         metrics.connections_refused.inc();
@@ -151,16 +156,40 @@ struct Connection {
     router: Router,
     builder: Arc<http1::Builder>,
     header_read_timeout: Duration,
+    tls: Option<TlsAcceptor>,
     metrics: Arc<Metrics>,
     drain: watch::Receiver<bool>,
     _slot: Slot,
 }
 
 impl Connection {
-    async fn run(mut self, stream: TcpStream) {
+    /// The TLS handshake if TLS is on (bounded by the header-read timeout,
+    /// which runs from its first byte), then HTTP.
+    async fn start(self, stream: TcpStream) {
         let _ = stream.set_nodelay(true);
         let activity = Arc::new(Activity::default());
-        let io = TokioIo::new(Watched { inner: stream, activity: activity.clone() });
+        let watched = Watched { inner: stream, activity: activity.clone() };
+        let Some(acceptor) = self.tls.clone() else {
+            return self.run(watched, activity).await;
+        };
+        match tokio::time::timeout(self.header_read_timeout, acceptor.accept(watched)).await {
+            Ok(Ok(stream)) => {
+                activity.request_done();
+                self.run(stream, activity).await;
+            }
+            Ok(Err(e)) => tracing::debug!(peer = %self.peer, error = %e, "TLS handshake failed"),
+            Err(_) => {
+                self.metrics.header_timeouts.inc();
+                tracing::debug!(peer = %self.peer, "TLS handshake too slow");
+            }
+        }
+    }
+
+    async fn run<I>(mut self, io: I, activity: Arc<Activity>)
+    where
+        I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        let io = TokioIo::new(io);
         let peer = self.peer;
         let router = self.router.clone();
         let in_service = activity.clone();

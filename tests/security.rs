@@ -90,6 +90,7 @@ async fn without_a_key_only_view_addresses_may_call_internal_endpoints() {
     let c = Cluster::start(2, 2).await;
     let hb = serde_json::to_vec(&json!({"from": c.addr(0), "epoch": 0})).unwrap();
     assert_eq!(post(&c, 1, "/internal/heartbeat", c.addr(0), &hb, None, None).await, StatusCode::OK);
+    common::tls_provider();
     let outsider = reqwest::Client::builder().local_address(Some("127.0.0.2".parse().unwrap())).build().unwrap();
     let before = c.get(1, "x", &json!({})).await;
     assert_eq!(before.status, StatusCode::NOT_FOUND);

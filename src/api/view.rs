@@ -92,7 +92,7 @@ async fn run(node: &Node, method: &Method, headers: &HeaderMap, view: View, ctx:
         for target in &cur.map.view.nodes {
             let resp = node
                 .client
-                .put(format!("http://{target}{path}"))
+                .put(format!("{}://{target}{path}", crate::tls::scheme()))
                 .header(HOP_HEADER, "1")
                 .header(FROM_HEADER, node.me())
                 .header(header::CONTENT_TYPE, "application/json")

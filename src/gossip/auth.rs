@@ -327,6 +327,7 @@ mod tests {
         let auth = Auth::new(None, &["localhost:1".to_string()]);
         assert_eq!(auth.verify_address(Some(ip("127.0.0.1"))).await, Ok(()));
         // The HTTP client resolves through it too.
+        crate::tls::install_provider();
         let client = reqwest::Client::builder().dns_resolver(Arc::new(ViewDns::default())).build().unwrap();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let port = listener.local_addr().unwrap().port();

@@ -38,7 +38,7 @@ impl HttpTransport {
         let body = serde_json::to_vec(body).map_err(|e| unreachable(e.to_string()))?;
         let mut req = self
             .client
-            .post(format!("http://{peer}{path}"))
+            .post(format!("{}://{peer}{path}", crate::tls::scheme()))
             .header(FROM_HEADER, &self.me)
             .header(reqwest::header::CONTENT_TYPE, "application/json")
             .timeout(timeout);

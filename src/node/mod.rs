@@ -45,6 +45,8 @@ pub enum NodeError {
     Bind { addr: SocketAddr, source: std::io::Error },
     #[error("cannot build the HTTP client: {0}")]
     Client(#[from] reqwest::Error),
+    #[error("{0}")]
+    Tls(#[from] crate::tls::TlsError),
 }
 
 /// One epoch's view, shard map and gossip.
@@ -161,7 +163,9 @@ impl Node {
         if let Err(e) = store.discard_other_stages(None) {
             tracing::warn!(error = %e, "dropping stale staged records failed");
         }
-        let client = reqwest::Client::builder()
+        crate::tls::install_provider();
+        let tls = config.tls.as_ref().map(crate::tls::load).transpose()?;
+        let mut client = reqwest::Client::builder()
             .pool_max_idle_per_host(POOL_IDLE_PER_HOST)
             // Give up idle connections before peers close them (IDLE_TIMEOUT_MS,
             // the same on every node): reusing one the peer is closing fails
@@ -169,8 +173,11 @@ impl Node {
             .pool_idle_timeout(config.server.idle_timeout / 2)
             .connect_timeout(Duration::from_millis(500))
             .tcp_nodelay(true)
-            .dns_resolver(Arc::new(crate::gossip::auth::ViewDns::default()))
-            .build()?;
+            .dns_resolver(Arc::new(crate::gossip::auth::ViewDns::default()));
+        if let Some(tls) = &tls {
+            client = client.tls_backend_preconfigured(tls.client.clone());
+        }
+        let client = client.build()?;
         let faults = Arc::new(Faults::new(config.faults));
         let metrics = Arc::new(Metrics::default());
         let auth = Arc::new(Auth::new(config.cluster_key.as_deref(), &view.nodes));
@@ -233,8 +240,14 @@ impl Node {
         tasks.push(tokio::spawn(view_change::watch_for_missed_changes(node.clone(), shutdown_rx.clone())));
 
         let app = crate::api::router(node.clone());
-        let server =
-            tokio::spawn(crate::server::serve(listener, app, node.config.server.clone(), node.metrics.clone(), shutdown_rx.clone()));
+        let server = tokio::spawn(crate::server::serve(
+            listener,
+            app,
+            node.config.server.clone(),
+            tls.map(|t| t.acceptor),
+            node.metrics.clone(),
+            shutdown_rx.clone(),
+        ));
         let cur = node.current();
         tracing::info!(
             address = %node.config.address, bind = %local_addr, shard = ?cur.map.my_shard(), epoch = cur.map.epoch(),
