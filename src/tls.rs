@@ -65,35 +65,59 @@ pub struct Tls {
 /// Loads the PEM files and builds both sides; from here on [`scheme`] is
 /// `https`.
 pub fn load(settings: &TlsSettings) -> Result<Tls, TlsError> {
-    let certs = certificates("TLS_CERT", &settings.cert)?;
-    let key = PrivateKeyDer::from_pem_file(&settings.key).map_err(|e| pem_error("TLS_KEY", &settings.key, e))?;
-    let mut roots = RootCertStore::empty();
-    for ca in certificates("TLS_CA", &settings.ca)? {
-        roots.add(ca).map_err(|e| TlsError::Config(format!("TLS_CA {}: {e}", settings.ca.display())))?;
-    }
-    let roots = Arc::new(roots);
+    let (certs, key, roots) = read_files(settings)?;
     let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let config_error = |e: rustls::Error| TlsError::Config(e.to_string());
     let verifier = if settings.client_auth_required {
         WebPkiClientVerifier::builder_with_provider(roots.clone(), provider.clone()).build().map_err(|e| TlsError::Config(e.to_string()))?
     } else {
         WebPkiClientVerifier::no_client_auth()
     };
-    let mut server = ServerConfig::builder_with_provider(provider.clone())
+    let mut server = ServerConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
         .map_err(config_error)?
         .with_client_cert_verifier(verifier)
         .with_single_cert(certs.clone(), key.clone_key())
         .map_err(config_error)?;
     server.alpn_protocols = vec![b"http/1.1".to_vec()];
-    let client = ClientConfig::builder_with_provider(provider)
+    let client = client_config(certs, key, roots)?;
+    HTTPS.store(true, Ordering::Relaxed);
+    Ok(Tls { acceptor: TlsAcceptor::from(Arc::new(server)), client })
+}
+
+/// The client side alone (the container health probe speaks to its own
+/// node as a peer would).
+pub fn load_client(settings: &TlsSettings) -> Result<ClientConfig, TlsError> {
+    let (certs, key, roots) = read_files(settings)?;
+    client_config(certs, key, roots)
+}
+
+type Files = (Vec<CertificateDer<'static>>, PrivateKeyDer<'static>, Arc<RootCertStore>);
+
+fn read_files(settings: &TlsSettings) -> Result<Files, TlsError> {
+    let certs = certificates("TLS_CERT", &settings.cert)?;
+    let key = PrivateKeyDer::from_pem_file(&settings.key).map_err(|e| pem_error("TLS_KEY", &settings.key, e))?;
+    let mut roots = RootCertStore::empty();
+    for ca in certificates("TLS_CA", &settings.ca)? {
+        roots.add(ca).map_err(|e| TlsError::Config(format!("TLS_CA {}: {e}", settings.ca.display())))?;
+    }
+    Ok((certs, key, Arc::new(roots)))
+}
+
+fn client_config(
+    certs: Vec<CertificateDer<'static>>,
+    key: PrivateKeyDer<'static>,
+    roots: Arc<RootCertStore>,
+) -> Result<ClientConfig, TlsError> {
+    ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
         .with_safe_default_protocol_versions()
         .map_err(config_error)?
         .with_root_certificates(roots)
         .with_client_auth_cert(certs, key)
-        .map_err(config_error)?;
-    HTTPS.store(true, Ordering::Relaxed);
-    Ok(Tls { acceptor: TlsAcceptor::from(Arc::new(server)), client })
+        .map_err(config_error)
+}
+
+fn config_error(e: rustls::Error) -> TlsError {
+    TlsError::Config(e.to_string())
 }
 
 fn certificates(what: &'static str, path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
