@@ -1,6 +1,7 @@
 //! Node configuration: flags that also read the environment variables of
 //! API.md, validated into a [`Config`].
 
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -9,6 +10,7 @@ use clap::Args;
 use crate::gossip::mycelium::{DEFAULT_API, DEFAULT_TOPIC, MyceliumConfig};
 use crate::shard::{View, normalise_address};
 use crate::store::DurabilityMode;
+use crate::tls::TlsSettings;
 
 /// Longest accepted `CAUSAL_WAIT_MS`: a request must never hang for minutes.
 const MAX_CAUSAL_WAIT_MS: u64 = 60_000;
@@ -17,15 +19,47 @@ const MAX_VALUE_LIMIT: usize = 64 * 1024 * 1024;
 /// Largest accepted `MAX_CLOCK_SKEW_MS` (one day): beyond, the guard would
 /// let a forged timestamp win last-writer-wins for that long.
 const MAX_CLOCK_SKEW_LIMIT_MS: u64 = 24 * 3600 * 1000;
+/// Longest accepted `HEADER_READ_TIMEOUT_MS` / `IDLE_TIMEOUT_MS`.
+const MAX_CONNECTION_TIMEOUT_MS: u64 = 3_600_000;
 
 #[derive(Args, Debug, Clone)]
 pub struct NodeArgs {
     /// This node's host:port as it appears in VIEW.
     #[arg(long, env = "ADDRESS", default_value = "127.0.0.1:13800")]
     pub address: String,
-    /// TCP port to bind on all interfaces (default: the port of ADDRESS).
+    /// TCP port to listen on (default: the port of ADDRESS).
     #[arg(long, env = "PORT")]
     pub port: Option<u16>,
+    /// IP (or ip:port) to listen on. Default: loopback when ADDRESS is a
+    /// loopback address or `localhost`, else every interface.
+    #[arg(long, env = "BIND_ADDR")]
+    pub bind_addr: Option<String>,
+    /// Most client connections served at once; more are refused at once
+    /// (default: 4096, lowered to fit the open-file limit).
+    #[arg(long, env = "MAX_CONNECTIONS")]
+    pub max_connections: Option<usize>,
+    /// Longest time a client may take to send a request's headers, from its
+    /// first byte.
+    #[arg(long, env = "HEADER_READ_TIMEOUT_MS", default_value_t = 10_000)]
+    pub header_read_timeout_ms: u64,
+    /// Longest time a connection may stay open waiting for a request.
+    #[arg(long, env = "IDLE_TIMEOUT_MS", default_value_t = 60_000)]
+    pub idle_timeout_ms: u64,
+    /// This node's certificate chain (PEM): with TLS_KEY, the node serves
+    /// HTTPS only and reaches peers over HTTPS.
+    #[arg(long, env = "TLS_CERT")]
+    pub tls_cert: Option<PathBuf>,
+    /// The private key of TLS_CERT (PEM).
+    #[arg(long, env = "TLS_KEY")]
+    pub tls_key: Option<PathBuf>,
+    /// The CA certificates (PEM) that peers' and clients' certificates must
+    /// chain to.
+    #[arg(long, env = "TLS_CA")]
+    pub tls_ca: Option<PathBuf>,
+    /// `required`: every caller must present a certificate signed by TLS_CA
+    /// (mutual TLS); `none`: no client certificate is asked for.
+    #[arg(long, env = "TLS_CLIENT_AUTH", default_value = "none")]
+    pub tls_client_auth: String,
     /// Comma-separated node addresses, in order (default: ADDRESS alone).
     #[arg(long, env = "VIEW")]
     pub view: Option<String>,
@@ -90,6 +124,9 @@ pub struct Config {
     /// Canonical form of ADDRESS (as it appears in the view).
     pub address: String,
     pub port: u16,
+    /// IP to listen on (BIND_ADDR, else loopback for a loopback ADDRESS,
+    /// else every interface).
+    pub bind_ip: IpAddr,
     pub view: View,
     pub data_dir: PathBuf,
     pub causal_wait: Duration,
@@ -103,15 +140,45 @@ pub struct Config {
     pub admin_token_setting: Option<String>,
     /// Set when gossip goes over Mycelium (`GOSSIP_TRANSPORT=mycelium`).
     pub mycelium: Option<MyceliumConfig>,
+    /// Connection limits of the HTTP server.
+    pub server: ServerLimits,
+    /// Set when TLS_CERT and TLS_KEY are.
+    pub tls: Option<TlsSettings>,
+}
+
+/// Connection limits of the HTTP server (`crate::server`).
+#[derive(Debug, Clone)]
+pub struct ServerLimits {
+    /// MAX_CONNECTIONS as given; the server lowers the default to fit the
+    /// open-file limit.
+    pub max_connections: Option<usize>,
+    pub header_read_timeout: Duration,
+    pub idle_timeout: Duration,
 }
 
 impl Config {
     pub fn from_args(args: &NodeArgs) -> Result<Config, String> {
         let address = normalise_address(&args.address).map_err(|e| format!("ADDRESS: {e}"))?;
         let default_port = address.rsplit_once(':').and_then(|(_, p)| p.parse().ok()).unwrap_or(13800);
-        let port = args.port.unwrap_or(default_port);
+        let mut port = args.port.unwrap_or(default_port);
+        let bind_ip = match args.bind_addr.as_deref().map(str::trim).filter(|b| !b.is_empty()) {
+            Some(text) => {
+                let (ip, bind_port) = parse_bind_addr(text)?;
+                port = bind_port.unwrap_or(port);
+                ip
+            }
+            None => default_bind_ip(&address),
+        };
         if port == 0 {
             return Err("PORT must be between 1 and 65535".into());
+        }
+        if args.max_connections == Some(0) {
+            return Err("MAX_CONNECTIONS must be at least 1".into());
+        }
+        for (name, ms) in [("HEADER_READ_TIMEOUT_MS", args.header_read_timeout_ms), ("IDLE_TIMEOUT_MS", args.idle_timeout_ms)] {
+            if ms == 0 || ms > MAX_CONNECTION_TIMEOUT_MS {
+                return Err(format!("{name} must be between 1 and {MAX_CONNECTION_TIMEOUT_MS}"));
+            }
         }
         let view_text = args.view.clone().unwrap_or_else(|| address.clone());
         let view = View::parse(&view_text, args.repl_factor, 0).map_err(|e| format!("VIEW/REPL_FACTOR: {e}"))?;
@@ -135,10 +202,12 @@ impl Config {
             }
             other => return Err(format!("GOSSIP_TRANSPORT must be http or mycelium, not {other:?}")),
         };
+        let tls = tls_settings(args)?;
         let data_dir = args.data_dir.clone().unwrap_or_else(|| PathBuf::from("data").join(address.replace([':', '[', ']'], "_")));
         Ok(Config {
             address,
             port,
+            bind_ip,
             view,
             data_dir,
             causal_wait: Duration::from_millis(args.causal_wait_ms),
@@ -150,6 +219,12 @@ impl Config {
             cluster_key: secret("CLUSTER_KEY", args.cluster_key.as_deref(), args.cluster_key_file.as_deref())?,
             admin_token_setting: secret("ADMIN_TOKEN", args.admin_token.as_deref(), args.admin_token_file.as_deref())?,
             mycelium,
+            server: ServerLimits {
+                max_connections: args.max_connections,
+                header_read_timeout: Duration::from_millis(args.header_read_timeout_ms),
+                idle_timeout: Duration::from_millis(args.idle_timeout_ms),
+            },
+            tls,
         })
     }
 
@@ -159,11 +234,50 @@ impl Config {
         self.admin_token_setting.as_deref().or(self.cluster_key.as_deref())
     }
 
-    /// Address to bind: all interfaces, IPv6 when ADDRESS is IPv6.
-    pub fn bind_addr(&self) -> std::net::SocketAddr {
-        let ip: std::net::IpAddr =
-            if self.address.starts_with('[') { std::net::Ipv6Addr::UNSPECIFIED.into() } else { std::net::Ipv4Addr::UNSPECIFIED.into() };
-        (ip, self.port).into()
+    /// Address to listen on: `bind_ip` and PORT.
+    pub fn bind_addr(&self) -> SocketAddr {
+        (self.bind_ip, self.port).into()
+    }
+}
+
+fn tls_settings(args: &NodeArgs) -> Result<Option<TlsSettings>, String> {
+    let client_auth_required = match args.tls_client_auth.trim().to_ascii_lowercase().as_str() {
+        "none" | "" => false,
+        "required" => true,
+        other => return Err(format!("TLS_CLIENT_AUTH must be none or required, not {other:?}")),
+    };
+    match (&args.tls_cert, &args.tls_key, &args.tls_ca) {
+        (None, None, _) if client_auth_required => Err("TLS_CLIENT_AUTH=required needs TLS_CERT, TLS_KEY and TLS_CA".into()),
+        (None, None, _) => Ok(None),
+        (Some(cert), Some(key), Some(ca)) => {
+            Ok(Some(TlsSettings { cert: cert.clone(), key: key.clone(), ca: ca.clone(), client_auth_required }))
+        }
+        (Some(_), Some(_), None) => Err("TLS_CA is needed with TLS_CERT and TLS_KEY (peers are verified against it)".into()),
+        _ => Err("TLS_CERT and TLS_KEY go together".into()),
+    }
+}
+
+/// `BIND_ADDR`: an IP, or ip:port (IPv6 in brackets with a port).
+fn parse_bind_addr(text: &str) -> Result<(IpAddr, Option<u16>), String> {
+    if let Ok(ip) = text.trim_start_matches('[').trim_end_matches(']').parse::<IpAddr>() {
+        return Ok((ip, None));
+    }
+    text.parse::<SocketAddr>()
+        .map(|a| (a.ip(), Some(a.port())))
+        .map_err(|_| format!("BIND_ADDR must be an IP address or ip:port, not {text:?}"))
+}
+
+/// A node addressed at loopback is meant for this machine only: listening
+/// on every interface would open it (and its admin endpoints) to the network.
+fn default_bind_ip(address: &str) -> IpAddr {
+    let host = address.rsplit_once(':').map_or(address, |(h, _)| h);
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    match host.parse::<IpAddr>() {
+        Ok(ip) if ip.is_loopback() => ip,
+        Ok(IpAddr::V6(_)) => Ipv6Addr::UNSPECIFIED.into(),
+        Ok(IpAddr::V4(_)) => Ipv4Addr::UNSPECIFIED.into(),
+        Err(_) if host.eq_ignore_ascii_case("localhost") => Ipv4Addr::LOCALHOST.into(),
+        Err(_) => Ipv4Addr::UNSPECIFIED.into(),
     }
 }
 
@@ -219,7 +333,7 @@ mod tests {
         assert_eq!(again.nodes, c.view.nodes);
         assert!(config(&["--address", "4a0::1:13800"]).is_err(), "IPv6 without brackets is ambiguous");
         assert!(config(&["--address", "[4a0::1]"]).is_err(), "a port is required");
-        let v4 = config(&["--address", "127.0.0.1:13801"]).unwrap();
+        let v4 = config(&["--address", "10.1.2.3:13801"]).unwrap();
         assert_eq!(v4.bind_addr(), "0.0.0.0:13801".parse().unwrap());
     }
 
@@ -251,6 +365,47 @@ mod tests {
         for bad in ["0", "86400001", "-1", "soon"] {
             assert!(config(&["--max-clock-skew-ms", bad]).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn loopback_addresses_listen_on_loopback_unless_bind_addr_says_otherwise() {
+        let bind = |args: &[&str]| config(args).unwrap().bind_addr().to_string();
+        assert_eq!(bind(&["--address", "127.0.0.1:13801"]), "127.0.0.1:13801");
+        assert_eq!(bind(&["--address", "127.3.0.9:13801"]), "127.3.0.9:13801");
+        assert_eq!(bind(&["--address", "[::1]:13801"]), "[::1]:13801");
+        assert_eq!(bind(&["--address", "localhost:13801"]), "127.0.0.1:13801");
+        assert_eq!(bind(&["--address", "node1:13800"]), "0.0.0.0:13800", "a DNS name: every interface");
+        assert_eq!(bind(&["--address", "127.0.0.1:13801", "--bind-addr", "0.0.0.0"]), "0.0.0.0:13801");
+        assert_eq!(bind(&["--address", "127.0.0.1:13801", "--bind-addr", "10.0.0.5:9000"]), "10.0.0.5:9000");
+        assert_eq!(bind(&["--address", "127.0.0.1:13801", "--bind-addr", "::"]), "[::]:13801");
+        assert_eq!(bind(&["--address", "127.0.0.1:13801", "--bind-addr", "[::1]:9000"]), "[::1]:9000");
+        assert_eq!(bind(&["--address", "127.0.0.1:13801", "--port", "9001"]), "127.0.0.1:9001");
+        let err = config(&["--bind-addr", "example.org"]).unwrap_err();
+        assert!(err.starts_with("BIND_ADDR"), "{err}");
+    }
+
+    #[test]
+    fn tls_settings_go_together() {
+        assert!(config(&[]).unwrap().tls.is_none());
+        let t = config(&["--tls-cert", "c.pem", "--tls-key", "k.pem", "--tls-ca", "ca.pem", "--tls-client-auth", "required"]).unwrap();
+        let t = t.tls.unwrap();
+        assert!(t.client_auth_required);
+        assert_eq!(t.ca, PathBuf::from("ca.pem"));
+        assert!(config(&["--tls-cert", "c.pem"]).unwrap_err().contains("go together"));
+        assert!(config(&["--tls-cert", "c.pem", "--tls-key", "k.pem"]).unwrap_err().starts_with("TLS_CA"));
+        assert!(config(&["--tls-client-auth", "required"]).unwrap_err().starts_with("TLS_CLIENT_AUTH"));
+        assert!(config(&["--tls-client-auth", "maybe"]).unwrap_err().starts_with("TLS_CLIENT_AUTH"));
+    }
+
+    #[test]
+    fn connection_limits() {
+        let c = config(&[]).unwrap();
+        assert_eq!(c.server.max_connections, None);
+        assert_eq!(c.server.header_read_timeout, Duration::from_secs(10));
+        assert_eq!(c.server.idle_timeout, Duration::from_secs(60));
+        assert!(config(&["--max-connections", "0"]).unwrap_err().starts_with("MAX_CONNECTIONS"));
+        assert!(config(&["--header-read-timeout-ms", "0"]).unwrap_err().starts_with("HEADER_READ_TIMEOUT_MS"));
+        assert!(config(&["--idle-timeout-ms", "3600001"]).unwrap_err().starts_with("IDLE_TIMEOUT_MS"));
     }
 
     #[test]

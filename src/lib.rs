@@ -5,8 +5,10 @@ pub mod faults;
 pub mod gossip;
 pub mod metrics;
 pub mod node;
+pub mod server;
 pub mod shard;
 pub mod store;
+pub mod tls;
 
 pub use config::{Config, NodeArgs};
 pub use node::{Node, NodeHandle};

@@ -102,6 +102,12 @@ pub struct Metrics {
     /// Peers currently known to run another view at this epoch (set when
     /// `/metrics` is read).
     pub view_conflict_peers: Gauge,
+    /// Client connections open now (`crate::server`).
+    pub open_connections: Gauge,
+    /// Connections refused because MAX_CONNECTIONS were open.
+    pub connections_refused: Counter,
+    /// Connections closed because a request's headers came too slowly.
+    pub header_timeouts: Counter,
 }
 
 impl Default for Metrics {
@@ -152,6 +158,9 @@ impl Default for Metrics {
             mycelium_padded: Counter::default(),
             view_conflicts: Counter::default(),
             view_conflict_peers: Gauge::default(),
+            open_connections: Gauge::default(),
+            connections_refused: Counter::default(),
+            header_timeouts: Counter::default(),
             registry: Registry::default(),
         };
         registry.register("requests", "Client requests by operation and status", m.requests.clone());
@@ -261,6 +270,9 @@ impl Default for Metrics {
             "Peers currently running another view at this node's epoch",
             m.view_conflict_peers.clone(),
         );
+        registry.register("open_connections", "Client connections open now", m.open_connections.clone());
+        registry.register("connections_refused", "Connections refused because MAX_CONNECTIONS were open", m.connections_refused.clone());
+        registry.register("header_timeouts", "Connections closed because request headers came too slowly", m.header_timeouts.clone());
         Metrics { registry, ..m }
     }
 }

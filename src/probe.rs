@@ -10,6 +10,11 @@
 //! environment the node was configured by (`PORT`, else the port of
 //! `ADDRESS`, else 13800). Hosts must be IP literals or `localhost`: a static
 //! binary cannot resolve names through glibc, and a probe needs none.
+//!
+//! When the environment configures TLS (`TLS_CERT`, `TLS_KEY`, `TLS_CA`), a
+//! path target is probed over TLS as a peer would: presenting the node's own
+//! certificate and checking the node's against TLS_CA under the host name of
+//! `ADDRESS`.
 
 use std::io::{Read, Write};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpStream};
@@ -75,19 +80,63 @@ fn parse_target(target: &str) -> Result<(SocketAddr, String, String), String> {
     Ok((SocketAddr::new(ip, port), authority.to_string(), path.to_string()))
 }
 
+/// TLS to this node's own port when the environment configures TLS.
+fn own_tls() -> Result<Option<(rustls::ClientConfig, rustls::pki_types::ServerName<'static>)>, String> {
+    let path = |name: &str| std::env::var_os(name).filter(|v| !v.is_empty()).map(std::path::PathBuf::from);
+    let (Some(cert), Some(key), Some(ca)) = (path("TLS_CERT"), path("TLS_KEY"), path("TLS_CA")) else {
+        return Ok(None);
+    };
+    let settings = causalkv::tls::TlsSettings { cert, key, ca, client_auth_required: false };
+    causalkv::tls::install_provider();
+    let config = causalkv::tls::load_client(&settings).map_err(|e| e.to_string())?;
+    let address = std::env::var("ADDRESS").unwrap_or_default();
+    let host = address.rsplit_once(':').map_or("localhost", |(h, _)| h).trim_start_matches('[').trim_end_matches(']');
+    let host = if host.is_empty() { "localhost" } else { host };
+    let name = rustls::pki_types::ServerName::try_from(host.to_string()).map_err(|e| format!("ADDRESS host {host:?}: {e}"))?;
+    Ok(Some((config, name)))
+}
+
 fn probe(target: &str, timeout: Duration) -> Result<(), String> {
     let (addr, host, path) = parse_target(target)?;
     let deadline = Instant::now() + timeout;
-    let mut stream = TcpStream::connect_timeout(&addr, timeout).map_err(|e| format!("cannot connect to {addr}: {e}"))?;
+    let stream = TcpStream::connect_timeout(&addr, timeout).map_err(|e| format!("cannot connect to {addr}: {e}"))?;
     let left = || deadline.saturating_duration_since(Instant::now()).max(Duration::from_millis(1));
     stream.set_write_timeout(Some(left())).map_err(|e| e.to_string())?;
+    let tls = if target.starts_with('/') { own_tls()? } else { None };
+    match tls {
+        Some((config, name)) => {
+            let conn = rustls::ClientConnection::new(std::sync::Arc::new(config), name).map_err(|e| e.to_string())?;
+            exchange(rustls::StreamOwned::new(conn, stream), &host, &path, left)
+        }
+        None => exchange(stream, &host, &path, left),
+    }
+}
+
+/// Something to read and write with a per-read deadline.
+trait Timed: Read + Write {
+    fn set_read_timeout(&self, t: Duration) -> std::io::Result<()>;
+}
+
+impl Timed for TcpStream {
+    fn set_read_timeout(&self, t: Duration) -> std::io::Result<()> {
+        TcpStream::set_read_timeout(self, Some(t))
+    }
+}
+
+impl Timed for rustls::StreamOwned<rustls::ClientConnection, TcpStream> {
+    fn set_read_timeout(&self, t: Duration) -> std::io::Result<()> {
+        self.sock.set_read_timeout(Some(t))
+    }
+}
+
+fn exchange(mut stream: impl Timed, host: &str, path: &str, left: impl Fn() -> Duration) -> Result<(), String> {
     let request = format!("GET {path} HTTP/1.1\r\nHost: {host}\r\nUser-Agent: causalkv-probe\r\nConnection: close\r\n\r\n");
     stream.write_all(request.as_bytes()).map_err(|e| format!("cannot send the request: {e}"))?;
     // Only the status line matters: read until its end (or 4 KiB).
     let mut head = Vec::with_capacity(256);
     let mut buf = [0u8; 512];
     while !head.windows(2).any(|w| w == b"\r\n") && head.len() < 4096 {
-        stream.set_read_timeout(Some(left())).map_err(|e| e.to_string())?;
+        stream.set_read_timeout(left()).map_err(|e| e.to_string())?;
         match stream.read(&mut buf) {
             Ok(0) => break,
             Ok(n) => head.extend_from_slice(&buf[..n]),

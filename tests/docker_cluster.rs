@@ -301,6 +301,7 @@ impl WriteProbe {
         let stop = Arc::new(AtomicBool::new(false));
         let flag = stop.clone();
         let task = tokio::spawn(async move {
+            common::tls_provider();
             let client = reqwest::Client::builder().timeout(Duration::from_secs(5)).build().expect("client");
             let url = format!("http://{endpoint}{}", key_path(&key));
             let mut log = Vec::new();
@@ -634,6 +635,7 @@ async fn s4_rolling_restart_under_load() {
 async fn s5_view_change_adds_two_containers() {
     let env = env();
     wait_cluster(&env).await;
+    common::tls_provider();
     let client = reqwest::Client::builder().timeout(Duration::from_secs(180)).build().expect("client");
     let mut args = vec!["--profile", "grow", "up", "-d", "--no-recreate"];
     args.extend(env.extra_services.iter().map(String::as_str));

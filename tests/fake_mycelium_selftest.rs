@@ -14,6 +14,8 @@ use reqwest::StatusCode;
 use serde_json::{Value, json};
 
 fn client() -> reqwest::Client {
+    // reqwest has no TLS provider of its own here (see causalkv::tls::install_provider).
+    let _ = rustls::crypto::ring::default_provider().install_default();
     reqwest::Client::builder().timeout(Duration::from_secs(10)).build().unwrap()
 }
 
@@ -380,6 +382,7 @@ async fn a_restart_loses_the_inbox_and_later_messages_still_arrive() {
     };
     tokio::time::sleep(Duration::from_millis(250)).await;
     // Down: the API refuses connections.
+    let _ = rustls::crypto::ring::default_provider().install_default();
     let fresh = reqwest::Client::builder().timeout(Duration::from_secs(2)).build().unwrap();
     assert!(fresh.get(format!("{}/api/v1/admin", b.api())).send().await.is_err(), "API down during the restart");
     // Sent while it is down: retried by the sender, arrives afterwards.

@@ -335,6 +335,7 @@ async fn a_failed_proposal_extends_no_trust() {
     assert_eq!(state(&c, &keys).await, before, "the failed change changed nothing");
 
     let ask = serde_json::to_vec(&json!({"from": "127.0.0.2:9", "epoch": 0, "after_key": null, "limit": 1000})).unwrap();
+    common::tls_provider();
     let outsider = reqwest::Client::builder().local_address(Some("127.0.0.2".parse().unwrap())).build().unwrap();
     for client in [&c.client, &outsider] {
         let resp = client

@@ -113,7 +113,7 @@ pub(super) async fn remote_count(node: &Node, replicas: &[String]) -> Option<u64
         }
         let resp = node
             .client
-            .get(format!("http://{replica}/kv-store/key-count"))
+            .get(format!("{}://{replica}/kv-store/key-count", crate::tls::scheme()))
             .header(HOP_HEADER, "1")
             .header(FROM_HEADER, node.me())
             .timeout(REMOTE_COUNT_TIMEOUT)

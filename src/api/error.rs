@@ -51,6 +51,12 @@ pub enum ApiError {
     /// An admin endpoint without the admin bearer token.
     #[error("Unauthorized")]
     Unauthorized,
+    #[error("URI is too long")]
+    UriTooLong,
+    #[error("Request headers are too large")]
+    HeadersTooLarge,
+    #[error("Too many connections")]
+    TooManyConnections,
     #[error("Something went wrong")]
     Internal(#[source] Box<dyn std::error::Error + Send + Sync>),
 }
@@ -67,7 +73,9 @@ impl ApiError {
             | Self::InvalidContext
             | Self::InvalidView(_) => StatusCode::BAD_REQUEST,
             Self::ValueTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
-            Self::Unavailable | Self::ViewConflict(_) => StatusCode::SERVICE_UNAVAILABLE,
+            Self::UriTooLong => StatusCode::URI_TOO_LONG,
+            Self::HeadersTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            Self::Unavailable | Self::ViewConflict(_) | Self::TooManyConnections => StatusCode::SERVICE_UNAVAILABLE,
             Self::KeyNotFound | Self::ShardNotFound | Self::RouteNotFound => StatusCode::NOT_FOUND,
             Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             Self::Unauthorized => StatusCode::UNAUTHORIZED,
@@ -78,6 +86,22 @@ impl ApiError {
     pub fn internal(e: impl std::error::Error + Send + Sync + 'static) -> Self {
         Self::Internal(Box::new(e))
     }
+}
+
+/// The whole answer to a connection refused because MAX_CONNECTIONS are
+/// open: written to the socket before any request is read (no method is
+/// known), then the connection is closed.
+pub fn connection_refused_answer() -> Vec<u8> {
+    let error = ApiError::TooManyConnections;
+    let body = serde_json::json!({"message": "Error", "error": error.to_string(), "causal-context": {}}).to_string();
+    let status = error.status();
+    format!(
+        "HTTP/1.1 {} {}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nretry-after: {RETRY_AFTER_SECS}\r\nconnection: close\r\n\r\n{body}",
+        status.as_u16(),
+        status.canonical_reason().unwrap_or("Service Unavailable"),
+        body.len()
+    )
+    .into_bytes()
 }
 
 /// An error answer: `{"message": "Error in <METHOD>", "error": ..., "causal-context": ...}`.

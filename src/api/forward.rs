@@ -51,7 +51,7 @@ pub async fn forward(node: &Node, target: &str, fwd: &Forward<'_>) -> Result<Res
     if node.faults.is_blocked(target) {
         return Err(Unreachable);
     }
-    let url = format!("http://{target}/kv-store/keys/{}", utf8_percent_encode(fwd.key, KEY_SEGMENT));
+    let url = format!("{}://{target}/kv-store/keys/{}", crate::tls::scheme(), utf8_percent_encode(fwd.key, KEY_SEGMENT));
     let body = serde_json::to_vec(&ForwardBody { value: fwd.value, context: fwd.context.clone() }).map_err(|_| Unreachable)?;
     let mut req = node
         .client

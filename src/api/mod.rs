@@ -12,6 +12,7 @@ mod error;
 mod forward;
 mod internal;
 mod keys;
+pub mod limits;
 mod reply;
 mod request;
 mod view;
@@ -25,7 +26,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{any, get, post, put};
 use serde_json::Value;
 
-pub use error::ApiError;
+pub use error::{ApiError, connection_refused_answer};
 pub use request::{HOP_HEADER, WAIT_HEADER};
 
 use crate::node::Node;

@@ -112,7 +112,7 @@ async fn run(node: &Node, method: &Method, headers: &HeaderMap, view: View, ctx:
             return ErrorReply::new(method, ApiError::Unavailable, ctx).into_response();
         }
         for target in &cur.map.view.nodes {
-            let mut req = node.client.put(format!("http://{target}{path}"));
+            let mut req = node.client.put(format!("{}://{target}{path}", crate::tls::scheme()));
             // The member coordinating checks the caller's token itself.
             if let Some(auth) = headers.get(header::AUTHORIZATION) {
                 req = req.header(header::AUTHORIZATION, auth.clone());

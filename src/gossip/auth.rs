@@ -423,6 +423,8 @@ mod tests {
         // From /etc/hosts, which hickory reads itself.
         assert!(dns.lookup("localhost").await.unwrap().iter().any(IpAddr::is_loopback));
         // The HTTP client resolves through it too.
+        crate::tls::install_provider();
+        crate::tls::install_provider();
         let client = reqwest::Client::builder().dns_resolver(Arc::new(ViewDns::default())).build().unwrap();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let port = listener.local_addr().unwrap().port();

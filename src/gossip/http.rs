@@ -60,7 +60,7 @@ impl HttpTransport {
         let signed = self.auth.sign("POST", path, peer, &body);
         let mut req = self
             .client
-            .post(format!("http://{peer}{path}"))
+            .post(format!("{}://{peer}{path}", crate::tls::scheme()))
             .header(FROM_HEADER, &self.me)
             .header(reqwest::header::CONTENT_TYPE, "application/json")
             .timeout(timeout);

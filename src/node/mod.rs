@@ -5,7 +5,8 @@
 //! the flusher and the gossip tasks of the current epoch, and returns a
 //! [`NodeHandle`]; `NodeHandle::shutdown` (or SIGTERM/SIGINT via
 //! [`NodeHandle::run_until_signal`]) stops accepting, lets in-flight requests
-//! finish, stops gossip, and flushes storage.
+//! finish (for at most `server::DRAIN_DEADLINE`), stops gossip, and flushes
+//! storage.
 //!
 //! The view, its shard map and the gossip tasks form one [`Epoch`], swapped
 //! as a whole when a view change commits (`view_change`).
@@ -49,6 +50,8 @@ pub enum NodeError {
     Bind { addr: SocketAddr, source: std::io::Error },
     #[error("cannot build the HTTP client: {0}")]
     Client(#[from] reqwest::Error),
+    #[error("{0}")]
+    Tls(#[from] crate::tls::TlsError),
 }
 
 /// One epoch's view, shard map and gossip.
@@ -197,12 +200,21 @@ impl Node {
         if let Err(e) = store.discard_other_stages(None) {
             tracing::warn!(error = %e, "dropping stale staged records failed");
         }
-        let client = reqwest::Client::builder()
+        crate::tls::install_provider();
+        let tls = config.tls.as_ref().map(crate::tls::load).transpose()?;
+        let mut client = reqwest::Client::builder()
             .pool_max_idle_per_host(POOL_IDLE_PER_HOST)
+            // Give up idle connections before peers close them (IDLE_TIMEOUT_MS,
+            // the same on every node): reusing one the peer is closing fails
+            // the request.
+            .pool_idle_timeout(config.server.idle_timeout / 2)
             .connect_timeout(Duration::from_millis(500))
             .tcp_nodelay(true)
-            .dns_resolver(Arc::new(crate::gossip::auth::ViewDns::default()))
-            .build()?;
+            .dns_resolver(Arc::new(crate::gossip::auth::ViewDns::default()));
+        if let Some(tls) = &tls {
+            client = client.tls_backend_preconfigured(tls.client.clone());
+        }
+        let client = client.build()?;
         let faults = Arc::new(Faults::new(config.faults));
         let auth = Arc::new(Auth::new(config.cluster_key.as_deref(), &config.address));
         let metrics = Arc::new(Metrics::default());
@@ -270,14 +282,14 @@ impl Node {
         tasks.push(tokio::spawn(view_change::watch_for_missed_changes(node.clone(), shutdown_rx.clone())));
 
         let app = crate::api::router(node.clone());
-        let mut server_shutdown = shutdown_rx.clone();
-        let server = tokio::spawn(async move {
-            axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>())
-                .with_graceful_shutdown(async move {
-                    let _ = server_shutdown.wait_for(|s| *s).await;
-                })
-                .await
-        });
+        let server = tokio::spawn(crate::server::serve(
+            listener,
+            app,
+            node.config.server.clone(),
+            tls.map(|t| t.acceptor),
+            node.metrics.clone(),
+            shutdown_rx.clone(),
+        ));
         let cur = node.current();
         tracing::info!(
             address = %node.config.address, bind = %local_addr, shard = ?cur.map.my_shard(), epoch = cur.map.epoch(),
@@ -342,18 +354,16 @@ pub struct NodeHandle {
     pub node: Arc<Node>,
     pub local_addr: SocketAddr,
     shutdown: watch::Sender<bool>,
-    server: JoinHandle<std::io::Result<()>>,
+    server: JoinHandle<()>,
     tasks: Vec<JoinHandle<()>>,
 }
 
 impl NodeHandle {
-    /// Stops accepting, drains in-flight requests, stops gossip, flushes.
+    /// Stops accepting, drains in-flight requests (bounded), stops gossip, flushes.
     pub async fn shutdown(self) {
         let _ = self.shutdown.send(true);
-        match self.server.await {
-            Ok(Err(e)) => tracing::error!(error = %e, "server error"),
-            Err(e) => tracing::error!(error = %e, "server task failed"),
-            Ok(Ok(())) => {}
+        if let Err(e) = self.server.await {
+            tracing::error!(error = %e, "server task failed");
         }
         let (stop, handles) = {
             let mut guard = self.node.epoch_tasks.lock();

@@ -108,7 +108,8 @@ impl NodeProc {
     }
 
     pub fn url(&self, path: &str) -> String {
-        format!("http://{}{}", self.addr, path)
+        let scheme = if self.env.iter().any(|(k, _)| k == "TLS_CERT") { "https" } else { "http" };
+        format!("{scheme}://{}{}", self.addr, path)
     }
 }
 
@@ -142,6 +143,11 @@ impl Cluster {
     /// Starts `n` nodes whose VIEW holds only the first `in_view` of them
     /// (the others are proxies until a view change adds them).
     pub async fn start_with_view(n: usize, in_view: usize, rf: usize, env: &[(&str, &str)]) -> Cluster {
+        Self::start_with_client(n, in_view, rf, env, client()).await
+    }
+
+    /// As `start_with_view`, talking to the nodes with `client` (TLS tests).
+    pub async fn start_with_client(n: usize, in_view: usize, rf: usize, env: &[(&str, &str)], client: reqwest::Client) -> Cluster {
         let tmp = tempfile::tempdir().expect("temp dir");
         let addrs: Vec<String> = (0..n).map(|_| format!("127.0.0.1:{}", free_port())).collect();
         let view = addrs[..in_view].join(",");
@@ -153,7 +159,7 @@ impl Cluster {
             node.start();
             nodes.push(node);
         }
-        let mut cluster = Cluster { nodes, client: client(), _tmp: tmp };
+        let mut cluster = Cluster { nodes, client, _tmp: tmp };
         for i in 0..n {
             cluster.wait_ready(i).await;
         }
@@ -249,7 +255,14 @@ impl Cluster {
     }
 }
 
+/// reqwest has no TLS provider of its own here (the node installs ring):
+/// call before building a `reqwest::Client` that `client()` did not build.
+pub fn tls_provider() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}
+
 pub fn client() -> reqwest::Client {
+    tls_provider();
     reqwest::Client::builder().timeout(Duration::from_secs(30)).build().expect("client")
 }
 

@@ -61,6 +61,7 @@ fn seed(session: usize) -> u64 {
 impl Workload {
     /// Runs every session to completion and returns the merged history.
     pub async fn run(self, progress: Arc<Progress>) -> History {
+        crate::common::tls_provider();
         let client = reqwest::Client::builder().timeout(REQUEST_TIMEOUT).build().expect("client");
         let this = Arc::new(self);
         let mut tasks = Vec::new();
@@ -140,6 +141,7 @@ impl Workload {
 /// Waits until every node answers the same for every key (no context), then
 /// returns what they answer; gives up after `limit` and returns the last view.
 pub async fn converge(nodes: &[String], keys: usize, limit: Duration) -> (FinalState, Duration) {
+    crate::common::tls_provider();
     let client = reqwest::Client::builder().timeout(REQUEST_TIMEOUT).build().expect("client");
     let started = Instant::now();
     loop {
