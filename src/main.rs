@@ -80,9 +80,12 @@ fn run_node(args: &NodeArgs) -> ExitCode {
         }
     };
     runtime.block_on(async move {
+        // Before the node serves: a SIGTERM right after it reports ready
+        // must shut it down cleanly, not kill it.
+        let signals = causalkv::node::ShutdownSignals::install();
         match Node::start(config).await {
             Ok(handle) => {
-                handle.run_until_signal().await;
+                handle.run_until_signal(signals).await;
                 ExitCode::SUCCESS
             }
             Err(e) => {

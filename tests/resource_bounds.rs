@@ -9,7 +9,7 @@ use std::io::{ErrorKind, Read, Write};
 use std::net::{IpAddr, SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 
-use common::{Cluster, wait_until};
+use common::{Cluster, NodeProc, free_port, wait_until};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 
@@ -223,4 +223,23 @@ async fn loopback_addressed_nodes_listen_on_loopback_only() {
         None => eprintln!("no non-loopback address on this machine: checked /proc/net/tcp only"),
     }
     assert_eq!(local.get_json(0, "/health").await.status, StatusCode::OK);
+}
+
+// SIGTERM the moment the node's port accepts a connection: the signal
+// handlers exist before the node listens, so the node still shuts down
+// cleanly (exit status 0, not killed by the signal), every time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_right_after_start_is_a_clean_shutdown() {
+    for _ in 0..5 {
+        let tmp = tempfile::tempdir().expect("temp dir");
+        let addr = format!("127.0.0.1:{}", free_port());
+        let mut node = NodeProc::new(&addr, tmp.path().join("n"), &[]);
+        node.start();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while std::net::TcpStream::connect(&addr).is_err() {
+            assert!(Instant::now() < deadline && !node.exited(), "the node never listened");
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        assert_eq!(node.terminate(), Some(0), "a clean exit, not death by signal");
+    }
 }

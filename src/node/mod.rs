@@ -381,31 +381,47 @@ impl NodeHandle {
     }
 
     /// Serves until SIGTERM or SIGINT, then shuts down gracefully.
-    pub async fn run_until_signal(self) {
-        wait_for_signal().await;
+    /// `signals` must be installed before the node starts serving: a
+    /// signal that arrives before its handler exists kills the process
+    /// without a flush.
+    pub async fn run_until_signal(self, signals: ShutdownSignals) {
+        signals.wait().await;
         tracing::info!("signal received: shutting down");
         self.shutdown().await;
     }
 }
 
-async fn wait_for_signal() {
+/// SIGTERM and SIGINT handlers, installed when this is made.
+pub struct ShutdownSignals {
     #[cfg(unix)]
-    {
-        use tokio::signal::unix::{SignalKind, signal};
-        match signal(SignalKind::terminate()) {
-            Ok(mut term) => {
-                tokio::select! {
-                    _ = term.recv() => {}
-                    _ = tokio::signal::ctrl_c() => {}
-                }
+    handlers: Option<(tokio::signal::unix::Signal, tokio::signal::unix::Signal)>,
+}
+
+impl ShutdownSignals {
+    /// Installs the handlers now (inside a runtime).
+    pub fn install() -> Self {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{SignalKind, signal};
+            let handlers = signal(SignalKind::terminate()).and_then(|term| Ok((term, signal(SignalKind::interrupt())?)));
+            if let Err(e) = &handlers {
+                tracing::warn!(error = %e, "cannot install signal handlers: only Ctrl-C stops this node");
             }
-            Err(_) => {
-                let _ = tokio::signal::ctrl_c().await;
-            }
+            Self { handlers: handlers.ok() }
         }
+        #[cfg(not(unix))]
+        Self {}
     }
-    #[cfg(not(unix))]
-    {
+
+    async fn wait(self) {
+        #[cfg(unix)]
+        if let Some((mut term, mut int)) = self.handlers {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = int.recv() => {}
+            }
+            return;
+        }
         let _ = tokio::signal::ctrl_c().await;
     }
 }
