@@ -116,6 +116,18 @@ fn client_config(
         .map_err(config_error)
 }
 
+/// The client configuration of a node without TLS settings: it speaks
+/// plain HTTP only, so it trusts no certificate at all. Handing it to
+/// reqwest keeps reqwest from loading the platform's root certificates,
+/// which a scratch image does not have (building the client fails there).
+pub fn plain_client_config() -> Result<ClientConfig, TlsError> {
+    Ok(ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+        .with_safe_default_protocol_versions()
+        .map_err(config_error)?
+        .with_root_certificates(RootCertStore::empty())
+        .with_no_client_auth())
+}
+
 fn config_error(e: rustls::Error) -> TlsError {
     TlsError::Config(e.to_string())
 }

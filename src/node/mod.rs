@@ -211,9 +211,10 @@ impl Node {
             .connect_timeout(Duration::from_millis(500))
             .tcp_nodelay(true)
             .dns_resolver(Arc::new(crate::gossip::auth::ViewDns::default()));
-        if let Some(tls) = &tls {
-            client = client.tls_backend_preconfigured(tls.client.clone());
-        }
+        client = match &tls {
+            Some(tls) => client.tls_backend_preconfigured(tls.client.clone()),
+            None => client.tls_backend_preconfigured(crate::tls::plain_client_config()?),
+        };
         let client = client.build()?;
         let faults = Arc::new(Faults::new(config.faults));
         let auth = Arc::new(Auth::new(config.cluster_key.as_deref(), &config.address));
