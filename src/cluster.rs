@@ -72,6 +72,7 @@ pub fn run(args: ClusterArgs) -> ExitCode {
         eprintln!("causalkv: {e}");
         return ExitCode::from(2);
     }
+    install_stop_handlers();
     let mut children: Vec<Child> = Vec::new();
     for (addr, dir) in &dirs {
         let spawned = Command::new(&exe)
@@ -229,13 +230,19 @@ extern "C" fn on_signal(_: libc::c_int) {
     STOP.store(true, std::sync::atomic::Ordering::SeqCst);
 }
 
-/// Blocks until SIGINT/SIGTERM or until a node exits on its own.
-fn wait_for_stop(children: &mut [Child]) {
+/// Installs the SIGINT/SIGTERM handlers. Called before any node is
+/// spawned: a signal that came before them would kill this process and
+/// leave its nodes running.
+fn install_stop_handlers() {
     // SAFETY: the handler only stores to an atomic, which is async-signal-safe.
     unsafe {
         libc::signal(libc::SIGINT, on_signal as *const () as libc::sighandler_t);
         libc::signal(libc::SIGTERM, on_signal as *const () as libc::sighandler_t);
     }
+}
+
+/// Blocks until SIGINT/SIGTERM or until a node exits on its own.
+fn wait_for_stop(children: &mut [Child]) {
     while !STOP.load(std::sync::atomic::Ordering::SeqCst) {
         for child in children.iter_mut() {
             if let Ok(Some(status)) = child.try_wait() {

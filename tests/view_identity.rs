@@ -310,7 +310,15 @@ async fn the_cluster_command_refuses_another_views_data_unless_fresh() {
     let again = cluster_command(base, data.path(), &[]).stdout(Stdio::piped()).stderr(Stdio::null()).spawn().expect("restart");
     let mut again = KillOnDrop(again);
     let stdout = again.0.stdout.take().expect("stdout");
-    let first_line = BufReader::new(stdout).lines().next().and_then(Result::ok);
+    // Keep reading: a closed pipe would make the command's next line fail
+    // and leave its nodes running after the test.
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let first_line = rx.recv_timeout(Duration::from_secs(60)).ok();
     assert!(first_line.is_some_and(|l| l.starts_with("causalkv cluster: 2 nodes")), "a cluster restarts on its own data");
     unsafe {
         libc::kill(again.0.id() as i32, libc::SIGINT);
