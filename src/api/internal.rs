@@ -39,7 +39,7 @@ async fn gossip_message(node: &Node, peer: &Peer, headers: &HeaderMap, kind: &st
         return refuse(StatusCode::SERVICE_UNAVAILABLE, "blocked");
     }
     match node.current().gossip.dispatch(&peer.0, kind, body).await {
-        Ok(answer) => super::reply::json_response(StatusCode::OK, answer),
+        Ok(answer) => super::reply::json_response(StatusCode::OK, String::from(Box::<str>::from(answer)).into_bytes()),
         Err((status, why)) => {
             if status == 403 {
                 tracing::warn!(sender = %peer.0, kind, reason = %why, "internal request refused");

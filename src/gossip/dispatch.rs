@@ -12,6 +12,8 @@
 //!   from a node whose own view does not put the puller in its shard;
 //! - the epoch matches (in each handler).
 
+use serde_json::value::RawValue;
+
 use super::{Gossip, GossipError, Heartbeat, PullRequest, ReplicateBatch, SnapshotRequest};
 
 /// An HTTP-like status and a reason.
@@ -29,8 +31,10 @@ fn same_sender(sender: &str, from: &str) -> Result<(), Refusal> {
     if sender == from { Ok(()) } else { Err((403, format!("a request from {sender} names {from:?} as its sender"))) }
 }
 
-fn to_json<T: serde::Serialize>(v: &T) -> Result<Vec<u8>, Refusal> {
-    serde_json::to_vec(v).map_err(|e| (500, e.to_string()))
+/// The answer as JSON text that Mycelium embeds as it is and HTTP sends as
+/// bytes (serialised once, never parsed again).
+fn to_json<T: serde::Serialize>(v: &T) -> Result<Box<RawValue>, Refusal> {
+    serde_json::value::to_raw_value(v).map_err(|e| (500, e.to_string()))
 }
 
 /// The status a gossip error is answered with.
@@ -54,7 +58,7 @@ impl Gossip {
 
     /// Handles one gossip message from `sender` (already authenticated by
     /// its transport).
-    pub async fn dispatch(&self, sender: &str, kind: &str, body: &[u8]) -> Result<Vec<u8>, Refusal> {
+    pub async fn dispatch(&self, sender: &str, kind: &str, body: &[u8]) -> Result<Box<RawValue>, Refusal> {
         match kind {
             "replicate" => {
                 let batch: ReplicateBatch = parse(kind, body)?;

@@ -543,9 +543,6 @@ impl MyceliumTransport {
             Some(body) => gossip.dispatch(sender, kind, body.get().as_bytes()).await,
             None => Err((400, "request without a body".to_owned())),
         };
-        let result = result.and_then(|bytes| {
-            String::from_utf8(bytes).ok().and_then(|t| RawValue::from_string(t).ok()).ok_or((500, "unencodable reply".to_owned()))
-        });
         let reply = match result {
             Ok(body) => Msg { id: m.id, kind: None, status: Some(200), body: Some(body), error: None },
             Err((status, error)) => Msg { id: m.id, kind: None, status: Some(status), body: None, error: Some(error) },
