@@ -8,6 +8,7 @@ pub mod node;
 pub mod server;
 pub mod shard;
 pub mod store;
+pub mod time;
 pub mod tls;
 
 pub use config::{Config, NodeArgs};
