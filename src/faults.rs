@@ -9,6 +9,9 @@
 //!   lagging replica); pulls and forwarding still work.
 //! - `refuse_view_steps`, `view_step_delay_ms`: make view-change steps fail
 //!   or take long at this node (to test aborts).
+//! - [`Bug`]s: deliberate protocol defects the simulator switches on to show
+//!   its checker catches them. Only code can set them (no endpoint does),
+//!   and only on a node whose fault switches are enabled.
 
 use std::collections::BTreeSet;
 
@@ -27,15 +30,35 @@ pub struct FaultSet {
     pub view_step_delay_ms: u64,
 }
 
+/// A deliberate defect (see the module comment).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Bug {
+    /// Reads and writes skip the hold-back gate: a replica answers before it
+    /// has the writes the client's context depends on.
+    SkipHoldBack,
+}
+
 #[derive(Debug, Default)]
 pub struct Faults {
     enabled: bool,
     set: RwLock<FaultSet>,
+    bugs: RwLock<Vec<Bug>>,
 }
 
 impl Faults {
     pub fn new(enabled: bool) -> Self {
-        Self { enabled, set: RwLock::new(FaultSet::default()) }
+        Self { enabled, set: RwLock::new(FaultSet::default()), bugs: RwLock::new(Vec::new()) }
+    }
+
+    /// Switches a deliberate defect on (fault switches must be enabled).
+    pub fn inject_bug(&self, bug: Bug) {
+        if self.enabled {
+            self.bugs.write().push(bug);
+        }
+    }
+
+    pub fn has_bug(&self, bug: Bug) -> bool {
+        self.enabled && self.bugs.read().contains(&bug)
     }
 
     pub fn enabled(&self) -> bool {

@@ -12,4 +12,5 @@ pub mod time;
 pub mod tls;
 
 pub use config::{Config, NodeArgs};
-pub use node::{Node, NodeHandle};
+pub use node::Node;
+pub use server::NodeHandle;

@@ -5,7 +5,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
-use causalkv::{Config, Node, NodeArgs};
+use causalkv::{Config, NodeArgs};
 
 mod cluster;
 mod probe;
@@ -82,8 +82,8 @@ fn run_node(args: &NodeArgs) -> ExitCode {
     runtime.block_on(async move {
         // Before the node serves: a SIGTERM right after it reports ready
         // must shut it down cleanly, not kill it.
-        let signals = causalkv::node::ShutdownSignals::install();
-        match Node::start(config).await {
+        let signals = causalkv::server::ShutdownSignals::install();
+        match causalkv::server::start(config).await {
             Ok(handle) => {
                 handle.run_until_signal(signals).await;
                 ExitCode::SUCCESS

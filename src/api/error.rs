@@ -1,6 +1,6 @@
 //! The one place where errors become HTTP statuses and API.md messages.
 
-use axum::http::{HeaderName, HeaderValue, Method, StatusCode, header};
+use axum::http::{HeaderValue, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 
 use super::reply::{Reply, ReplyContext};
@@ -8,8 +8,6 @@ use super::reply::{Reply, ReplyContext};
 /// Marks a 503 from a node that has moved to a newer view than the sender's;
 /// the value is that epoch.
 pub const MISROUTED_HEADER: &str = "x-causalkv-misrouted";
-/// [`MISROUTED_HEADER`] as a `HeaderName` (no parsing per use).
-pub static MISROUTED_NAME: HeaderName = HeaderName::from_static(MISROUTED_HEADER);
 
 /// Seconds a client is told to wait before retrying a 503.
 const RETRY_AFTER_SECS: &str = "1";

@@ -17,11 +17,10 @@ use serde_json::json;
 use super::request::sender;
 use crate::faults::FaultSet;
 use crate::gossip::auth::{AuthError, BODY_DIGEST_HEADER, Incoming, SIGNATURE_HEADER, TIMESTAMP_HEADER, TO_HEADER};
-use crate::gossip::viewchange::{Proposal, Receive};
+use crate::gossip::viewchange::Step;
 use crate::metrics::PathLabel;
 use crate::node::Node;
-use crate::node::view_change::ChangeFail;
-use crate::store::StoreError;
+use crate::node::dispatch::Message;
 
 fn refuse(status: StatusCode, why: &str) -> Response {
     (status, Json(json!({"error": why}))).into_response()
@@ -34,15 +33,15 @@ fn blocked(node: &Node, headers: &HeaderMap) -> bool {
 
 /// One gossip message over HTTP: `/internal/<kind>`, handled by the same
 /// dispatcher as every other transport's (`gossip::dispatch`).
-async fn gossip_message(node: &Node, peer: &Peer, headers: &HeaderMap, kind: &str, body: &[u8]) -> Response {
+async fn gossip_message(node: &Node, peer: &Peer, headers: &HeaderMap, kind: Message, body: &[u8]) -> Response {
     if blocked(node, headers) {
         return refuse(StatusCode::SERVICE_UNAVAILABLE, "blocked");
     }
-    match node.current().gossip.dispatch(&peer.0, kind, body).await {
+    match node.dispatch(&peer.0, kind, body).await {
         Ok(answer) => super::reply::json_response(StatusCode::OK, String::from(Box::<str>::from(answer)).into_bytes()),
         Err((status, why)) => {
             if status == 403 {
-                tracing::warn!(sender = %peer.0, kind, reason = %why, "internal request refused");
+                tracing::warn!(sender = %peer.0, kind = kind.name(), reason = %why, "internal request refused");
             }
             refuse(StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR), &why)
         }
@@ -50,19 +49,19 @@ async fn gossip_message(node: &Node, peer: &Peer, headers: &HeaderMap, kind: &st
 }
 
 pub async fn replicate(State(node): State<Arc<Node>>, Extension(peer): Extension<Peer>, headers: HeaderMap, body: Bytes) -> Response {
-    gossip_message(&node, &peer, &headers, "replicate", &body).await
+    gossip_message(&node, &peer, &headers, Message::Replicate, &body).await
 }
 
 pub async fn pull(State(node): State<Arc<Node>>, Extension(peer): Extension<Peer>, headers: HeaderMap, body: Bytes) -> Response {
-    gossip_message(&node, &peer, &headers, "pull", &body).await
+    gossip_message(&node, &peer, &headers, Message::Pull, &body).await
 }
 
 pub async fn snapshot(State(node): State<Arc<Node>>, Extension(peer): Extension<Peer>, headers: HeaderMap, body: Bytes) -> Response {
-    gossip_message(&node, &peer, &headers, "snapshot", &body).await
+    gossip_message(&node, &peer, &headers, Message::Snapshot, &body).await
 }
 
 pub async fn heartbeat(State(node): State<Arc<Node>>, Extension(peer): Extension<Peer>, headers: HeaderMap, body: Bytes) -> Response {
-    gossip_message(&node, &peer, &headers, "heartbeat", &body).await
+    gossip_message(&node, &peer, &headers, Message::Heartbeat, &body).await
 }
 
 pub async fn get_faults(State(node): State<Arc<Node>>) -> Response {
@@ -192,85 +191,38 @@ fn rejected(node: &Node, path: &str, peer_ip: Option<std::net::IpAddr>, e: &Auth
     refuse(status, &e.to_string())
 }
 
-/// Test fault switches for view-change steps.
-async fn view_fault(node: &Node, step: &str) -> Option<Response> {
-    let (refused, delay) = node.faults.view_step(step);
-    if delay > 0 {
-        tokio::time::sleep(std::time::Duration::from_millis(delay)).await;
-    }
-    refused.then(|| refuse(StatusCode::SERVICE_UNAVAILABLE, "refused by fault switch"))
-}
-
-fn change_result<T: serde::Serialize>(result: Result<T, ChangeFail>) -> Response {
-    match result {
-        Ok(v) => Json(v).into_response(),
-        Err(e) => {
-            tracing::warn!(error = %e, "view-change step refused");
-            let status = match e {
-                ChangeFail::Store(StoreError::ClockSkew(_)) => StatusCode::UNPROCESSABLE_ENTITY,
-                ChangeFail::Gossip(_) | ChangeFail::Store(_) => StatusCode::SERVICE_UNAVAILABLE,
-                _ => StatusCode::CONFLICT,
-            };
-            refuse(status, &e.to_string())
-        }
+/// One view-change step over HTTP, handled by the node's dispatcher.
+async fn view_step(node: &Node, peer: &Peer, step: Step, body: &[u8]) -> Response {
+    match node.dispatch(&peer.0, Message::View(step), body).await {
+        Ok(answer) => super::reply::json_response(StatusCode::OK, String::from(Box::<str>::from(answer)).into_bytes()),
+        Err((status, why)) => refuse(StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR), &why),
     }
 }
 
-pub async fn view_prepare(
-    State(node): State<Arc<Node>>,
-    Extension(peer): Extension<Peer>,
-    body: Result<Json<Proposal>, JsonRejection>,
-) -> Response {
-    if let Some(resp) = view_fault(&node, "prepare").await {
-        return resp;
-    }
-    let Ok(Json(p)) = body else { return refuse(StatusCode::BAD_REQUEST, "bad proposal") };
-    // Without a key, only a member of this node's view or of the view the
-    // proposal starts from (a coordinator adding this node) may prepare.
-    if !node.auth.has_key() && !node.is_member(&peer.0) && !p.old.nodes.contains(&peer.0) {
-        return rejected(&node, "/internal/view/prepare", None, &AuthError::NotAMember(peer.0));
-    }
-    change_result(node.view_prepare(p).await.map(|_| json!({})))
+pub async fn view_prepare(State(node): State<Arc<Node>>, Extension(peer): Extension<Peer>, body: Bytes) -> Response {
+    view_step(&node, &peer, Step::Prepare, &body).await
 }
 
-pub async fn view_sync(State(node): State<Arc<Node>>, body: Result<Json<Proposal>, JsonRejection>) -> Response {
-    if let Some(resp) = view_fault(&node, "sync").await {
-        return resp;
-    }
-    let Ok(Json(p)) = body else { return refuse(StatusCode::BAD_REQUEST, "bad proposal") };
-    change_result(node.view_sync(&p.change).await.map(|_| json!({})))
+pub async fn view_sync(State(node): State<Arc<Node>>, Extension(peer): Extension<Peer>, body: Bytes) -> Response {
+    view_step(&node, &peer, Step::Sync, &body).await
 }
 
-pub async fn view_transfer(State(node): State<Arc<Node>>, body: Result<Json<Proposal>, JsonRejection>) -> Response {
-    if let Some(resp) = view_fault(&node, "transfer").await {
-        return resp;
-    }
-    let Ok(Json(p)) = body else { return refuse(StatusCode::BAD_REQUEST, "bad proposal") };
-    change_result(node.view_transfer(&p.change).await.map(|sent| json!({"sent": sent})))
+pub async fn view_transfer(State(node): State<Arc<Node>>, Extension(peer): Extension<Peer>, body: Bytes) -> Response {
+    view_step(&node, &peer, Step::Transfer, &body).await
 }
 
-pub async fn view_receive(State(node): State<Arc<Node>>, body: Result<Json<Receive>, JsonRejection>) -> Response {
-    if let Some(resp) = view_fault(&node, "receive").await {
-        return resp;
-    }
-    let Ok(Json(r)) = body else { return refuse(StatusCode::BAD_REQUEST, "bad records") };
-    change_result(node.view_receive(r).map(|_| json!({})))
+pub async fn view_receive(State(node): State<Arc<Node>>, Extension(peer): Extension<Peer>, body: Bytes) -> Response {
+    view_step(&node, &peer, Step::Receive, &body).await
 }
 
-pub async fn view_commit(State(node): State<Arc<Node>>, body: Result<Json<Proposal>, JsonRejection>) -> Response {
-    if let Some(resp) = view_fault(&node, "commit").await {
-        return resp;
-    }
-    let Ok(Json(p)) = body else { return refuse(StatusCode::BAD_REQUEST, "bad proposal") };
-    change_result(node.view_commit(p).await)
+pub async fn view_commit(State(node): State<Arc<Node>>, Extension(peer): Extension<Peer>, body: Bytes) -> Response {
+    view_step(&node, &peer, Step::Commit, &body).await
 }
 
-pub async fn view_abort(State(node): State<Arc<Node>>, body: Result<Json<Proposal>, JsonRejection>) -> Response {
-    let Ok(Json(p)) = body else { return refuse(StatusCode::BAD_REQUEST, "bad proposal") };
-    node.view_abort(&p.change);
-    Json(json!({})).into_response()
+pub async fn view_abort(State(node): State<Arc<Node>>, Extension(peer): Extension<Peer>, body: Bytes) -> Response {
+    view_step(&node, &peer, Step::Abort, &body).await
 }
 
-pub async fn view_current(State(node): State<Arc<Node>>) -> Response {
-    Json(node.current().map.view.clone()).into_response()
+pub async fn view_current(State(node): State<Arc<Node>>, Extension(peer): Extension<Peer>, body: Bytes) -> Response {
+    view_step(&node, &peer, Step::Current, &body).await
 }

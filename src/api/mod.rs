@@ -9,7 +9,7 @@
 
 mod cluster;
 mod error;
-mod forward;
+pub mod forward;
 mod internal;
 mod keys;
 pub mod limits;

@@ -313,11 +313,6 @@ fn deadline(headers: &HeaderMap) -> Option<u64> {
     headers.get(&DEADLINE_NAME).and_then(|v| v.to_str().ok()).and_then(|v| v.parse().ok())
 }
 
-/// Milliseconds since the Unix epoch.
-pub fn unix_ms() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
-}
-
 /// The sending node of an internal or forwarded request.
 pub fn sender(headers: &HeaderMap) -> Option<&str> {
     headers.get(&FROM_NAME).and_then(|v| v.to_str().ok())

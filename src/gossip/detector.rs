@@ -2,10 +2,10 @@
 //! internal request) within [`SUSPECT_AFTER`]; it is trusted again as soon as
 //! it answers again. Pure bookkeeping; the heartbeat loop lives in `mod.rs`.
 
-use std::collections::HashMap;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use parking_lot::Mutex;
+use dashmap::DashMap;
+use tokio::time::Instant;
 
 /// A peer silent for this long is suspected (DESIGN.md: suspect after 1 s).
 pub const SUSPECT_AFTER: Duration = Duration::from_secs(1);
@@ -14,16 +14,16 @@ pub const SUSPECT_AFTER: Duration = Duration::from_secs(1);
 pub struct FailureDetector {
     me: String,
     started: Instant,
-    last_heard: Mutex<HashMap<String, Instant>>,
+    last_heard: DashMap<String, Instant>,
 }
 
 impl FailureDetector {
     pub fn new(me: &str) -> Self {
-        Self { me: me.to_owned(), started: Instant::now(), last_heard: Mutex::new(HashMap::new()) }
+        Self { me: me.to_owned(), started: Instant::now(), last_heard: DashMap::new() }
     }
 
     pub fn heard_from(&self, peer: &str) {
-        self.last_heard.lock().insert(peer.to_owned(), Instant::now());
+        self.last_heard.insert(peer.to_owned(), Instant::now());
     }
 
     /// True unless `peer` has been silent for [`SUSPECT_AFTER`]. During the
@@ -32,7 +32,7 @@ impl FailureDetector {
         if peer == self.me || self.started.elapsed() < SUSPECT_AFTER {
             return true;
         }
-        self.last_heard.lock().get(peer).is_some_and(|t| t.elapsed() < SUSPECT_AFTER)
+        self.last_heard.get(peer).is_some_and(|t| t.elapsed() < SUSPECT_AFTER)
     }
 
     /// `nodes` reordered: alive ones first (order kept), suspected ones last.
@@ -49,12 +49,12 @@ mod tests {
 
     #[test]
     fn a_silent_peer_is_suspected_and_trusted_again_when_heard() {
-        let fd = FailureDetector { me: "me".into(), started: Instant::now() - SUSPECT_AFTER * 2, last_heard: Mutex::new(HashMap::new()) };
+        let fd = FailureDetector { me: "me".into(), started: Instant::now() - SUSPECT_AFTER * 2, last_heard: DashMap::new() };
         assert!(fd.is_alive("me"));
         assert!(!fd.is_alive("p"), "never heard");
         fd.heard_from("p");
         assert!(fd.is_alive("p"));
-        fd.last_heard.lock().insert("p".into(), Instant::now() - SUSPECT_AFTER);
+        fd.last_heard.insert("p".into(), Instant::now() - SUSPECT_AFTER);
         assert!(!fd.is_alive("p"));
         fd.heard_from("p");
         assert!(fd.is_alive("p"));

@@ -196,18 +196,25 @@ pub struct Gossip {
     /// Latest applied clock reported by each peer of the shard.
     peer_clocks: Mutex<HashMap<String, Clock>>,
     snapshot_running: AtomicBool,
+    /// This node's wall clock (visibility ages).
+    wall: Arc<dyn crate::time::WallClock>,
+}
+
+/// What every epoch's gossip shares with the node.
+#[derive(Clone)]
+pub struct GossipDeps {
+    pub store: Arc<Store>,
+    pub transport: Arc<dyn Transport>,
+    pub metrics: Arc<Metrics>,
+    pub detector: Arc<FailureDetector>,
+    pub epoch_hint: Arc<EpochHint>,
+    pub conflicts: Arc<ViewConflicts>,
+    pub wall: Arc<dyn crate::time::WallClock>,
 }
 
 impl Gossip {
-    pub fn new(
-        store: Arc<Store>,
-        transport: Arc<dyn Transport>,
-        metrics: Arc<Metrics>,
-        detector: Arc<FailureDetector>,
-        epoch_hint: Arc<EpochHint>,
-        conflicts: Arc<ViewConflicts>,
-        map: &ShardMap,
-    ) -> Self {
+    pub fn new(deps: GossipDeps, map: &ShardMap) -> Self {
+        let GossipDeps { store, transport, metrics, detector, epoch_hint, conflicts, wall } = deps;
         Self {
             store,
             transport,
@@ -221,6 +228,7 @@ impl Gossip {
             epoch_hint,
             peer_clocks: Mutex::new(HashMap::new()),
             snapshot_running: AtomicBool::new(false),
+            wall,
         }
     }
 
@@ -262,7 +270,7 @@ impl Gossip {
         // Visibility: the record's HLC carries its origin's wall clock (ms)
         // when it was written; exact on one host, skewed by clock offset across hosts.
         let applied = self.store.applied();
-        let now_ms = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0);
+        let now_ms = self.wall.now_ms();
         let ages: Vec<f64> = batch
             .records
             .iter()

@@ -1,19 +1,24 @@
-//! A running node: the state every handler shares, and its start/stop.
+//! A node: the protocol state every request handler and background task
+//! shares — store, view and epoch, placement, failure detector, the causal
+//! gate, replication and anti-entropy — with no socket of its own.
 //!
-//! `Node::start` opens the store, loads the view (the persisted one if a view
-//! change ever committed, else VIEW/REPL_FACTOR), binds the listener, starts
-//! the flusher and the gossip tasks of the current epoch, and returns a
-//! [`NodeHandle`]; `NodeHandle::shutdown` (or SIGTERM/SIGINT via
-//! [`NodeHandle::run_until_signal`]) stops accepting, lets in-flight requests
-//! finish (for at most `server::DRAIN_DEADLINE`), stops gossip, and flushes
-//! storage.
+//! [`Node::new`] assembles it from [`NodeParts`] (storage, a [`Transport`]
+//! to peers, a [`kv::Forwarder`] for key requests, a wall clock); the process
+//! (`server::start`) supplies HTTP or Mycelium for them, the simulator
+//! (`sim`) supplies in-memory ones. Key requests enter at
+//! [`Node::serve_key`] ([`kv`]), peer messages at `Gossip::dispatch` and the
+//! view-change steps ([`view_change`]).
 //!
 //! The view, its shard map and the gossip tasks form one [`Epoch`], swapped
 //! as a whole when a view change commits (`view_change`).
+//!
+//! Invariant: nothing under `node` knows HTTP: answers are typed
+//! (`kv::KvAnswer`), and only `api` turns them into statuses and bodies.
 
+pub mod dispatch;
+pub mod kv;
 pub mod view_change;
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
@@ -26,10 +31,12 @@ use crate::config::Config;
 use crate::faults::Faults;
 use crate::gossip::conflict::Conflict;
 use crate::gossip::refusals::PeerRefusals;
-use crate::gossip::{Auth, EpochHint, FailureDetector, Gossip, HttpTransport, Inbound, MyceliumTransport, Transport, ViewConflicts};
+use crate::gossip::{Auth, EpochHint, FailureDetector, Gossip, GossipDeps, Inbound, Transport, ViewConflicts};
 use crate::metrics::Metrics;
 use crate::shard::{ShardMap, View};
 use crate::store::{Store, StoreError, run_checkpointer, run_flusher};
+use crate::time::WallClock;
+use kv::Forwarder;
 
 /// How long start-up waits for peers to hand over missed records before the
 /// node reports ready anyway (a peer may be down).
@@ -37,8 +44,6 @@ const STARTUP_CATCH_UP: Duration = Duration::from_secs(2);
 /// Bytes of internal request bodies held at once, over all connections
 /// (a few of the largest batches).
 pub const INTERNAL_BODY_BUDGET: usize = 48 * 1024 * 1024;
-/// Keep-alive connections per peer kept by the internal HTTP client.
-const POOL_IDLE_PER_HOST: usize = 64;
 
 #[derive(Debug, thiserror::Error)]
 pub enum NodeError {
@@ -46,12 +51,6 @@ pub enum NodeError {
     Store { dir: String, source: StoreError },
     #[error("the stored view in {dir} is unreadable: {source}")]
     StoredView { dir: String, source: serde_json::Error },
-    #[error("cannot listen on {addr}: {source}")]
-    Bind { addr: SocketAddr, source: std::io::Error },
-    #[error("cannot build the HTTP client: {0}")]
-    Client(#[from] reqwest::Error),
-    #[error("{0}")]
-    Tls(#[from] crate::tls::TlsError),
 }
 
 /// One epoch's view, shard map and gossip.
@@ -77,7 +76,12 @@ pub struct Node {
     /// Peers met running another view at this node's epoch.
     pub conflicts: Arc<ViewConflicts>,
     pub transport: Arc<dyn Transport>,
-    /// Client for forwarded requests (keep-alive, pooled).
+    /// Passes key requests to other nodes.
+    pub forwarder: Arc<dyn Forwarder>,
+    /// This node's wall clock (HLC, deadlines, view-change ids).
+    pub wall: Arc<dyn WallClock>,
+    /// HTTP client for what the admin endpoints pass on (key-count, shards,
+    /// view-change at a proxy).
     pub client: reqwest::Client,
     current: RwLock<Arc<Epoch>>,
     epoch_tx: watch::Sender<u64>,
@@ -135,16 +139,16 @@ impl Node {
         let configured = &self.config.view;
         let extra =
             if configured.epoch == map.view.epoch && configured.id() != map.view_id() { configured.nodes.clone() } else { Vec::new() };
-        let gossip = Gossip::new(
-            self.store.clone(),
-            self.transport.clone(),
-            self.metrics.clone(),
-            self.detector.clone(),
-            self.epoch_hint.clone(),
-            self.conflicts.clone(),
-            &map,
-        )
-        .also_heartbeat(extra);
+        let deps = GossipDeps {
+            store: self.store.clone(),
+            transport: self.transport.clone(),
+            metrics: self.metrics.clone(),
+            detector: self.detector.clone(),
+            epoch_hint: self.epoch_hint.clone(),
+            conflicts: self.conflicts.clone(),
+            wall: self.wall.clone(),
+        };
+        let gossip = Gossip::new(deps, &map).also_heartbeat(extra);
         let gossip = Arc::new(gossip);
         Arc::new(Epoch { map, gossip })
     }
@@ -168,91 +172,37 @@ impl Node {
         }
     }
 
-    /// Opens the store and binds; serving starts at once.
-    pub async fn start(config: Config) -> Result<NodeHandle, NodeError> {
-        let dir = config.data_dir.display().to_string();
-        let store = Store::open(&config.data_dir, &config.address, config.durability)
-            .map_err(|source| NodeError::Store { dir: dir.clone(), source })?;
-        let store = Arc::new(store);
-        let view = match store.stored_view().map_err(|source| NodeError::Store { dir: dir.clone(), source })? {
-            Some(bytes) => {
-                let view: View = serde_json::from_slice(&bytes).map_err(|source| NodeError::StoredView { dir: dir.clone(), source })?;
-                if view.epoch == config.view.epoch && view != config.view {
-                    // Not a view change: the folder was first used with
-                    // other settings, or by another cluster.
-                    tracing::warn!(
-                        stored = ?view.nodes, stored_repl_factor = view.repl_factor, epoch = view.epoch, dir = %dir,
-                        "the data folder holds the view of an earlier start, not VIEW/REPL_FACTOR; this node keeps it. \
-                         If the folder belongs to another cluster, stop this node and start it with an empty data folder"
-                    );
-                } else if view.nodes != config.view.nodes || view.repl_factor != config.view.repl_factor {
-                    tracing::warn!(stored = ?view.nodes, epoch = view.epoch, "using the view of the last committed view change, not VIEW/REPL_FACTOR");
-                }
-                view
-            }
-            None => {
-                let bytes = serde_json::to_vec(&config.view).expect("a view serialises");
-                store.store_view(&bytes).map_err(|source| NodeError::Store { dir: dir.clone(), source })?;
-                config.view.clone()
-            }
-        };
+    /// A node over `parts`, in the view the store holds (or the configured
+    /// one on first start). Binds nothing and starts no task: see
+    /// [`Node::spawn_tasks`].
+    pub fn new(parts: NodeParts) -> Result<Arc<Node>, NodeError> {
+        let NodeParts { config, store, transport, forwarder, wall, client, faults, auth, metrics, refusals } = parts;
+        let view = load_view(&store, &config)?;
         // Staged records of a change that never committed here are void.
         if let Err(e) = store.discard_other_stages(None) {
             tracing::warn!(error = %e, "dropping stale staged records failed");
         }
-        crate::tls::install_provider();
-        let tls = config.tls.as_ref().map(crate::tls::load).transpose()?;
-        let mut client = reqwest::Client::builder()
-            .pool_max_idle_per_host(POOL_IDLE_PER_HOST)
-            // Give up idle connections before peers close them (IDLE_TIMEOUT_MS,
-            // the same on every node): reusing one the peer is closing fails
-            // the request.
-            .pool_idle_timeout(config.server.idle_timeout / 2)
-            .connect_timeout(Duration::from_millis(500))
-            .tcp_nodelay(true)
-            .dns_resolver(Arc::new(crate::gossip::auth::ViewDns::default()));
-        client = match &tls {
-            Some(tls) => client.tls_backend_preconfigured(tls.client.clone()),
-            None => client.tls_backend_preconfigured(crate::tls::plain_client_config()?),
-        };
-        let client = client.build()?;
-        let faults = Arc::new(Faults::new(config.faults));
-        let auth = Arc::new(Auth::new(config.cluster_key.as_deref(), &config.address));
-        let metrics = Arc::new(Metrics::default());
         store.set_max_clock_skew(config.max_clock_skew, metrics.clock_skew_rejected.clone());
-        let refusals = Arc::new(PeerRefusals::default());
-        warn_if_unauthenticated(&config);
-        let http =
-            HttpTransport::new(client.clone(), config.address.clone(), faults.clone(), auth.clone(), refusals.clone(), metrics.clone());
-        let transport: Arc<dyn Transport> = match &config.mycelium {
-            Some(m) => {
-                Arc::new(MyceliumTransport::new(m.clone(), config.address.clone(), http, faults.clone(), auth.clone(), metrics.clone())?)
-            }
-            None => Arc::new(http),
-        };
-        let bind = config.bind_addr();
-        let listener = tokio::net::TcpListener::bind(bind).await.map_err(|source| NodeError::Bind { addr: bind, source })?;
-        let local_addr = listener.local_addr().map_err(|source| NodeError::Bind { addr: bind, source })?;
         let detector = Arc::new(FailureDetector::new(&config.address));
         let conflicts = Arc::new(ViewConflicts::new(&config.address));
-        let (shutdown_tx, shutdown_rx) = watch::channel(false);
         let (epoch_stop, _) = watch::channel(false);
         let placeholder = {
             let map = ShardMap::new(view.clone(), &config.address);
-            let gossip = Arc::new(Gossip::new(
-                store.clone(),
-                transport.clone(),
-                metrics.clone(),
-                detector.clone(),
-                Arc::new(EpochHint::default()),
-                conflicts.clone(),
-                &map,
-            ));
+            let deps = GossipDeps {
+                store: store.clone(),
+                transport: transport.clone(),
+                metrics: metrics.clone(),
+                detector: detector.clone(),
+                epoch_hint: Arc::new(EpochHint::default()),
+                conflicts: conflicts.clone(),
+                wall: wall.clone(),
+            };
+            let gossip = Arc::new(Gossip::new(deps, &map));
             Arc::new(Epoch { map, gossip })
         };
         let node = Arc::new(Node {
             config,
-            store: store.clone(),
+            store,
             faults,
             metrics,
             auth,
@@ -262,6 +212,8 @@ impl Node {
             epoch_hint: Arc::new(EpochHint::default()),
             conflicts,
             transport,
+            forwarder,
+            wall,
             client,
             current: RwLock::new(placeholder),
             epoch_tx: watch::Sender::new(view.epoch),
@@ -271,32 +223,79 @@ impl Node {
             ready: AtomicBool::new(false),
         });
         node.install_epoch(view);
+        Ok(node)
+    }
 
+    /// Starts the node's background work (group commit, checkpoints, the
+    /// transport's receiving, start-up catch-up, the missed-change watch);
+    /// each task ends when `shutdown` turns true. The current epoch's gossip
+    /// tasks run already (see [`Node::stop_epoch_tasks`]).
+    pub fn spawn_tasks(self: &Arc<Self>, shutdown: watch::Receiver<bool>) -> Vec<JoinHandle<()>> {
         let mut tasks = vec![
-            tokio::spawn(run_flusher(store.clone(), shutdown_rx.clone())),
-            tokio::spawn(run_checkpointer(store.clone(), shutdown_rx.clone())),
+            tokio::spawn(run_flusher(self.store.clone(), shutdown.clone())),
+            tokio::spawn(run_checkpointer(self.store.clone(), shutdown.clone())),
         ];
         // A transport that receives by itself (Mycelium) runs for the node's
         // lifetime and hands messages to whichever epoch is current.
-        tasks.extend(node.transport.clone().start_receiving(node.clone(), shutdown_rx.clone()));
-        tasks.push(tokio::spawn(catch_up_then_ready(node.clone())));
-        tasks.push(tokio::spawn(view_change::watch_for_missed_changes(node.clone(), shutdown_rx.clone())));
+        tasks.extend(self.transport.clone().start_receiving(self.clone(), shutdown.clone()));
+        tasks.push(tokio::spawn(catch_up_then_ready(self.clone())));
+        tasks.push(tokio::spawn(view_change::watch_for_missed_changes(self.clone(), shutdown)));
+        tasks
+    }
 
-        let app = crate::api::router(node.clone());
-        let server = tokio::spawn(crate::server::serve(
-            listener,
-            app,
-            node.config.server.clone(),
-            tls.map(|t| t.acceptor),
-            node.metrics.clone(),
-            shutdown_rx.clone(),
-        ));
-        let cur = node.current();
-        tracing::info!(
-            address = %node.config.address, bind = %local_addr, shard = ?cur.map.my_shard(), epoch = cur.map.epoch(),
-            view = ?cur.map.view.nodes, repl_factor = cur.map.view.repl_factor, "node started"
-        );
-        Ok(NodeHandle { node, local_addr, shutdown: shutdown_tx, server, tasks })
+    /// Stops the current epoch's gossip tasks and returns them to await.
+    pub fn stop_epoch_tasks(&self) -> Vec<JoinHandle<()>> {
+        let (stop, handles) = {
+            let mut guard = self.epoch_tasks.lock();
+            let (tx, _) = watch::channel(true);
+            std::mem::replace(&mut *guard, (tx, Vec::new()))
+        };
+        let _ = stop.send(true);
+        handles
+    }
+}
+
+/// Everything a [`Node`] is made of that comes from outside: its settings,
+/// its storage, how it reaches peers, and its wall clock.
+pub struct NodeParts {
+    pub config: Config,
+    pub store: Arc<Store>,
+    pub transport: Arc<dyn Transport>,
+    pub forwarder: Arc<dyn Forwarder>,
+    pub wall: Arc<dyn WallClock>,
+    /// HTTP client for what the admin endpoints pass on to other nodes.
+    pub client: reqwest::Client,
+    pub faults: Arc<Faults>,
+    pub auth: Arc<Auth>,
+    pub metrics: Arc<Metrics>,
+    pub refusals: Arc<PeerRefusals>,
+}
+
+/// The view the store holds (a committed view change, or an earlier start),
+/// else the configured one, which is stored now.
+fn load_view(store: &Store, config: &Config) -> Result<View, NodeError> {
+    let dir = config.data_dir.display().to_string();
+    match store.stored_view().map_err(|source| NodeError::Store { dir: dir.clone(), source })? {
+        Some(bytes) => {
+            let view: View = serde_json::from_slice(&bytes).map_err(|source| NodeError::StoredView { dir: dir.clone(), source })?;
+            if view.epoch == config.view.epoch && view != config.view {
+                // Not a view change: the folder was first used with
+                // other settings, or by another cluster.
+                tracing::warn!(
+                    stored = ?view.nodes, stored_repl_factor = view.repl_factor, epoch = view.epoch, dir = %dir,
+                    "the data folder holds the view of an earlier start, not VIEW/REPL_FACTOR; this node keeps it. \
+                     If the folder belongs to another cluster, stop this node and start it with an empty data folder"
+                );
+            } else if view.nodes != config.view.nodes || view.repl_factor != config.view.repl_factor {
+                tracing::warn!(stored = ?view.nodes, epoch = view.epoch, "using the view of the last committed view change, not VIEW/REPL_FACTOR");
+            }
+            Ok(view)
+        }
+        None => {
+            let bytes = serde_json::to_vec(&config.view).map_err(|source| NodeError::StoredView { dir: dir.clone(), source })?;
+            store.store_view(&bytes).map_err(|source| NodeError::Store { dir, source })?;
+            Ok(config.view.clone())
+        }
     }
 }
 
@@ -306,24 +305,6 @@ impl Node {
     /// a proposal names counts once it is aborted.
     pub fn is_member(&self, sender: &str) -> bool {
         self.current().map.view.nodes.iter().any(|n| n == sender) || self.change.proposed_nodes().iter().any(|n| n == sender)
-    }
-}
-
-/// Says at start what an unauthenticated node lets anyone do.
-fn warn_if_unauthenticated(config: &Config) {
-    if config.cluster_key.is_none() {
-        tracing::warn!(
-            "CLUSTER_KEY is not set: internal traffic is not authenticated. Anyone who can reach port {} can speak for a member \
-             of the view (replicate, read the shard). Set CLUSTER_KEY (or CLUSTER_KEY_FILE) outside local development",
-            config.port
-        );
-    }
-    if config.admin_token().is_none() {
-        tracing::warn!(
-            "neither ADMIN_TOKEN nor CLUSTER_KEY is set: view-change and join are unauthenticated; anyone who can reach port {} \
-             can reconfigure this cluster",
-            config.port
-        );
     }
 }
 
@@ -348,81 +329,4 @@ impl Inbound for Node {
 async fn catch_up_then_ready(node: Arc<Node>) {
     node.current().gossip.pull_from_peers(STARTUP_CATCH_UP).await;
     node.ready.store(true, Ordering::Relaxed);
-}
-
-/// Owns a running node; dropping it without `shutdown` aborts the tasks.
-pub struct NodeHandle {
-    pub node: Arc<Node>,
-    pub local_addr: SocketAddr,
-    shutdown: watch::Sender<bool>,
-    server: JoinHandle<()>,
-    tasks: Vec<JoinHandle<()>>,
-}
-
-impl NodeHandle {
-    /// Stops accepting, drains in-flight requests (bounded), stops gossip, flushes.
-    pub async fn shutdown(self) {
-        let _ = self.shutdown.send(true);
-        if let Err(e) = self.server.await {
-            tracing::error!(error = %e, "server task failed");
-        }
-        let (stop, handles) = {
-            let mut guard = self.node.epoch_tasks.lock();
-            let (tx, _) = watch::channel(true);
-            std::mem::replace(&mut *guard, (tx, Vec::new()))
-        };
-        let _ = stop.send(true);
-        for t in handles.into_iter().chain(self.tasks) {
-            let _ = t.await;
-        }
-        if let Err(e) = self.node.store.flush() {
-            tracing::error!(error = %e, "final flush failed");
-        }
-        tracing::info!("node stopped");
-    }
-
-    /// Serves until SIGTERM or SIGINT, then shuts down gracefully.
-    /// `signals` must be installed before the node starts serving: a
-    /// signal that arrives before its handler exists kills the process
-    /// without a flush.
-    pub async fn run_until_signal(self, signals: ShutdownSignals) {
-        signals.wait().await;
-        tracing::info!("signal received: shutting down");
-        self.shutdown().await;
-    }
-}
-
-/// SIGTERM and SIGINT handlers, installed when this is made.
-pub struct ShutdownSignals {
-    #[cfg(unix)]
-    handlers: Option<(tokio::signal::unix::Signal, tokio::signal::unix::Signal)>,
-}
-
-impl ShutdownSignals {
-    /// Installs the handlers now (inside a runtime).
-    pub fn install() -> Self {
-        #[cfg(unix)]
-        {
-            use tokio::signal::unix::{SignalKind, signal};
-            let handlers = signal(SignalKind::terminate()).and_then(|term| Ok((term, signal(SignalKind::interrupt())?)));
-            if let Err(e) = &handlers {
-                tracing::warn!(error = %e, "cannot install signal handlers: only Ctrl-C stops this node");
-            }
-            Self { handlers: handlers.ok() }
-        }
-        #[cfg(not(unix))]
-        Self {}
-    }
-
-    async fn wait(self) {
-        #[cfg(unix)]
-        if let Some((mut term, mut int)) = self.handlers {
-            tokio::select! {
-                _ = term.recv() => {}
-                _ = int.recv() => {}
-            }
-            return;
-        }
-        let _ = tokio::signal::ctrl_c().await;
-    }
 }

@@ -10,7 +10,9 @@
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
+
+use tokio::time::Instant;
 
 use parking_lot::Mutex;
 use serde_json::Value;
@@ -129,8 +131,7 @@ impl ChangeState {
 }
 
 fn change_id(me: &str, epoch: u64) -> String {
-    let nanos = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
-    format!("{me}/{epoch}/{nanos}")
+    format!("{me}/{epoch}/{}", uuid::Uuid::new_v4())
 }
 
 impl Node {
