@@ -60,6 +60,15 @@ pub struct NodeArgs {
     /// (mutual TLS); `none`: no client certificate is asked for.
     #[arg(long, env = "TLS_CLIENT_AUTH", default_value = "none")]
     pub tls_client_auth: String,
+    /// Serve on this inherited, already listening socket (a file descriptor
+    /// the parent bound) instead of binding: a test harness or a socket
+    /// manager holds the port from the start, so nothing can take it.
+    #[arg(long, env = "LISTEN_FD")]
+    pub listen_fd: Option<i32>,
+    /// Once listening, write the address the node listens on (`ip:port`) to
+    /// this file: with PORT=0 it is the port the system chose.
+    #[arg(long, env = "PORT_FILE")]
+    pub port_file: Option<PathBuf>,
     /// Comma-separated node addresses, in order (default: ADDRESS alone).
     #[arg(long, env = "VIEW")]
     pub view: Option<String>,
@@ -144,6 +153,10 @@ pub struct Config {
     pub server: ServerLimits,
     /// Set when TLS_CERT and TLS_KEY are.
     pub tls: Option<TlsSettings>,
+    /// See [`NodeArgs::listen_fd`].
+    pub listen_fd: Option<i32>,
+    /// See [`NodeArgs::port_file`].
+    pub port_file: Option<PathBuf>,
 }
 
 /// Connection limits of the HTTP server (`crate::server`).
@@ -169,8 +182,11 @@ impl Config {
             }
             None => default_bind_ip(&address),
         };
-        if port == 0 {
-            return Err("PORT must be between 1 and 65535".into());
+        let view_text = args.view.clone().unwrap_or_else(|| address.clone());
+        if port == 0 && (args.listen_fd.is_some() || normalise_list(&view_text) != [address.clone()]) {
+            // The port is the node's name in the view: the system may choose
+            // it only for a node that is its whole view.
+            return Err("PORT must be between 1 and 65535 (0, a port the system chooses, only for a node whose VIEW is itself)".into());
         }
         if args.max_connections == Some(0) {
             return Err("MAX_CONNECTIONS must be at least 1".into());
@@ -180,7 +196,6 @@ impl Config {
                 return Err(format!("{name} must be between 1 and {MAX_CONNECTION_TIMEOUT_MS}"));
             }
         }
-        let view_text = args.view.clone().unwrap_or_else(|| address.clone());
         let view = View::parse(&view_text, args.repl_factor, 0).map_err(|e| format!("VIEW/REPL_FACTOR: {e}"))?;
         if args.causal_wait_ms > MAX_CAUSAL_WAIT_MS {
             return Err(format!("CAUSAL_WAIT_MS must be at most {MAX_CAUSAL_WAIT_MS}"));
@@ -225,6 +240,8 @@ impl Config {
                 idle_timeout: Duration::from_millis(args.idle_timeout_ms),
             },
             tls,
+            listen_fd: args.listen_fd,
+            port_file: args.port_file.clone(),
         })
     }
 
@@ -232,6 +249,19 @@ impl Config {
     /// CLUSTER_KEY; None leaves them open (local development).
     pub fn admin_token(&self) -> Option<&str> {
         self.admin_token_setting.as_deref().or(self.cluster_key.as_deref())
+    }
+
+    /// This configuration once the system chose the port (PORT=0): the
+    /// address and the one-node view name the real port.
+    pub fn with_port(mut self, port: u16) -> Result<Config, String> {
+        if self.port == port {
+            return Ok(self);
+        }
+        let host = self.address.rsplit_once(':').map_or(self.address.as_str(), |(h, _)| h);
+        self.address = format!("{host}:{port}");
+        self.port = port;
+        self.view = View::parse(&self.address, self.view.repl_factor, self.view.epoch).map_err(|e| e.to_string())?;
+        Ok(self)
     }
 
     /// Address to listen on: `bind_ip` and PORT.
@@ -435,4 +465,9 @@ mod tests {
         let m = c.mycelium.unwrap();
         assert_eq!((m.api.as_str(), m.topic.as_str()), ("http://127.0.0.1:9001", "prod-kv"));
     }
+}
+
+/// The nodes of a VIEW text, normalised (for comparisons).
+fn normalise_list(view: &str) -> Vec<String> {
+    view.split(',').map(str::trim).filter(|n| !n.is_empty()).map(|n| normalise_address(n).unwrap_or_else(|_| n.to_owned())).collect()
 }

@@ -40,6 +40,10 @@ pub enum StartError {
     Node(#[from] NodeError),
     #[error("cannot listen on {addr}: {source}")]
     Bind { addr: SocketAddr, source: std::io::Error },
+    #[error("the chosen port does not fit the view: {0}")]
+    Port(String),
+    #[error("cannot write PORT_FILE {file}: {source}")]
+    PortFile { file: String, source: std::io::Error },
     #[error("cannot build the HTTP client: {0}")]
     Client(#[from] reqwest::Error),
     #[error("{0}")]
@@ -48,6 +52,15 @@ pub enum StartError {
 
 /// Opens the store, binds, and serves at once; returns the running node.
 pub async fn start(config: Config) -> Result<NodeHandle, StartError> {
+    // Bound first: with PORT=0 the node's address (its name in the view and
+    // in every record it writes) is known only now.
+    let bind = config.bind_addr();
+    let listener = listen(&config).await.map_err(|source| StartError::Bind { addr: bind, source })?;
+    let local_addr = listener.local_addr().map_err(|source| StartError::Bind { addr: bind, source })?;
+    let config = config.with_port(local_addr.port()).map_err(StartError::Port)?;
+    if let Some(file) = &config.port_file {
+        write_port_file(file, &local_addr).map_err(|source| StartError::PortFile { file: file.display().to_string(), source })?;
+    }
     let dir = config.data_dir.display().to_string();
     let store = Store::open(&config.data_dir, &config.address, config.durability).map_err(|source| StartError::Store { dir, source })?;
     let store = Arc::new(store);
@@ -79,9 +92,6 @@ pub async fn start(config: Config) -> Result<NodeHandle, StartError> {
         }
         None => Arc::new(http),
     };
-    let bind = config.bind_addr();
-    let listener = tokio::net::TcpListener::bind(bind).await.map_err(|source| StartError::Bind { addr: bind, source })?;
-    let local_addr = listener.local_addr().map_err(|source| StartError::Bind { addr: bind, source })?;
     let forwarder = crate::api::forward::HttpForwarder::new(client.clone());
     let parts = NodeParts { config, store, transport, forwarder, wall: crate::time::system(), client, faults, auth, metrics, refusals };
     let node = Node::new(parts)?;
@@ -113,6 +123,28 @@ fn warn_if_unauthenticated(config: &Config) {
             config.port
         );
     }
+}
+
+/// The listener: the inherited socket of LISTEN_FD, else a new one bound to
+/// BIND_ADDR/PORT (PORT=0: a port the system chooses).
+async fn listen(config: &Config) -> std::io::Result<tokio::net::TcpListener> {
+    #[cfg(unix)]
+    if let Some(fd) = config.listen_fd {
+        use std::os::fd::FromRawFd;
+        // SAFETY: LISTEN_FD names a socket this process inherited and owns
+        // from here on; nothing else in the process uses that descriptor.
+        let std_listener = unsafe { std::net::TcpListener::from_raw_fd(fd) };
+        std_listener.set_nonblocking(true)?;
+        return tokio::net::TcpListener::from_std(std_listener);
+    }
+    tokio::net::TcpListener::bind(config.bind_addr()).await
+}
+
+/// Writes `addr` to `file` whole (a reader never sees half of it).
+fn write_port_file(file: &std::path::Path, addr: &SocketAddr) -> std::io::Result<()> {
+    let tmp = file.with_extension("tmp");
+    std::fs::write(&tmp, addr.to_string())?;
+    std::fs::rename(tmp, file)
 }
 
 /// Owns a running node; dropping it without `shutdown` aborts the tasks.
