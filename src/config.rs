@@ -329,6 +329,11 @@ fn secret(name: &str, value: Option<&str>, file: Option<&std::path::Path>) -> Re
     }
 }
 
+/// The nodes of a VIEW text, normalised (for comparisons).
+fn normalise_list(view: &str) -> Vec<String> {
+    view.split(',').map(str::trim).filter(|n| !n.is_empty()).map(|n| normalise_address(n).unwrap_or_else(|_| n.to_owned())).collect()
+}
+
 #[cfg(test)]
 mod tests {
     use clap::Parser;
@@ -465,9 +470,4 @@ mod tests {
         let m = c.mycelium.unwrap();
         assert_eq!((m.api.as_str(), m.topic.as_str()), ("http://127.0.0.1:9001", "prod-kv"));
     }
-}
-
-/// The nodes of a VIEW text, normalised (for comparisons).
-fn normalise_list(view: &str) -> Vec<String> {
-    view.split(',').map(str::trim).filter(|n| !n.is_empty()).map(|n| normalise_address(n).unwrap_or_else(|_| n.to_owned())).collect()
 }
