@@ -4,12 +4,15 @@
 //! last-writer-wins comparison and split replicas for good).
 //!
 //! Invariants kept here:
-//! - A record is refused when `physical_ms(hlc) > now_ms + limit`, checked
+//! - A record is refused when `physical_ms(hlc) > now_ms + limit`, with
+//!   `now_ms` read from the store's injected `WallClock` (`time.rs`; the
+//!   simulator's virtual clock, never `SystemTime` here), checked
 //!   when it arrives (a legitimate record from a peer whose clock runs ahead
 //!   is accepted once real time has caught up with it: its sender retries).
 //! - Every refusal is counted (the `clock_skew_rejected` metric) and logged
 //!   at warn, at most once per [`WARN_EVERY`] with the count of the refusals
-//!   not logged since, so a retrying sender is loud but cannot flood the log.
+//!   not logged since, so a retrying sender is loud but cannot flood the log
+//!   (measured in tokio time, so paused time in the simulator drives it).
 //!
 //! What the store does with a message holding such a record (`state.rs`):
 //! log records (replication, pull answers) are cut per origin at the first
@@ -18,12 +21,14 @@
 //! pages and view-change transfers are refused whole: they install a state
 //! (an applied clock, a new epoch) that would claim the refused record.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use tokio::time::Instant;
 
 use prometheus_client::metrics::counter::Counter;
 
 use super::Record;
-use crate::causal::hlc::{now_ms, physical_ms};
+use crate::causal::hlc::physical_ms;
 
 /// Default `MAX_CLOCK_SKEW_MS`: far above NTP-synchronised clock offsets,
 /// far below what could push the HLC near its end.
@@ -81,13 +86,12 @@ impl ClockGuard {
 
     /// The records of `records` beyond the limit, if any (nothing is
     /// counted yet: see [`ClockGuard::refuse`]): the first one, and per
-    /// origin the lowest refused seq. One comparison per record, one clock
-    /// reading for all.
-    pub(super) fn screen(&self, records: &[Record]) -> Option<Screened> {
-        let now = now_ms();
+    /// origin the lowest refused seq. One comparison per record against
+    /// `now_ms`, the store's wall clock read once for all.
+    pub(super) fn screen(&self, records: &[Record], now_ms: u64) -> Option<Screened> {
         let mut found: Option<Screened> = None;
         for r in records {
-            let Some(ahead_ms) = self.too_far_ahead(r.hlc, now) else { continue };
+            let Some(ahead_ms) = self.too_far_ahead(r.hlc, now_ms) else { continue };
             let screened = found.get_or_insert_with(|| Screened {
                 first: ClockSkew {
                     origin: r.dot.origin.clone(),
@@ -129,6 +133,7 @@ mod tests {
     use super::*;
     use crate::causal::Clock;
     use crate::store::Dot;
+    use crate::time::{SystemClock, WallClock};
 
     fn rec(origin: &str, seq: u64, hlc: u64) -> Record {
         Record { key: format!("k{seq}"), value: None, dot: Dot { epoch: 0, origin: origin.into(), seq }, deps: Clock::new(), hlc }
@@ -142,12 +147,12 @@ mod tests {
     fn only_records_beyond_the_limit_are_flagged() {
         let counter = Counter::default();
         let mut guard = ClockGuard::new(Duration::from_secs(60), counter.clone());
-        let now = now_ms();
+        let now = SystemClock.now_ms();
         let fine = [rec("a", 1, 0), rec("a", 2, hlc_at(now)), rec("a", 3, hlc_at(now + 50_000)), rec("b", 1, hlc_at(now - 1_000_000))];
-        assert!(guard.screen(&fine).is_none());
+        assert!(guard.screen(&fine, now).is_none());
 
         let mixed = [rec("a", 1, hlc_at(now)), rec("a", 3, u64::MAX), rec("a", 2, hlc_at(now + 120_000)), rec("b", 7, hlc_at(now))];
-        let Screened { first: skew, lowest_refused_seq } = guard.screen(&mixed).unwrap();
+        let Screened { first: skew, lowest_refused_seq } = guard.screen(&mixed, now).unwrap();
         assert_eq!((skew.origin.as_str(), skew.seq, skew.limit_ms), ("a", 3, 60_000));
         assert!(skew.ahead_ms > 1 << 40, "{skew}");
         assert_eq!(lowest_refused_seq, vec![("a".to_string(), 2)]);

@@ -1,7 +1,14 @@
 //! Group commit: writers register the generation of their batch; one flusher
 //! task writes and syncs the write-ahead log once for everything appended so
 //! far and publishes the generation (and own seq) that is now durable. A
-//! checkpointer flushes sled in the background so the log stays short.
+//! checkpointer flushes the storage engine in the background so the log
+//! stays short.
+//!
+//! A file-backed store syncs and checkpoints on tokio's blocking threads
+//! (`spawn_blocking`: an `fdatasync` must not stall the runtime). A store on
+//! a memory disk does both inline on the task: they are cheap there, and the
+//! simulator runs one current-thread runtime with paused time that must stay
+//! deterministic, which a blocking thread would break.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -88,8 +95,13 @@ pub async fn run_flusher(store: Arc<Store>, mut shutdown: watch::Receiver<bool>)
             _ = shutdown.wait_for(|s| *s) => break,
         }
         while store.wal_has_unwritten() {
-            let s = store.clone();
-            match tokio::task::spawn_blocking(move || s.sync_wal()).await {
+            let synced = if store.is_in_memory() {
+                Ok(store.sync_wal())
+            } else {
+                let s = store.clone();
+                tokio::task::spawn_blocking(move || s.sync_wal()).await
+            };
+            match synced {
                 Ok(Ok(_)) => {}
                 Ok(Err(e)) => {
                     tracing::error!(error = %e, "write-ahead log sync failed; retrying");
@@ -124,8 +136,13 @@ pub async fn run_checkpointer(store: Arc<Store>, mut shutdown: watch::Receiver<b
         if len < CHECKPOINT_BYTES && (len == 0 || last.elapsed() < CHECKPOINT_EVERY) {
             continue;
         }
-        let s = store.clone();
-        match tokio::task::spawn_blocking(move || s.checkpoint()).await {
+        let done = if store.is_in_memory() {
+            Ok(store.checkpoint())
+        } else {
+            let s = store.clone();
+            tokio::task::spawn_blocking(move || s.checkpoint()).await
+        };
+        match done {
             Ok(Ok(())) => last = tokio::time::Instant::now(),
             Ok(Err(e)) => tracing::error!(error = %e, "checkpoint failed; retrying later"),
             Err(e) => tracing::error!(error = %e, "checkpoint task failed; retrying later"),

@@ -32,6 +32,7 @@
 
 mod clock_guard;
 mod durability;
+mod engine;
 mod keys;
 mod record;
 mod state;
@@ -39,6 +40,7 @@ mod wal;
 
 pub use clock_guard::{ClockSkew, DEFAULT_MAX_CLOCK_SKEW};
 pub use durability::{Durability, DurabilityMode, run_checkpointer, run_flusher};
+pub use engine::{BatchOp, Engine, EngineError, KeyRange, MemoryDisk, MemoryEngine, Pair, Scan, ScanItem, SledEngine, prefix_range};
 pub use record::{Dot, Record};
 pub use state::{ApplyOutcome, Store, StoreError, WalStats, WriteOutcome};
 

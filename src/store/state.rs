@@ -1,7 +1,10 @@
-//! The store: sled tree plus the in-memory state guarded by one lock.
+//! The store: a storage engine (`engine.rs`: sled, or a memory disk in the
+//! simulator) plus the in-memory state guarded by one lock.
 
 use std::collections::{BTreeMap, HashMap};
+use std::ops::Bound;
 use std::path::Path;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
@@ -9,11 +12,13 @@ use parking_lot::Mutex;
 use serde_json::value::RawValue;
 
 use super::clock_guard::{ClockGuard, ClockSkew, Screened};
+use super::engine::{self, Engine, EngineError, MemoryDisk, MemoryEngine, SledEngine};
 use super::keys;
-use super::wal::{self, ReplayError, Wal, WalBatch, WalError};
+use super::wal::{self, ReplayError, Wal, WalBatch, WalDir, WalError};
 use super::{Dot, Durability, DurabilityMode, MAX_PENDING_RECORDS, Record};
 use crate::causal::gate::Gate;
 use crate::causal::{Clock, Hlc, HlcExhausted};
+use crate::time::{self, WallClock};
 
 /// How long a writer waits for the flush that covers its write before the
 /// request fails: far above a healthy fsync (~0.1 ms), short enough that a
@@ -22,8 +27,8 @@ const DURABLE_WAIT: Duration = Duration::from_secs(10);
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
-    #[error("storage engine: {0}")]
-    Sled(#[from] sled::Error),
+    #[error(transparent)]
+    Engine(#[from] EngineError),
     #[error("corrupt stored record: {0}")]
     Corrupt(#[from] super::record::DecodeError),
     #[error("the write was not made durable within {0:?}")]
@@ -75,10 +80,16 @@ struct State {
 }
 
 pub struct Store {
-    db: sled::Db,
-    tree: sled::Tree,
-    /// Records received for a view change in progress, by change id.
-    staging: sled::Tree,
+    /// The main keyspace (`keys.rs`).
+    engine: Box<dyn Engine>,
+    /// Records received for a view change in progress, by change id (a
+    /// second engine instance: see `engine.rs`).
+    staging: Box<dyn Engine>,
+    /// The wall clock the HLC and the clock guard read.
+    clock: Arc<dyn WallClock>,
+    /// On a memory disk: sync and checkpoint run inline, never on a
+    /// blocking thread (`durability.rs`).
+    in_memory: bool,
     me: String,
     /// Current epoch; changes only in `commit_epoch`, under the state lock.
     epoch: AtomicU64,
@@ -86,7 +97,7 @@ pub struct Store {
     pub durability: Durability,
     /// Notified on every apply: the hold-back gate's wake-up.
     pub gate: Gate,
-    /// Every change of `tree`, for durability (sled is flushed only at checkpoints).
+    /// Every change of `engine`, for durability (the engine is flushed only at checkpoints).
     wal: Wal,
     /// Serialises checkpoints (the checkpointer's and shutdown's).
     checkpointing: Mutex<()>,
@@ -130,48 +141,68 @@ impl Store {
         Ok(generation)
     }
 
-    /// Applies `batch` to sled (in memory) and appends it to the write-ahead
+    /// Applies `batch` to the engine (not flushed) and appends it to the write-ahead
     /// log, under the state lock the caller holds; returns its generation.
     fn apply_logged(&self, st: &mut State, batch: WalBatch) -> Result<u64, StoreError> {
-        wal::apply_ops(&self.tree, &batch.ops(), false)?;
+        wal::apply_ops(self.engine.as_ref(), &batch.ops(), false)?;
         st.written_gen += 1;
         self.wal.append(batch.encoded(), st.written_gen, st.counter);
         self.durability.kick();
         Ok(st.written_gen)
     }
 
-    /// Opens (or creates) the store in `dir` for the node `me`.
+    /// Opens (or creates) the store in `dir` for the node `me`, on the
+    /// host's clock.
     pub fn open(dir: &Path, me: &str, mode: DurabilityMode) -> Result<Store, StoreError> {
-        let db = sled::Config::new()
-            .path(dir)
-            // Our own flusher decides when to flush (group commit).
-            .flush_every_ms(None)
-            // Less write amplification per flush than the default LowSpace
-            // mode: +18% durable writes/s in a group-commit micro-benchmark.
-            .mode(sled::Mode::HighThroughput)
-            .cache_capacity(256 * 1024 * 1024)
-            .open()?;
-        let tree = db.open_tree("causalkv")?;
-        let staging = db.open_tree("staging")?;
-        let wal_dir = dir.join("wal");
-        let checkpoint = read_u64(&tree, &keys::meta(keys::WAL_CHECKPOINT))?;
-        let (last_segment, next_lsn, replayed) = wal::replay(&wal_dir, checkpoint, |ops| wal::apply_ops(&tree, ops, true))?;
+        Self::open_with_clock(dir, me, mode, time::system())
+    }
+
+    /// Opens (or creates) the store in `dir` (sled and the write-ahead log
+    /// folder `dir/wal`) for the node `me`, reading `clock`.
+    pub fn open_with_clock(dir: &Path, me: &str, mode: DurabilityMode, clock: Arc<dyn WallClock>) -> Result<Store, StoreError> {
+        let main = SledEngine::open(dir, engine::MAIN)?;
+        let staging = main.open_tree(engine::STAGING)?;
+        Self::open_on(Box::new(main), Box::new(staging), WalDir::Files(dir.join("wal")), me, mode, clock, false)
+    }
+
+    /// Opens (or creates) the store on a memory disk, as a node process
+    /// starting on it: after [`MemoryDisk::crash`] this replays what was
+    /// synced. Fails with [`EngineError::Locked`] while another store
+    /// holds the disk.
+    pub fn open_in_memory(disk: &MemoryDisk, me: &str, mode: DurabilityMode, clock: Arc<dyn WallClock>) -> Result<Store, StoreError> {
+        let lock = Arc::new(disk.lock()?);
+        let main = MemoryEngine::new(lock.clone(), engine::MAIN);
+        let staging = MemoryEngine::new(lock.clone(), engine::STAGING);
+        Self::open_on(Box::new(main), Box::new(staging), WalDir::Memory(lock), me, mode, clock, true)
+    }
+
+    fn open_on(
+        tree: Box<dyn Engine>,
+        staging: Box<dyn Engine>,
+        wal_dir: WalDir,
+        me: &str,
+        mode: DurabilityMode,
+        clock: Arc<dyn WallClock>,
+        in_memory: bool,
+    ) -> Result<Store, StoreError> {
+        let checkpoint = read_u64(tree.as_ref(), &keys::meta(keys::WAL_CHECKPOINT))?;
+        let (last_segment, next_lsn, replayed) = wal::replay(&wal_dir, checkpoint, |ops| wal::apply_ops(tree.as_ref(), ops, true))?;
         if replayed > 0 {
             tracing::info!(entries = replayed, "replayed the write-ahead log");
         }
-        let epoch = read_u64(&tree, &keys::meta(keys::EPOCH))?;
-        let mut counter = read_u64(&tree, &keys::meta(keys::COUNTER))?;
+        let epoch = read_u64(tree.as_ref(), &keys::meta(keys::EPOCH))?;
+        let mut counter = read_u64(tree.as_ref(), &keys::meta(keys::COUNTER))?;
         let mut applied = Clock::new();
-        for item in tree.scan_prefix(keys::meta(keys::APPLIED_PREFIX)) {
+        for item in tree.scan_prefix(&keys::meta(keys::APPLIED_PREFIX)) {
             let (k, v) = item?;
             let origin = String::from_utf8_lossy(&k[1 + keys::APPLIED_PREFIX.len()..]).into_owned();
             applied.set(&origin, u64_from(&v));
         }
         // Local writes record their seq only in their log entry; compaction
         // leaves the floor behind (see `write_local`).
-        counter = counter.max(applied.get(me)).max(last_log_seq(&tree, me)?);
+        counter = counter.max(applied.get(me)).max(last_log_seq(tree.as_ref(), me)?);
         let mut log_floor = Clock::new();
-        for item in tree.scan_prefix(keys::meta(keys::LOG_FLOOR_PREFIX)) {
+        for item in tree.scan_prefix(&keys::meta(keys::LOG_FLOOR_PREFIX)) {
             let (k, v) = item?;
             let origin = String::from_utf8_lossy(&k[1 + keys::LOG_FLOOR_PREFIX.len()..]).into_owned();
             log_floor.set(&origin, u64_from(&v));
@@ -179,7 +210,7 @@ impl Store {
         counter = counter.max(log_floor.get(me));
         applied.observe(me, counter);
         let mut live = 0;
-        for item in tree.scan_prefix([keys::RECORD]) {
+        for item in tree.scan_prefix(&[keys::RECORD]) {
             let (_, v) = item?;
             if Record::encoded_is_live(&v) {
                 live += 1;
@@ -196,11 +227,12 @@ impl Store {
             written_gen: 0,
             clock_guard: ClockGuard::default(),
         };
-        let wal = Wal::create(&wal_dir, last_segment, next_lsn, 0, counter)?;
+        let wal = Wal::create(wal_dir, last_segment, next_lsn, 0, counter)?;
         let store = Store {
-            db,
-            tree,
+            engine: tree,
             staging,
+            clock,
+            in_memory,
             me: me.to_owned(),
             epoch: AtomicU64::new(epoch),
             state: Mutex::new(state),
@@ -213,7 +245,7 @@ impl Store {
             keeps_log: AtomicBool::new(true),
         };
         store.stats.replayed_entries.store(replayed as u64, Ordering::Relaxed);
-        // What was replayed goes into sled now, so the old segments can go.
+        // What was replayed goes into the engine now, so the old segments can go.
         store.checkpoint()?;
         Ok(store)
     }
@@ -235,13 +267,23 @@ impl Store {
         &self.me
     }
 
+    /// The wall clock this store's HLC and clock guard read.
+    pub fn wall_clock(&self) -> &Arc<dyn WallClock> {
+        &self.clock
+    }
+
+    /// Whether the store lives on a [`MemoryDisk`].
+    pub fn is_in_memory(&self) -> bool {
+        self.in_memory
+    }
+
     pub fn epoch(&self) -> u64 {
         self.epoch.load(Ordering::Acquire)
     }
 
     /// The view persisted by the last committed view change (JSON), if any.
     pub fn stored_view(&self) -> Result<Option<Vec<u8>>, StoreError> {
-        Ok(self.tree.get(keys::meta(keys::VIEW))?.map(|v| v.to_vec()))
+        Ok(self.engine.get(&keys::meta(keys::VIEW))?)
     }
 
     /// Persists the view of the current epoch (first start).
@@ -254,7 +296,7 @@ impl Store {
     }
 
     pub fn get(&self, key: &str) -> Result<Option<Record>, StoreError> {
-        match self.tree.get(keys::record(key))? {
+        match self.engine.get(&keys::record(key))? {
             Some(bytes) => Ok(Some(Record::decode(&bytes)?)),
             None => Ok(None),
         }
@@ -278,7 +320,7 @@ impl Store {
             value,
             dot: Dot { epoch: self.epoch(), origin: self.me.clone(), seq },
             deps,
-            hlc: st.hlc.tick()?,
+            hlc: st.hlc.tick(self.clock.now_ms())?,
         };
         let encoded = record.encode();
         let mut batch = WalBatch::default();
@@ -307,7 +349,7 @@ impl Store {
     pub fn apply_remote(&self, mut records: Vec<Record>, shard_origins: &[String]) -> Result<ApplyOutcome, StoreError> {
         let mut out = ApplyOutcome::default();
         let mut st = self.state.lock();
-        if let Some(Screened { first: mut skew, lowest_refused_seq: bad }) = st.clock_guard.screen(&records) {
+        if let Some(Screened { first: mut skew, lowest_refused_seq: bad }) = st.clock_guard.screen(&records, self.clock.now_ms()) {
             let before = records.len();
             records.retain(|r| bad.iter().all(|(o, seq)| *o != r.dot.origin || r.dot.seq < *seq));
             skew.refused = before - records.len();
@@ -413,7 +455,7 @@ impl Store {
         let start = keys::log(origin, after.saturating_add(1));
         let end = keys::log(origin, u64::MAX);
         let mut out = Vec::new();
-        for item in self.tree.range(start..=end).take(limit) {
+        for item in self.engine.scan(included(start, end)).take(limit) {
             let (_, v) = item?;
             out.push(Record::decode(&v)?);
         }
@@ -430,7 +472,7 @@ impl Store {
                 continue;
             }
             let mut batch = WalBatch::default();
-            for item in self.tree.range(keys::log(origin, floor + 1)..=keys::log(origin, upto)) {
+            for item in self.engine.scan(included(keys::log(origin, floor + 1), keys::log(origin, upto))) {
                 let (k, _) = item?;
                 batch.remove(k);
                 removed += 1;
@@ -454,7 +496,7 @@ impl Store {
             let st = self.state.lock();
             let mut batch = WalBatch::default();
             let mut batch_is_empty = true;
-            for item in self.tree.range(start..=end) {
+            for item in self.engine.scan(included(start, end)) {
                 let (idx, key) = item?;
                 batch_is_empty = false;
                 batch.remove(idx.clone());
@@ -488,7 +530,7 @@ impl Store {
             None => vec![keys::RECORD],
         };
         let mut out = Vec::new();
-        for item in self.tree.range(start..vec![keys::RECORD + 1]).take(limit) {
+        for item in self.engine.scan((Bound::Included(start), Bound::Excluded(vec![keys::RECORD + 1]))).take(limit) {
             let (_, v) = item?;
             out.push(Record::decode(&v)?);
         }
@@ -500,7 +542,7 @@ impl Store {
     /// A page holding a record the clock guard refuses is refused whole.
     pub fn apply_snapshot(&self, records: Vec<Record>) -> Result<u64, StoreError> {
         let mut st = self.state.lock();
-        refuse_whole(&mut st, &records)?;
+        refuse_whole(&mut st, &records, self.clock.now_ms())?;
         let mut batch = WalBatch::default();
         let mut overlay: HashMap<String, Record> = HashMap::new();
         for record in records {
@@ -571,23 +613,20 @@ impl Store {
     /// Keeps records sent for view change `change` until it commits or
     /// aborts. Records the clock guard refuses fail the whole transfer.
     pub fn stage(&self, change: &str, records: &[Record]) -> Result<(), StoreError> {
-        refuse_whole(&mut self.state.lock(), records)?;
-        let mut batch = sled::Batch::default();
-        for r in records {
-            batch.insert(staging_key(change, &r.key), r.encode());
-        }
-        self.staging.apply_batch(batch)?;
+        refuse_whole(&mut self.state.lock(), records, self.clock.now_ms())?;
+        let batch: Vec<_> = records.iter().map(|r| (staging_key(change, &r.key), Some(r.encode()))).collect();
+        self.staging.write_batch(&batch)?;
         self.staging.flush()?;
         Ok(())
     }
 
     /// Drops whatever was staged for view change `change` (abort).
     pub fn discard_stage(&self, change: &str) -> Result<(), StoreError> {
-        let mut batch = sled::Batch::default();
-        for item in self.staging.scan_prefix(staging_prefix(change)) {
-            batch.remove(item?.0);
+        let mut batch = Vec::new();
+        for item in self.staging.scan_prefix(&staging_prefix(change)) {
+            batch.push((item?.0, None));
         }
-        self.staging.apply_batch(batch)?;
+        self.staging.write_batch(&batch)?;
         Ok(())
     }
 
@@ -595,14 +634,14 @@ impl Store {
     /// restart or a superseded change).
     pub fn discard_other_stages(&self, keep: Option<&str>) -> Result<(), StoreError> {
         let keep = keep.map(staging_prefix);
-        let mut batch = sled::Batch::default();
-        for item in self.staging.iter() {
+        let mut batch = Vec::new();
+        for item in self.staging.scan_prefix(&[]) {
             let (k, _) = item?;
             if keep.as_ref().is_none_or(|p| !k.starts_with(p)) {
-                batch.remove(k);
+                batch.push((k, None));
             }
         }
-        self.staging.apply_batch(batch)?;
+        self.staging.write_batch(&batch)?;
         Ok(())
     }
 
@@ -621,7 +660,7 @@ impl Store {
         let mut st = self.state.lock();
         let mut batch = WalBatch::default();
         let mut kept: HashMap<String, Record> = HashMap::new();
-        for item in self.tree.scan_prefix([keys::RECORD]) {
+        for item in self.engine.scan_prefix(&[keys::RECORD]) {
             let (k, v) = item?;
             let record = Record::decode(&v)?;
             if record.is_live() && owns(&record.key) {
@@ -630,7 +669,7 @@ impl Store {
                 batch.remove(k);
             }
         }
-        for item in self.staging.scan_prefix(staging_prefix(change)) {
+        for item in self.staging.scan_prefix(&staging_prefix(change)) {
             let (_, v) = item?;
             let record = Record::decode(&v)?;
             if !record.is_live() || !owns(&record.key) {
@@ -643,7 +682,7 @@ impl Store {
             }
         }
         for prefix in [vec![keys::LOG], vec![keys::TOMBSTONE], keys::meta(keys::APPLIED_PREFIX), keys::meta(keys::LOG_FLOOR_PREFIX)] {
-            for item in self.tree.scan_prefix(prefix) {
+            for item in self.engine.scan_prefix(&prefix) {
                 batch.remove(item?.0);
             }
         }
@@ -717,8 +756,8 @@ impl Store {
         self.wal.segment_len()
     }
 
-    /// Makes sled hold everything the log holds, so older log segments can
-    /// go: rotate the log, record the new segment in sled, flush sled, delete
+    /// Makes the engine hold everything the log holds, so older log segments can
+    /// go: rotate the log, record the new segment in the engine, flush it, delete
     /// the older segments (see `wal.rs` for why this order is safe).
     pub(super) fn checkpoint(&self) -> Result<(), StoreError> {
         let _one_at_a_time = self.checkpointing.lock();
@@ -728,11 +767,11 @@ impl Store {
             // counter ops are log-only).
             let st = self.state.lock();
             let segment = self.wal.rotate()?;
-            self.tree.insert(keys::meta(keys::COUNTER), &st.counter.to_be_bytes())?;
-            self.tree.insert(keys::meta(keys::WAL_CHECKPOINT), &segment.to_be_bytes())?;
+            self.engine.set(&keys::meta(keys::COUNTER), &st.counter.to_be_bytes())?;
+            self.engine.set(&keys::meta(keys::WAL_CHECKPOINT), &segment.to_be_bytes())?;
             segment
         };
-        self.db.flush()?;
+        self.engine.flush()?;
         self.wal.drop_before(segment)?;
         self.stats.checkpoints.fetch_add(1, Ordering::Relaxed);
         Ok(())
@@ -757,8 +796,8 @@ impl Store {
 
 /// Refuses a message (snapshot page, view-change transfer) as a whole when
 /// the clock guard refuses any of its records.
-fn refuse_whole(st: &mut State, records: &[Record]) -> Result<(), ClockSkew> {
-    match st.clock_guard.screen(records) {
+fn refuse_whole(st: &mut State, records: &[Record], now_ms: u64) -> Result<(), ClockSkew> {
+    match st.clock_guard.screen(records, now_ms) {
         Some(Screened { first: mut skew, .. }) => {
             skew.refused = records.len();
             st.clock_guard.refuse(&skew);
@@ -780,15 +819,20 @@ fn staging_key(change: &str, key: &str) -> Vec<u8> {
     k
 }
 
+/// The range `start..=end`.
+fn included(start: Vec<u8>, end: Vec<u8>) -> engine::KeyRange {
+    (Bound::Included(start), Bound::Included(end))
+}
+
 /// The highest seq of `origin` in the log (0 when it has none).
-fn last_log_seq(tree: &sled::Tree, origin: &str) -> Result<u64, StoreError> {
-    Ok(match tree.range(keys::log(origin, 0)..=keys::log(origin, u64::MAX)).next_back() {
-        Some(item) => u64_from(&item?.0),
+fn last_log_seq(tree: &dyn Engine, origin: &str) -> Result<u64, StoreError> {
+    Ok(match tree.last_in(included(keys::log(origin, 0), keys::log(origin, u64::MAX)))? {
+        Some((k, _)) => u64_from(&k),
         None => 0,
     })
 }
 
-fn read_u64(tree: &sled::Tree, key: &[u8]) -> Result<u64, StoreError> {
+fn read_u64(tree: &dyn Engine, key: &[u8]) -> Result<u64, StoreError> {
     Ok(tree.get(key)?.map(|v| u64_from(&v)).unwrap_or(0))
 }
 
@@ -802,20 +846,66 @@ fn u64_from(bytes: &[u8]) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::time::SystemClock;
 
     fn raw(v: &str) -> Option<Box<RawValue>> {
         Some(RawValue::from_string(v.to_owned()).unwrap())
     }
 
-    fn open(dir: &Path, me: &str) -> Store {
-        Store::open(dir, me, DurabilityMode::Async).unwrap()
+    /// The engines every store test runs on.
+    #[derive(Clone, Copy, Debug)]
+    enum Kind {
+        Sled,
+        Memory,
+    }
+
+    /// Where one test's store lives; it outlives the stores opened on it.
+    enum TestDisk {
+        Sled(tempfile::TempDir),
+        Memory(MemoryDisk),
+    }
+
+    impl Kind {
+        fn disk(self) -> TestDisk {
+            match self {
+                Kind::Sled => TestDisk::Sled(tempfile::tempdir().unwrap()),
+                Kind::Memory => TestDisk::Memory(MemoryDisk::new()),
+            }
+        }
+    }
+
+    impl TestDisk {
+        fn try_open_with(&self, me: &str, mode: DurabilityMode, clock: Arc<dyn WallClock>) -> Result<Store, StoreError> {
+            match self {
+                TestDisk::Sled(dir) => Store::open_with_clock(dir.path(), me, mode, clock),
+                TestDisk::Memory(disk) => Store::open_in_memory(disk, me, mode, clock),
+            }
+        }
+
+        fn open_with(&self, me: &str, mode: DurabilityMode, clock: Arc<dyn WallClock>) -> Store {
+            self.try_open_with(me, mode, clock).unwrap()
+        }
+
+        fn open(&self, me: &str) -> Store {
+            self.open_with(me, DurabilityMode::Async, time::system())
+        }
+    }
+
+    /// Runs `body` once per engine. A store is never reopened while a
+    /// handle on it is alive: each test drops it first (a sled folder is
+    /// free again once the drop returns, see `engine.rs`).
+    fn for_each_engine(body: impl Fn(Kind)) {
+        for kind in [Kind::Sled, Kind::Memory] {
+            eprintln!("engine: {kind:?}");
+            body(kind);
+        }
     }
 
     #[test]
     fn local_writes_take_consecutive_seqs_and_survive_reopen() {
-        let dir = tempfile::tempdir().unwrap();
-        {
-            let s = open(dir.path(), "a:1");
+        for_each_engine(|kind| {
+            let disk = kind.disk();
+            let s = disk.open("a:1");
             let w1 = s.write_local("x", raw("1"), Clock::new()).unwrap();
             let w2 = s.write_local("y", raw("2"), Clock::new()).unwrap();
             assert_eq!(w1.record.unwrap().dot.seq, 1);
@@ -826,20 +916,37 @@ mod tests {
             assert!(del_again.record.is_none(), "deleting a dead key writes nothing");
             assert_eq!(s.live_count(), 1);
             s.flush().unwrap();
-        }
-        let s = open(dir.path(), "a:1");
-        assert_eq!(s.counter(), 3);
-        assert_eq!(s.live_count(), 1);
-        assert_eq!(s.applied().get("a:1"), 3);
-        assert_eq!(s.write_local("z", raw("3"), Clock::new()).unwrap().record.unwrap().dot.seq, 4);
-        assert_eq!(s.log_after("a:1", 1, 10).unwrap().iter().map(|r| r.dot.seq).collect::<Vec<_>>(), vec![2, 3, 4]);
+            drop(s);
+            let s = disk.open("a:1");
+            assert_eq!(s.counter(), 3);
+            assert_eq!(s.live_count(), 1);
+            assert_eq!(s.applied().get("a:1"), 3);
+            assert_eq!(s.write_local("z", raw("3"), Clock::new()).unwrap().record.unwrap().dot.seq, 4);
+            assert_eq!(s.log_after("a:1", 1, 10).unwrap().iter().map(|r| r.dot.seq).collect::<Vec<_>>(), vec![2, 3, 4]);
+        });
+    }
+
+    #[test]
+    fn a_store_is_opened_once_at_a_time_and_free_once_dropped() {
+        for_each_engine(|kind| {
+            let disk = kind.disk();
+            for round in 0..10 {
+                let s = disk.open("a:1");
+                s.write_local(&format!("k{round}"), raw("1"), Clock::new()).unwrap();
+                let second = disk.try_open_with("a:1", DurabilityMode::Async, time::system());
+                assert!(matches!(second, Err(StoreError::Engine(EngineError::Locked(_)))), "{:?}", second.err());
+                s.flush().unwrap();
+                drop(s);
+            }
+            assert_eq!(disk.open("a:1").live_count(), 10);
+        });
     }
 
     #[test]
     fn a_store_without_peers_keeps_no_log_and_still_its_counter() {
-        let dir = tempfile::tempdir().unwrap();
-        {
-            let s = open(dir.path(), "a:1");
+        for_each_engine(|kind| {
+            let disk = kind.disk();
+            let s = disk.open("a:1");
             s.set_keeps_log(false);
             for i in 0..3 {
                 s.write_local(&format!("k{i}"), raw("1"), Clock::new()).unwrap();
@@ -847,132 +954,280 @@ mod tests {
             assert!(s.log_after("a:1", 0, 10).unwrap().is_empty());
             // Synced but not checkpointed: the counter lives only in the log.
             s.sync_wal().unwrap();
-        }
-        let s = open(dir.path(), "a:1");
-        assert_eq!(s.stats.replayed_entries.load(Ordering::Relaxed), 3);
-        assert_eq!(s.counter(), 3, "the counter comes back from the write-ahead log");
-        s.set_keeps_log(false);
-        assert_eq!(s.write_local("k9", raw("2"), Clock::new()).unwrap().record.unwrap().dot.seq, 4);
-        s.flush().unwrap();
-        drop(s);
-        let s = open(dir.path(), "a:1");
-        assert_eq!(s.stats.replayed_entries.load(Ordering::Relaxed), 0);
-        assert_eq!(s.counter(), 4, "the checkpoint wrote the counter to sled");
-        assert_eq!(s.live_count(), 4);
+            drop(s);
+            let s = disk.open("a:1");
+            assert_eq!(s.stats.replayed_entries.load(Ordering::Relaxed), 3);
+            assert_eq!(s.counter(), 3, "the counter comes back from the write-ahead log");
+            s.set_keeps_log(false);
+            assert_eq!(s.write_local("k9", raw("2"), Clock::new()).unwrap().record.unwrap().dot.seq, 4);
+            s.flush().unwrap();
+            drop(s);
+            let s = disk.open("a:1");
+            assert_eq!(s.stats.replayed_entries.load(Ordering::Relaxed), 0);
+            assert_eq!(s.counter(), 4, "the checkpoint wrote the counter to the engine");
+            assert_eq!(s.live_count(), 4);
+        });
     }
 
     #[test]
     fn remote_records_apply_in_seq_order_with_a_pending_queue() {
-        let src_dir = tempfile::tempdir().unwrap();
-        let dst_dir = tempfile::tempdir().unwrap();
-        let src = open(src_dir.path(), "a:1");
-        let dst = open(dst_dir.path(), "b:1");
-        for i in 0..5 {
-            src.write_local("k", raw(&i.to_string()), Clock::new()).unwrap();
-        }
-        let mut recs = src.log_after("a:1", 0, 10).unwrap();
-        let shard = vec!["a:1".to_string(), "b:1".to_string()];
-        let late = recs.split_off(2); // seqs 3..5 first, then 1..2
-        let out = dst.apply_remote(late, &shard).unwrap();
-        assert_eq!(out.applied_now, 0);
-        assert_eq!(dst.pending_len(), 3);
-        assert!(dst.get("k").unwrap().is_none());
-        let out = dst.apply_remote(recs, &shard).unwrap();
-        assert_eq!(out.applied_now, 5);
-        assert_eq!(dst.pending_len(), 0);
-        assert_eq!(dst.applied().get("a:1"), 5);
-        assert_eq!(dst.get("k").unwrap().unwrap().value.unwrap().get(), "4");
-        assert_eq!(dst.live_count(), 1);
-        // duplicates are ignored
-        let again = dst.apply_remote(src.log_after("a:1", 0, 10).unwrap(), &shard).unwrap();
-        assert_eq!(again.applied_now, 0);
+        for_each_engine(|kind| {
+            let (src_disk, dst_disk) = (kind.disk(), kind.disk());
+            let src = src_disk.open("a:1");
+            let dst = dst_disk.open("b:1");
+            for i in 0..5 {
+                src.write_local("k", raw(&i.to_string()), Clock::new()).unwrap();
+            }
+            let mut recs = src.log_after("a:1", 0, 10).unwrap();
+            let shard = vec!["a:1".to_string(), "b:1".to_string()];
+            let late = recs.split_off(2); // seqs 3..5 first, then 1..2
+            let out = dst.apply_remote(late, &shard).unwrap();
+            assert_eq!(out.applied_now, 0);
+            assert_eq!(dst.pending_len(), 3);
+            assert!(dst.get("k").unwrap().is_none());
+            let out = dst.apply_remote(recs, &shard).unwrap();
+            assert_eq!(out.applied_now, 5);
+            assert_eq!(dst.pending_len(), 0);
+            assert_eq!(dst.applied().get("a:1"), 5);
+            assert_eq!(dst.get("k").unwrap().unwrap().value.unwrap().get(), "4");
+            assert_eq!(dst.live_count(), 1);
+            // duplicates are ignored
+            let again = dst.apply_remote(src.log_after("a:1", 0, 10).unwrap(), &shard).unwrap();
+            assert_eq!(again.applied_now, 0);
+        });
     }
 
     #[test]
     fn concurrent_writes_converge_by_lww() {
-        let (da, db) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
-        let a = open(da.path(), "a:1");
-        let b = open(db.path(), "b:1");
-        let shard = vec!["a:1".to_string(), "b:1".to_string()];
-        a.write_local("k", raw(r#""from a""#), Clock::new()).unwrap();
-        b.write_local("k", raw(r#""from b""#), Clock::new()).unwrap();
-        a.apply_remote(b.log_after("b:1", 0, 10).unwrap(), &shard).unwrap();
-        b.apply_remote(a.log_after("a:1", 0, 10).unwrap(), &shard).unwrap();
-        let va = a.get("k").unwrap().unwrap().value.unwrap().get().to_owned();
-        let vb = b.get("k").unwrap().unwrap().value.unwrap().get().to_owned();
-        assert_eq!(va, vb);
+        for_each_engine(|kind| {
+            let (da, db) = (kind.disk(), kind.disk());
+            let a = da.open("a:1");
+            let b = db.open("b:1");
+            let shard = vec!["a:1".to_string(), "b:1".to_string()];
+            a.write_local("k", raw(r#""from a""#), Clock::new()).unwrap();
+            b.write_local("k", raw(r#""from b""#), Clock::new()).unwrap();
+            a.apply_remote(b.log_after("b:1", 0, 10).unwrap(), &shard).unwrap();
+            b.apply_remote(a.log_after("a:1", 0, 10).unwrap(), &shard).unwrap();
+            let va = a.get("k").unwrap().unwrap().value.unwrap().get().to_owned();
+            let vb = b.get("k").unwrap().unwrap().value.unwrap().get().to_owned();
+            assert_eq!(va, vb);
+        });
     }
 
     fn remote(origin: &str, seq: u64, key: &str, value: &str, hlc: u64) -> Record {
         Record { key: key.into(), value: raw(value), dot: Dot { epoch: 0, origin: origin.into(), seq }, deps: Clock::new(), hlc }
     }
 
+    fn now_ms() -> u64 {
+        SystemClock.now_ms()
+    }
+
     fn now_hlc() -> u64 {
-        crate::causal::hlc::now_ms() << 16
+        now_ms() << 16
     }
 
     #[test]
     fn records_from_the_far_future_are_never_applied() {
-        let dir = tempfile::tempdir().unwrap();
-        let s = open(dir.path(), "b:1");
-        let refused = prometheus_client::metrics::counter::Counter::default();
-        s.set_max_clock_skew(Duration::from_secs(60), refused.clone());
-        let shard = vec!["a:1".to_string(), "b:1".to_string(), "c:1".to_string()];
-        s.write_local("k", raw(r#""real""#), Clock::new()).unwrap();
+        for_each_engine(|kind| {
+            let disk = kind.disk();
+            let s = disk.open("b:1");
+            let refused = prometheus_client::metrics::counter::Counter::default();
+            s.set_max_clock_skew(Duration::from_secs(60), refused.clone());
+            let shard = vec!["a:1".to_string(), "b:1".to_string(), "c:1".to_string()];
+            s.write_local("k", raw(r#""real""#), Clock::new()).unwrap();
 
-        // The attack of issue 11 hole 5: one record with the largest HLC.
-        let out = s.apply_remote(vec![remote("a:1", 1, "k", r#""forged""#, u64::MAX)], &shard).unwrap();
-        let skew = out.refused.expect("refused");
-        assert_eq!((skew.origin.as_str(), skew.seq, skew.refused), ("a:1", 1, 1));
-        assert_eq!(out.applied_now, 0);
-        assert_eq!(s.get("k").unwrap().unwrap().value.unwrap().get(), r#""real""#);
-        assert_eq!(s.applied().get("a:1"), 0, "no gap-making seq was recorded");
-        assert_eq!(s.pending_len(), 0);
-        // The node's own clock was not dragged to the end: writes still win.
-        let w = s.write_local("k", raw(r#""later""#), Clock::new()).unwrap().record.unwrap();
-        assert!(crate::causal::hlc::physical_ms(w.hlc) <= crate::causal::hlc::now_ms() + 1);
+            // The attack of issue 11 hole 5: one record with the largest HLC.
+            let out = s.apply_remote(vec![remote("a:1", 1, "k", r#""forged""#, u64::MAX)], &shard).unwrap();
+            let skew = out.refused.expect("refused");
+            assert_eq!((skew.origin.as_str(), skew.seq, skew.refused), ("a:1", 1, 1));
+            assert_eq!(out.applied_now, 0);
+            assert_eq!(s.get("k").unwrap().unwrap().value.unwrap().get(), r#""real""#);
+            assert_eq!(s.applied().get("a:1"), 0, "no gap-making seq was recorded");
+            assert_eq!(s.pending_len(), 0);
+            // The node's own clock was not dragged to the end: writes still win.
+            let w = s.write_local("k", raw(r#""later""#), Clock::new()).unwrap().record.unwrap();
+            assert!(crate::causal::hlc::physical_ms(w.hlc) <= now_ms() + 1);
 
-        // A batch is cut per origin at the first refused seq; other origins apply.
-        let ahead = now_hlc() + (120_000 << 16);
-        let batch = vec![
-            remote("a:1", 1, "x", "1", now_hlc()),
-            remote("a:1", 2, "x", "2", ahead),
-            remote("a:1", 3, "x", "3", now_hlc()),
-            remote("c:1", 1, "y", "1", now_hlc() + (30_000 << 16)),
-        ];
-        let out = s.apply_remote(batch, &shard).unwrap();
-        assert_eq!(out.refused.map(|r| (r.seq, r.refused)), Some((2, 2)));
-        assert_eq!(out.applied_now, 2);
-        assert_eq!((s.applied().get("a:1"), s.applied().get("c:1")), (1, 1));
-        assert_eq!(s.get("x").unwrap().unwrap().value.unwrap().get(), "1");
-        assert_eq!(s.pending_len(), 0, "seq 3 does not wait behind a refused seq 2");
-        assert_eq!(refused.get(), 3);
+            // A batch is cut per origin at the first refused seq; other origins apply.
+            let ahead = now_hlc() + (120_000 << 16);
+            let batch = vec![
+                remote("a:1", 1, "x", "1", now_hlc()),
+                remote("a:1", 2, "x", "2", ahead),
+                remote("a:1", 3, "x", "3", now_hlc()),
+                remote("c:1", 1, "y", "1", now_hlc() + (30_000 << 16)),
+            ];
+            let out = s.apply_remote(batch, &shard).unwrap();
+            assert_eq!(out.refused.map(|r| (r.seq, r.refused)), Some((2, 2)));
+            assert_eq!(out.applied_now, 2);
+            assert_eq!((s.applied().get("a:1"), s.applied().get("c:1")), (1, 1));
+            assert_eq!(s.get("x").unwrap().unwrap().value.unwrap().get(), "1");
+            assert_eq!(s.pending_len(), 0, "seq 3 does not wait behind a refused seq 2");
+            assert_eq!(refused.get(), 3);
 
-        // Snapshot pages and view-change transfers are refused whole.
-        let page = vec![remote("a:1", 9, "z", "1", now_hlc()), remote("a:1", 10, "k", r#""forged""#, u64::MAX)];
-        assert!(matches!(s.apply_snapshot(page.clone()), Err(StoreError::ClockSkew(ClockSkew { refused: 2, .. }))));
-        assert!(s.get("z").unwrap().is_none());
-        assert!(matches!(s.stage("change-1", &page), Err(StoreError::ClockSkew(_))));
-        assert_eq!(s.staging.scan_prefix(staging_prefix("change-1")).count(), 0);
-        assert_eq!(refused.get(), 7);
-        assert_eq!(s.get("k").unwrap().unwrap().value.unwrap().get(), r#""later""#);
+            // Snapshot pages and view-change transfers are refused whole.
+            let page = vec![remote("a:1", 9, "z", "1", now_hlc()), remote("a:1", 10, "k", r#""forged""#, u64::MAX)];
+            assert!(matches!(s.apply_snapshot(page.clone()), Err(StoreError::ClockSkew(ClockSkew { refused: 2, .. }))));
+            assert!(s.get("z").unwrap().is_none());
+            assert!(matches!(s.stage("change-1", &page), Err(StoreError::ClockSkew(_))));
+            assert_eq!(s.staging.scan_prefix(&staging_prefix("change-1")).count(), 0);
+            assert_eq!(refused.get(), 7);
+            assert_eq!(s.get("k").unwrap().unwrap().value.unwrap().get(), r#""later""#);
+        });
     }
 
     #[test]
     fn records_wait_for_their_deps_in_the_shard() {
-        let (da, db, dc) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
-        let a = open(da.path(), "a:1");
-        let b = open(db.path(), "b:1");
-        let c = open(dc.path(), "c:1");
-        let shard = vec!["a:1".to_string(), "b:1".to_string(), "c:1".to_string()];
-        a.write_local("x", raw("1"), Clock::new()).unwrap();
-        b.apply_remote(a.log_after("a:1", 0, 10).unwrap(), &shard).unwrap();
-        let deps: Clock = [("a:1".to_string(), 1)].into_iter().collect();
-        b.write_local("y", raw("2"), deps).unwrap();
-        // c gets b's write before a's: it must wait.
-        assert_eq!(c.apply_remote(b.log_after("b:1", 0, 10).unwrap(), &shard).unwrap().applied_now, 0);
-        assert!(c.get("y").unwrap().is_none());
-        assert_eq!(c.apply_remote(a.log_after("a:1", 0, 10).unwrap(), &shard).unwrap().applied_now, 2);
-        assert!(c.get("y").unwrap().is_some());
+        for_each_engine(|kind| {
+            let (da, db, dc) = (kind.disk(), kind.disk(), kind.disk());
+            let a = da.open("a:1");
+            let b = db.open("b:1");
+            let c = dc.open("c:1");
+            let shard = vec!["a:1".to_string(), "b:1".to_string(), "c:1".to_string()];
+            a.write_local("x", raw("1"), Clock::new()).unwrap();
+            b.apply_remote(a.log_after("a:1", 0, 10).unwrap(), &shard).unwrap();
+            let deps: Clock = [("a:1".to_string(), 1)].into_iter().collect();
+            b.write_local("y", raw("2"), deps).unwrap();
+            // c gets b's write before a's: it must wait.
+            assert_eq!(c.apply_remote(b.log_after("b:1", 0, 10).unwrap(), &shard).unwrap().applied_now, 0);
+            assert!(c.get("y").unwrap().is_none());
+            assert_eq!(c.apply_remote(a.log_after("a:1", 0, 10).unwrap(), &shard).unwrap().applied_now, 2);
+            assert!(c.get("y").unwrap().is_some());
+        });
+    }
+
+    #[test]
+    fn staged_records_survive_a_reopen_and_commit_into_the_new_epoch() {
+        for_each_engine(|kind| {
+            let disk = kind.disk();
+            let s = disk.open("a:1");
+            s.write_local("mine", raw("1"), Clock::new()).unwrap();
+            s.write_local("theirs", raw("1"), Clock::new()).unwrap();
+            s.stage("change-1", &[remote("b:1", 1, "moved", "7", now_hlc())]).unwrap();
+            s.stage("stale", &[remote("b:1", 1, "old", "7", now_hlc())]).unwrap();
+            s.flush().unwrap();
+            drop(s);
+            let s = disk.open("a:1");
+            s.discard_other_stages(Some("change-1")).unwrap();
+            assert_eq!(s.staging.scan_prefix(&[]).count(), 1);
+            let live = s.commit_epoch("change-1", 1, b"{}", |k| k != "theirs", true).unwrap();
+            assert_eq!(live, 2);
+            assert_eq!((s.epoch(), s.counter()), (1, 0));
+            assert_eq!(s.get("moved").unwrap().unwrap().value.unwrap().get(), "7");
+            assert!(s.get("theirs").unwrap().is_none());
+            assert_eq!(s.staging.scan_prefix(&[]).count(), 0);
+            assert_eq!(s.stored_view().unwrap().as_deref(), Some(&b"{}"[..]));
+            drop(s);
+            let s = disk.open("a:1");
+            assert_eq!((s.epoch(), s.live_count()), (1, 2));
+        });
+    }
+
+    /// A wall clock a test sets by hand.
+    #[derive(Debug)]
+    struct FixedClock(AtomicU64);
+
+    impl WallClock for FixedClock {
+        fn now_ms(&self) -> u64 {
+            self.0.load(Ordering::Relaxed)
+        }
+    }
+
+    #[test]
+    fn the_hlc_and_the_clock_guard_read_the_injected_clock() {
+        for_each_engine(|kind| {
+            let disk = kind.disk();
+            let clock = Arc::new(FixedClock(AtomicU64::new(1_000_000)));
+            let s = disk.open_with("a:1", DurabilityMode::Async, clock.clone());
+            let w = s.write_local("k", raw("1"), Clock::new()).unwrap().record.unwrap();
+            assert_eq!(w.hlc, 1_000_000 << 16);
+            let shard = vec!["a:1".to_string(), "b:1".to_string()];
+            // 100 s ahead of this node's clock: refused; once its clock has
+            // caught up, the same record applies.
+            let ahead = remote("b:1", 1, "x", "1", 1_100_000 << 16);
+            assert!(s.apply_remote(vec![ahead.clone()], &shard).unwrap().refused.is_some());
+            clock.0.store(1_050_000, Ordering::Relaxed);
+            assert_eq!(s.apply_remote(vec![ahead], &shard).unwrap().applied_now, 1);
+            let w = s.write_local("k", raw("2"), Clock::new()).unwrap().record.unwrap();
+            assert_eq!(w.hlc, (1_100_000 << 16) + 1, "after the observed record");
+        });
+    }
+
+    #[test]
+    fn a_memory_crash_keeps_durable_writes_and_loses_the_rest() {
+        let disk = MemoryDisk::new();
+        let open = || Store::open_in_memory(&disk, "a:1", DurabilityMode::Fsync, time::system()).unwrap();
+        let s = open();
+        let shard = vec!["a:1".to_string(), "b:1".to_string()];
+        s.apply_remote(vec![remote("b:1", 1, "theirs", "1", now_hlc())], &shard).unwrap();
+        for i in 1..=3 {
+            s.write_local(&format!("k{i}"), raw("1"), Clock::new()).unwrap();
+        }
+        s.sync_wal().unwrap();
+        assert_eq!(*s.durability.durable_seq().borrow(), 3, "seqs 1..3 are durable and may be replicated");
+        // Checkpointed, then more durable writes only in the log.
+        s.checkpoint().unwrap();
+        s.write_local("k4", raw("1"), Clock::new()).unwrap();
+        s.write_local("k1", None, Clock::new()).unwrap();
+        s.sync_wal().unwrap();
+        assert_eq!(*s.durability.durable_seq().borrow(), 5);
+        // Applied, never synced: not durable, never replicated.
+        s.write_local("lost", raw("1"), Clock::new()).unwrap();
+        s.write_local("k2", raw("2"), Clock::new()).unwrap();
+        s.apply_remote(vec![remote("b:1", 2, "theirs-lost", "1", now_hlc())], &shard).unwrap();
+        assert_eq!((s.counter(), *s.durability.durable_seq().borrow()), (7, 5));
+
+        disk.crash();
+        assert!(matches!(s.get("k2"), Err(StoreError::Engine(EngineError::Crashed))), "the dead store may not touch the disk");
+        assert!(s.write_local("after", raw("1"), Clock::new()).is_err());
+        drop(s);
+
+        let s = open();
+        assert_eq!(s.stats.replayed_entries.load(Ordering::Relaxed), 2, "the synced entries after the checkpoint");
+        assert!(s.get("lost").unwrap().is_none());
+        assert!(s.get("theirs-lost").unwrap().is_none());
+        assert_eq!(s.get("k2").unwrap().unwrap().value.unwrap().get(), "1");
+        assert!(s.get("k4").unwrap().is_some());
+        assert!(!s.get("k1").unwrap().unwrap().is_live());
+        assert_eq!(s.live_count(), 4, "k2, k3, k4, theirs");
+        // The counter and the applied clock match what survived: seqs 6 and 7
+        // were never durable, so handing them out again is safe.
+        assert_eq!(s.counter(), 5);
+        assert_eq!(*s.durability.durable_seq().borrow(), 5);
+        assert_eq!((s.applied().get("a:1"), s.applied().get("b:1")), (5, 1));
+        assert_eq!(s.log_after("a:1", 0, 10).unwrap().iter().map(|r| r.dot.seq).collect::<Vec<_>>(), vec![1, 2, 3, 4, 5]);
+        assert_eq!(s.write_local("new", raw("1"), Clock::new()).unwrap().record.unwrap().dot.seq, 6);
+        // A crash right after a clean reopen loses nothing durable either.
+        s.sync_wal().unwrap();
+        disk.crash();
+        drop(s);
+        let s = open();
+        assert_eq!((s.counter(), s.live_count()), (6, 5));
+    }
+
+    #[test]
+    fn a_memory_store_never_syncs_on_a_blocking_thread() {
+        // The runtime's only blocking thread is taken: a sync sent there
+        // would never run, and the writes would not become durable.
+        let rt = tokio::runtime::Builder::new_current_thread().enable_time().max_blocking_threads(1).build().unwrap();
+        let (release, parked) = std::sync::mpsc::channel::<()>();
+        let blocker = rt.spawn_blocking(move || parked.recv());
+        let disk = MemoryDisk::new();
+        rt.block_on(async {
+            let s = Arc::new(Store::open_in_memory(&disk, "a:1", DurabilityMode::Fsync, time::system()).unwrap());
+            let (stop, shutdown) = tokio::sync::watch::channel(false);
+            let flusher = tokio::spawn(super::super::run_flusher(s.clone(), shutdown));
+            for i in 0..5 {
+                let w = s.write_local(&format!("k{i}"), raw("1"), Clock::new()).unwrap();
+                tokio::time::timeout(Duration::from_secs(2), s.wait_durable(w.generation)).await.unwrap().unwrap();
+            }
+            assert_eq!(*s.durability.durable_seq().borrow(), 5);
+            stop.send(true).unwrap();
+            flusher.await.unwrap();
+        });
+        release.send(()).unwrap();
+        rt.block_on(blocker).unwrap().unwrap();
+        disk.crash();
+        let s = Store::open_in_memory(&disk, "a:1", DurabilityMode::Fsync, time::system()).unwrap();
+        assert_eq!((s.counter(), s.live_count()), (5, 5));
     }
 }

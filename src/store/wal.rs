@@ -19,15 +19,27 @@
 //!   (a crash mid-write, or a write that failed and was retried in the next
 //!   segment); entries seen twice are skipped by `lsn`, a gap is an error.
 //!
+//! - Segments live in a folder ([`WalDir::Files`], the node) or on a
+//!   [`MemoryDisk`](super::MemoryDisk) ([`WalDir::Memory`], the simulator),
+//!   with one crash model: bytes written and synced survive, bytes appended
+//!   or written but not synced are lost. The file path is the hot path of
+//!   durable writes: choosing between the two is one `match` per sync, with
+//!   no allocation or lock added.
+//!
 //! Frame: `len: u32 | crc32(payload): u32 | payload`, payload =
 //! `lsn: u64 | ops`, op = `b'I' | klen: u32 | key | vlen: u32 | value` or
 //! `b'R' | klen: u32 | key`; integers little-endian.
 
+use std::collections::BTreeMap;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 
+use std::sync::Arc;
+
 use parking_lot::Mutex;
+
+use super::engine::{DiskLock, Engine, EngineError, Segment};
 
 const INSERT: u8 = b'I';
 const REMOVE: u8 = b'R';
@@ -83,15 +95,15 @@ impl WalBatch {
     }
 }
 
-/// Applies `ops` to `tree` in order; log-only ops only when `replaying`.
-pub fn apply_ops(tree: &sled::Tree, ops: &[Op<'_>], replaying: bool) -> Result<(), sled::Error> {
+/// Applies `ops` to `engine` in order; log-only ops only when `replaying`.
+pub fn apply_ops(engine: &dyn Engine, ops: &[Op<'_>], replaying: bool) -> Result<(), EngineError> {
     for (key, value, log_only) in ops {
         if *log_only && !replaying {
             continue;
         }
         match value {
-            Some(v) => tree.insert(key, *v)?,
-            None => tree.remove(key)?,
+            Some(v) => engine.set(key, v)?,
+            None => engine.delete(key)?,
         };
     }
     Ok(())
@@ -114,7 +126,7 @@ struct Buffer {
 }
 
 struct Writer {
-    file: File,
+    file: SegmentFile,
     segment: u64,
     len: u64,
     /// Set after a failed write: the file's tail is unknown, so the retry
@@ -132,7 +144,7 @@ pub struct Synced {
 }
 
 pub struct Wal {
-    dir: PathBuf,
+    dir: WalDir,
     buffer: Mutex<Buffer>,
     writer: Mutex<Writer>,
     /// A chunk taken from the buffer whose write failed, retried first.
@@ -155,6 +167,94 @@ fn io_err(path: &Path) -> impl FnOnce(io::Error) -> WalError + '_ {
 
 fn segment_path(dir: &Path, segment: u64) -> PathBuf {
     dir.join(format!("{segment:020}.wal"))
+}
+
+/// Where the log's segments live.
+pub enum WalDir {
+    /// Segment files in a folder (a node).
+    Files(PathBuf),
+    /// Segments on a memory disk (the simulator, tests).
+    Memory(Arc<DiskLock>),
+}
+
+/// The segment the log writes to.
+enum SegmentFile {
+    Disk(File),
+    /// A segment of the memory disk, by number.
+    Memory(u64),
+}
+
+/// The name a memory segment has in errors.
+fn memory_path(segment: u64) -> PathBuf {
+    PathBuf::from(format!("memory:{segment:020}.wal"))
+}
+
+impl WalDir {
+    /// Runs `f` on the memory disk's segments; a disk that crashed since
+    /// this store opened it is an I/O error.
+    fn memory<R>(lock: &DiskLock, segment: u64, f: impl FnOnce(&mut BTreeMap<u64, Segment>) -> R) -> Result<R, WalError> {
+        lock.disk
+            .with(lock.incarnation, |d| f(&mut d.wal))
+            .map_err(|e| WalError::Io { path: memory_path(segment), source: io::Error::other(e) })
+    }
+
+    fn prepare(&self) -> Result<(), WalError> {
+        match self {
+            WalDir::Files(dir) => fs::create_dir_all(dir).map_err(io_err(dir)),
+            WalDir::Memory(_) => Ok(()),
+        }
+    }
+
+    /// Segment numbers present, ascending.
+    fn segments(&self) -> Result<Vec<u64>, WalError> {
+        match self {
+            WalDir::Files(dir) => segments(dir),
+            WalDir::Memory(lock) => Self::memory(lock, 0, |wal| wal.keys().copied().collect()),
+        }
+    }
+
+    fn path(&self, segment: u64) -> PathBuf {
+        match self {
+            WalDir::Files(dir) => segment_path(dir, segment),
+            WalDir::Memory(_) => memory_path(segment),
+        }
+    }
+
+    /// Creates (or empties) segment `segment`, durably.
+    fn create_segment(&self, segment: u64) -> Result<SegmentFile, WalError> {
+        match self {
+            WalDir::Files(dir) => create_segment(dir, segment).map(SegmentFile::Disk),
+            WalDir::Memory(lock) => {
+                Self::memory(lock, segment, |wal| wal.insert(segment, Segment::default()))?;
+                Ok(SegmentFile::Memory(segment))
+            }
+        }
+    }
+
+    /// Everything written to a segment (synced or not, as a file read sees it).
+    fn read(&self, segment: u64) -> Result<Vec<u8>, WalError> {
+        match self {
+            WalDir::Files(dir) => {
+                let path = segment_path(dir, segment);
+                fs::read(&path).map_err(io_err(&path))
+            }
+            WalDir::Memory(lock) => Self::memory(lock, segment, |wal| {
+                wal.get(&segment).map(|s| [s.synced.as_slice(), &s.unsynced].concat()).unwrap_or_default()
+            }),
+        }
+    }
+
+    fn remove(&self, segment: u64) -> Result<(), WalError> {
+        match self {
+            WalDir::Files(dir) => {
+                let path = segment_path(dir, segment);
+                fs::remove_file(&path).map_err(io_err(&path))
+            }
+            WalDir::Memory(lock) => Self::memory(lock, segment, |wal| {
+                wal.remove(&segment);
+            }),
+        }
+    }
 }
 
 /// Segment numbers present in `dir`, ascending.
@@ -185,18 +285,18 @@ fn create_segment(dir: &Path, segment: u64) -> Result<File, WalError> {
 /// Replays every entry in segments numbered `from` and above, in order,
 /// through `apply`. Returns the highest segment seen and the next lsn.
 pub fn replay(
-    dir: &Path,
+    dir: &WalDir,
     from: u64,
-    mut apply: impl FnMut(&[Op<'_>]) -> Result<(), sled::Error>,
+    mut apply: impl FnMut(&[Op<'_>]) -> Result<(), EngineError>,
 ) -> Result<(u64, u64, usize), ReplayError> {
-    fs::create_dir_all(dir).map_err(io_err(dir))?;
+    dir.prepare()?;
     let mut last_segment = from;
     let mut expected: Option<u64> = None;
     let mut applied = 0;
-    for segment in segments(dir)?.into_iter().filter(|s| *s >= from) {
+    for segment in dir.segments()?.into_iter().filter(|s| *s >= from) {
         last_segment = segment;
-        let path = segment_path(dir, segment);
-        let data = fs::read(&path).map_err(io_err(&path))?;
+        let path = dir.path(segment);
+        let data = dir.read(segment)?;
         let mut at = 0;
         while let Some((payload, next)) = frame_at(&data, at) {
             at = next;
@@ -224,8 +324,8 @@ pub fn replay(
 pub enum ReplayError {
     #[error(transparent)]
     Wal(#[from] WalError),
-    #[error("replaying the write-ahead log into sled: {0}")]
-    Sled(#[from] sled::Error),
+    #[error("replaying the write-ahead log into the storage engine: {0}")]
+    Engine(#[from] EngineError),
 }
 
 /// The payload of the frame at `at` and where the next frame starts, or
@@ -266,11 +366,11 @@ fn decode_ops(mut ops: &[u8]) -> Option<Vec<Op<'_>>> {
 impl Wal {
     /// Starts a fresh segment after `last_segment` in `dir`; entries get lsns
     /// from `next_lsn` on. Older segments stay until [`Wal::drop_before`].
-    pub fn create(dir: &Path, last_segment: u64, next_lsn: u64, generation: u64, counter: u64) -> Result<Wal, WalError> {
+    pub fn create(dir: WalDir, last_segment: u64, next_lsn: u64, generation: u64, counter: u64) -> Result<Wal, WalError> {
         let segment = last_segment + 1;
-        let file = create_segment(dir, segment)?;
+        let file = dir.create_segment(segment)?;
         Ok(Wal {
-            dir: dir.to_owned(),
+            dir,
             buffer: Mutex::new(Buffer { bytes: Vec::with_capacity(64 * 1024), entries: 0, next_lsn, generation, counter }),
             writer: Mutex::new(Writer { file, segment, len: 0, broken: false }),
             retry: Mutex::new(None),
@@ -332,16 +432,34 @@ impl Wal {
         if writer.broken {
             self.rotate_locked(writer)?;
         }
-        let path = segment_path(&self.dir, writer.segment);
-        writer.file.write_all(bytes).map_err(io_err(&path))?;
-        writer.file.sync_data().map_err(io_err(&path))?;
+        match (&mut writer.file, &self.dir) {
+            (SegmentFile::Disk(file), WalDir::Files(dir)) => {
+                let path = segment_path(dir, writer.segment);
+                file.write_all(bytes).map_err(io_err(&path))?;
+                file.sync_data().map_err(io_err(&path))?;
+            }
+            (SegmentFile::Memory(segment), WalDir::Memory(lock)) => {
+                let segment = *segment;
+                // Written, then synced: two steps, as with a file.
+                WalDir::memory(lock, segment, |wal| wal.entry(segment).or_default().unsynced.extend_from_slice(bytes))?;
+                WalDir::memory(lock, segment, |wal| {
+                    let s = wal.entry(segment).or_default();
+                    let written = std::mem::take(&mut s.unsynced);
+                    s.synced.extend_from_slice(&written);
+                })?;
+            }
+            _ => {
+                let path = self.dir.path(writer.segment);
+                return Err(WalError::Io { path, source: io::Error::other("segment and log folder of different kinds") });
+            }
+        }
         writer.len += bytes.len() as u64;
         Ok(())
     }
 
     fn rotate_locked(&self, writer: &mut Writer) -> Result<u64, WalError> {
         let segment = writer.segment + 1;
-        writer.file = create_segment(&self.dir, segment)?;
+        writer.file = self.dir.create_segment(segment)?;
         writer.segment = segment;
         writer.len = 0;
         writer.broken = false;
@@ -362,9 +480,8 @@ impl Wal {
 
     /// Deletes segments older than `segment` (after a checkpoint).
     pub fn drop_before(&self, segment: u64) -> Result<(), WalError> {
-        for old in segments(&self.dir)?.into_iter().filter(|s| *s < segment) {
-            let path = segment_path(&self.dir, old);
-            fs::remove_file(&path).map_err(io_err(&path))?;
+        for old in self.dir.segments()?.into_iter().filter(|s| *s < segment) {
+            self.dir.remove(old)?;
         }
         Ok(())
     }
@@ -373,6 +490,8 @@ impl Wal {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::store::MemoryDisk;
+    use crate::store::engine::{MAIN, MemoryEngine};
 
     fn batch(ops: &[(&str, Option<&str>)]) -> WalBatch {
         let mut b = WalBatch::default();
@@ -385,25 +504,36 @@ mod tests {
         b
     }
 
-    fn try_replay_into(dir: &Path, from: u64) -> Result<(sled::Tree, u64, u64, usize), ReplayError> {
-        let db = sled::Config::new().temporary(true).open().unwrap();
-        let tree = db.open_tree("t").unwrap();
-        let (seg, lsn, n) = replay(dir, from, |ops| apply_ops(&tree, ops, true))?;
-        Ok((tree, seg, lsn, n))
+    fn files(dir: &Path) -> WalDir {
+        WalDir::Files(dir.to_owned())
     }
 
-    fn replay_into(dir: &Path, from: u64) -> (sled::Tree, u64, u64, usize) {
+    fn memory_engine() -> MemoryEngine {
+        MemoryEngine::new(Arc::new(MemoryDisk::new().lock().unwrap()), MAIN)
+    }
+
+    fn try_replay_from(dir: &WalDir, from: u64) -> Result<(MemoryEngine, u64, u64, usize), ReplayError> {
+        let engine = memory_engine();
+        let (seg, lsn, n) = replay(dir, from, |ops| apply_ops(&engine, ops, true))?;
+        Ok((engine, seg, lsn, n))
+    }
+
+    fn try_replay_into(dir: &Path, from: u64) -> Result<(MemoryEngine, u64, u64, usize), ReplayError> {
+        try_replay_from(&files(dir), from)
+    }
+
+    fn replay_into(dir: &Path, from: u64) -> (MemoryEngine, u64, u64, usize) {
         try_replay_into(dir, from).unwrap()
     }
 
-    fn get(tree: &sled::Tree, k: &str) -> Option<String> {
-        tree.get(k).unwrap().map(|v| String::from_utf8(v.to_vec()).unwrap())
+    fn get(engine: &MemoryEngine, k: &str) -> Option<String> {
+        engine.get(k.as_bytes()).unwrap().map(|v| String::from_utf8(v).unwrap())
     }
 
     #[test]
     fn synced_entries_replay_in_order() {
         let dir = tempfile::tempdir().unwrap();
-        let wal = Wal::create(dir.path(), 0, 0, 0, 0).unwrap();
+        let wal = Wal::create(files(dir.path()), 0, 0, 0, 0).unwrap();
         wal.append(batch(&[("a", Some("1")), ("b", Some("2"))]).encoded(), 1, 1);
         wal.append(batch(&[("a", None)]).encoded(), 2, 2);
         assert_eq!(wal.sync().unwrap(), Some(Synced { generation: 2, counter: 2, entries: 2 }));
@@ -420,7 +550,7 @@ mod tests {
     #[test]
     fn a_torn_tail_is_ignored_and_a_gap_is_an_error() {
         let dir = tempfile::tempdir().unwrap();
-        let wal = Wal::create(dir.path(), 0, 10, 0, 0).unwrap();
+        let wal = Wal::create(files(dir.path()), 0, 10, 0, 0).unwrap();
         wal.append(batch(&[("a", Some("1"))]).encoded(), 1, 1);
         wal.append(batch(&[("b", Some("2"))]).encoded(), 2, 2);
         wal.sync().unwrap();
@@ -436,7 +566,7 @@ mod tests {
         assert_eq!((seg, lsn, n), (2, 12, 2));
         assert_eq!(get(&tree, "b").as_deref(), Some("2"));
         // A segment that skips entries is refused.
-        let wal3 = Wal::create(dir.path(), 2, 20, 0, 0).unwrap();
+        let wal3 = Wal::create(files(dir.path()), 2, 20, 0, 0).unwrap();
         wal3.append(batch(&[("z", Some("9"))]).encoded(), 3, 3);
         wal3.sync().unwrap();
         let Err(err) = try_replay_into(dir.path(), 0) else { panic!("a gap must be an error") };
@@ -446,7 +576,7 @@ mod tests {
     #[test]
     fn corrupt_bytes_stop_the_segment_without_panicking() {
         let dir = tempfile::tempdir().unwrap();
-        let wal = Wal::create(dir.path(), 0, 0, 0, 0).unwrap();
+        let wal = Wal::create(files(dir.path()), 0, 0, 0, 0).unwrap();
         wal.append(batch(&[("a", Some("1"))]).encoded(), 1, 1);
         wal.sync().unwrap();
         let path = segment_path(dir.path(), 1);
@@ -463,7 +593,7 @@ mod tests {
     #[test]
     fn checkpointed_segments_are_dropped() {
         let dir = tempfile::tempdir().unwrap();
-        let wal = Wal::create(dir.path(), 0, 0, 0, 0).unwrap();
+        let wal = Wal::create(files(dir.path()), 0, 0, 0, 0).unwrap();
         wal.append(batch(&[("a", Some("1"))]).encoded(), 1, 1);
         wal.sync().unwrap();
         let next = wal.rotate().unwrap();
@@ -474,5 +604,63 @@ mod tests {
         let (tree, _, _, n) = replay_into(dir.path(), next);
         assert_eq!(n, 1);
         assert_eq!(get(&tree, "b").as_deref(), Some("2"));
+    }
+}
+
+#[cfg(test)]
+mod memory_tests {
+    use super::*;
+    use crate::store::MemoryDisk;
+    use crate::store::engine::{MAIN, MemoryEngine};
+
+    fn put(k: &str, v: &str) -> WalBatch {
+        let mut b = WalBatch::default();
+        b.insert(k, v);
+        b
+    }
+
+    fn replayed(disk: &MemoryDisk) -> (Vec<crate::store::engine::Pair>, u64, u64, usize) {
+        let lock = Arc::new(disk.lock().unwrap());
+        let engine = MemoryEngine::new(lock.clone(), MAIN);
+        let (seg, lsn, n) = replay(&WalDir::Memory(lock), 0, |ops| apply_ops(&engine, ops, true)).unwrap();
+        (engine.scan_prefix(b"").map(|i| i.unwrap()).collect(), seg, lsn, n)
+    }
+
+    #[test]
+    fn a_crash_keeps_synced_entries_and_loses_the_rest() {
+        let disk = MemoryDisk::new();
+        let lock = Arc::new(disk.lock().unwrap());
+        let wal = Wal::create(WalDir::Memory(lock.clone()), 0, 0, 0, 0).unwrap();
+        wal.append(put("a", "1").encoded(), 1, 1);
+        wal.append(put("b", "2").encoded(), 2, 2);
+        assert_eq!(wal.sync().unwrap(), Some(Synced { generation: 2, counter: 2, entries: 2 }));
+        let next = wal.rotate().unwrap();
+        wal.append(put("c", "3").encoded(), 3, 3);
+        wal.sync().unwrap();
+        wal.drop_before(next).unwrap();
+        wal.append(put("lost", "4").encoded(), 4, 4);
+        assert!(wal.has_unwritten());
+        disk.crash();
+        assert!(wal.sync().is_err(), "the dead process's log may not write to the disk");
+        drop((wal, lock));
+        let (pairs, seg, lsn, n) = replayed(&disk);
+        assert_eq!(pairs, vec![(b"c".to_vec(), b"3".to_vec())]);
+        assert_eq!((seg, lsn, n), (2, 3, 1));
+    }
+
+    #[test]
+    fn bytes_written_but_not_synced_are_lost() {
+        let disk = MemoryDisk::new();
+        let lock = Arc::new(disk.lock().unwrap());
+        let wal = Wal::create(WalDir::Memory(lock.clone()), 0, 0, 0, 0).unwrap();
+        wal.append(put("a", "1").encoded(), 1, 1);
+        wal.sync().unwrap();
+        // A write that reached the disk without its sync (a crash between the two).
+        WalDir::memory(&lock, 1, |w| w.entry(1).or_default().unsynced.extend_from_slice(b"partial")).unwrap();
+        assert_eq!(WalDir::Memory(lock.clone()).read(1).unwrap().len(), wal.segment_len() as usize + 7);
+        disk.crash();
+        drop((wal, lock));
+        let (pairs, _, lsn, n) = replayed(&disk);
+        assert_eq!((pairs.len(), lsn, n), (1, 1, 1));
     }
 }
