@@ -75,6 +75,13 @@ pub type KeyRange = (Bound<Vec<u8>>, Bound<Vec<u8>>);
 pub trait Engine: Send + Sync {
     fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, EngineError>;
 
+    /// Calls `visit` with `key`'s value, without copying it where the engine
+    /// can (sled); returns whether the key exists. The store's hot path
+    /// (reading a key's record before writing it) uses this.
+    fn get_with(&self, key: &[u8], visit: &mut dyn FnMut(&[u8])) -> Result<bool, EngineError> {
+        Ok(self.get(key)?.map(|v| visit(&v)).is_some())
+    }
+
     fn set(&self, key: &[u8], value: &[u8]) -> Result<(), EngineError>;
 
     fn delete(&self, key: &[u8]) -> Result<(), EngineError>;
@@ -198,6 +205,10 @@ fn pair((k, v): (sled::IVec, sled::IVec)) -> Pair {
 impl Engine for SledEngine {
     fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, EngineError> {
         Ok(self.tree.get(key)?.map(|v| v.to_vec()))
+    }
+
+    fn get_with(&self, key: &[u8], visit: &mut dyn FnMut(&[u8])) -> Result<bool, EngineError> {
+        Ok(self.tree.get(key)?.map(|v| visit(&v)).is_some())
     }
 
     fn set(&self, key: &[u8], value: &[u8]) -> Result<(), EngineError> {

@@ -1,4 +1,5 @@
-//! Key encoding in the single sled tree.
+//! Key encoding in the main engine's single keyspace (the sled tree
+//! `causalkv`, or the memory disk's main map).
 
 pub const RECORD: u8 = b'r';
 pub const LOG: u8 = b'l';

@@ -1,5 +1,11 @@
-//! sled-backed storage: records, per-origin logs, the applied clock and the
-//! own write counter (DESIGN.md "Storage", "Applying writes").
+//! Storage: records, per-origin logs, the applied clock and the own write
+//! counter (DESIGN.md "Storage", "Applying writes"), on a storage engine
+//! (`engine.rs`: the [`Engine`] trait over byte keys; [`SledEngine`] for a
+//! node, [`MemoryEngine`] on a [`MemoryDisk`] for the simulator and tests)
+//! with a write-ahead log in files or on the same memory disk (`wal.rs`).
+//! [`Store::open`] / [`Store::open_with_clock`] open a data folder,
+//! [`Store::open_in_memory`] a memory disk; the HLC and the clock guard read
+//! the `WallClock` given there.
 //!
 //! Invariants kept here:
 //! - Everything one write changes (record, log entry, applied entries) is
@@ -16,14 +22,23 @@
 //! - Every change is in the write-ahead log (`wal.rs`) before it counts as
 //!   durable; with `DURABILITY=fsync` a write is acknowledged only after the
 //!   log sync that covers it (group commit: one `fdatasync` serves every
-//!   write waiting), and sled is flushed only at checkpoints. Records
+//!   write waiting), and the engine is flushed only at checkpoints. Records
 //!   leave the node (replication) only once durable, so a seq is never handed
 //!   out twice: a crash can only lose seqs nobody else has seen.
 //!
-//! Layout decisions (docs/decisions.md): one sled tree with key prefixes
-//! (`r` records, `l` log, `t` tombstones, `m` meta); sled is flushed only at
-//! checkpoints, because its own batches and flushes cost a disk round trip
-//! per write.
+//! - Both engines keep one crash model: what the engine flushed (at a
+//!   checkpoint) and what the log synced survives, the rest may be lost;
+//!   reopening replays the synced log over the engine, and rebuilds the
+//!   counter and applied clock from what survived. The memory disk loses
+//!   exactly what was not flushed or synced ([`MemoryDisk::crash`]), the
+//!   worst case sled allows. A store on a memory disk never uses a blocking
+//!   thread (`durability.rs`).
+//!
+//! Layout decisions (docs/decisions.md): one keyspace with key prefixes
+//! (`r` records, `l` log, `t` tombstones, `m` meta) in the main engine, view
+//! staging in a second one (sled trees `causalkv` and `staging`); the engine
+//! is flushed only at checkpoints, because sled's own batches and flushes
+//! cost a disk round trip per write.
 //!
 //! - Log entries are dropped only up to a clock the caller proves every
 //!   replica applied; a tombstone is removed only when the caller says it is

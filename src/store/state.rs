@@ -296,10 +296,10 @@ impl Store {
     }
 
     pub fn get(&self, key: &str) -> Result<Option<Record>, StoreError> {
-        match self.engine.get(&keys::record(key))? {
-            Some(bytes) => Ok(Some(Record::decode(&bytes)?)),
-            None => Ok(None),
-        }
+        // Decoded in place: no copy of the stored bytes on the write path.
+        let mut record = None;
+        self.engine.get_with(&keys::record(key), &mut |bytes| record = Some(Record::decode(bytes)))?;
+        Ok(record.transpose()?)
     }
 
     /// Takes the next seq and writes a put (`value: Some`) or a delete

@@ -1,18 +1,20 @@
 //! The write-ahead log: what makes a write durable. Every change to the main
-//! sled tree is a [`WalBatch`]: applied to sled op by op (in memory) and
-//! appended, as one framed entry, to the log buffer; the group-commit flusher writes the
-//! buffer to the current segment file with one `fdatasync` for every batch
-//! waiting. sled itself is flushed only at checkpoints, off the write path
-//! (docs/decisions.md "Own write-ahead log").
+//! engine (`engine.rs`: sled, or a memory disk) is a [`WalBatch`]: applied to
+//! the engine op by op (not flushed) and appended, as one framed entry, to
+//! the log buffer; the group-commit flusher writes the buffer to the current
+//! segment with one `fdatasync` for every batch waiting. The engine itself is
+//! flushed only at checkpoints, off the write path (docs/decisions.md "Own
+//! write-ahead log").
 //!
 //! Invariants kept here:
 //! - Entries reach the file in the order they were appended (their `lsn`
 //!   order), because taking the buffer and writing it happen under one lock.
 //! - A checkpoint first rotates to a new segment, then records that segment
-//!   in sled, then flushes sled: every entry in older segments was applied to
-//!   sled before the marker, so after the flush those segments can go.
+//!   in the engine, then flushes it: every entry in older segments was
+//!   applied to the engine before the marker, so after the flush those
+//!   segments can go.
 //! - Recovery replays every entry from the checkpoint segment on, in order.
-//!   Replaying an entry sled already holds is harmless: each entry sets keys
+//!   Replaying an entry the engine already holds is harmless: each entry sets keys
 //!   to fixed values, so re-applying a suffix of the history in order ends in
 //!   the same state.
 //! - A segment is read up to its first entry that is torn or fails its CRC
