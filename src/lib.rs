@@ -1,5 +1,6 @@
 pub mod api;
 pub mod causal;
+pub mod check;
 pub mod config;
 pub mod faults;
 pub mod gossip;
@@ -7,6 +8,7 @@ pub mod metrics;
 pub mod node;
 pub mod server;
 pub mod shard;
+pub mod sim;
 pub mod store;
 pub mod time;
 pub mod tls;

@@ -307,6 +307,7 @@ impl MyceliumTransport {
             tokio::pin!(timer);
             loop {
                 tokio::select! {
+                    biased;
                     r = rx.recv() => {
                         reply = Some(r.ok_or_else(|| unreachable("the transport stopped".into()))?);
                         break;
@@ -391,6 +392,7 @@ impl MyceliumTransport {
                         MIN_POLL
                     };
                     tokio::select! {
+                        biased;
                         _ = tokio::time::sleep(pause) => {}
                         _ = self.wake.notified() => { idle = MIN_POLL; }
                         _ = shutdown.wait_for(|s| *s) => return,
@@ -403,6 +405,7 @@ impl MyceliumTransport {
                         failing = true;
                     }
                     tokio::select! {
+                        biased;
                         _ = tokio::time::sleep(error_backoff) => {}
                         _ = shutdown.wait_for(|s| *s) => return,
                     }

@@ -24,6 +24,7 @@ pub(super) async fn run(gossip: Arc<Gossip>, peer: String, mut shutdown: watch::
         if acked.is_some_and(|a| a >= target) {
             // Caught up: wait for a new durable write or the probe timer.
             tokio::select! {
+                biased;
                 _ = durable.changed() => {}
                 _ = tokio::time::sleep(PROBE_INTERVAL) => { acked = None; }
                 _ = shutdown.wait_for(|s| *s) => return,
@@ -80,6 +81,7 @@ pub(super) async fn run(gossip: Arc<Gossip>, peer: String, mut shutdown: watch::
 
 async fn sleep_or_shutdown(shutdown: &mut watch::Receiver<bool>, d: std::time::Duration) {
     tokio::select! {
+        biased;
         _ = tokio::time::sleep(d) => {}
         _ = shutdown.wait_for(|s| *s) => {}
     }

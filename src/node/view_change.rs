@@ -194,7 +194,7 @@ impl Node {
         let mut sent = 0;
         loop {
             let (page, next) = self.store.live_page(after.as_deref(), TRANSFER_BATCH)?;
-            let mut per_target: std::collections::HashMap<&String, Vec<Record>> = std::collections::HashMap::new();
+            let mut per_target: std::collections::BTreeMap<&String, Vec<Record>> = std::collections::BTreeMap::new();
             for record in page {
                 for target in viewchange_targets(old, &new, &record.key) {
                     per_target.entry(target).or_default().push(record.clone());
@@ -322,6 +322,7 @@ fn viewchange_targets<'a>(old: &ShardMap, new: &'a ShardMap, key: &str) -> Vec<&
 pub async fn watch_for_missed_changes(node: Arc<Node>, mut shutdown: watch::Receiver<bool>) {
     loop {
         tokio::select! {
+            biased;
             _ = tokio::time::sleep(WATCH_INTERVAL) => {}
             _ = shutdown.wait_for(|s| *s) => return,
         }

@@ -91,6 +91,7 @@ impl Durability {
 pub async fn run_flusher(store: Arc<Store>, mut shutdown: watch::Receiver<bool>) {
     loop {
         tokio::select! {
+            biased;
             _ = store.durability.kick.notified() => {}
             _ = shutdown.wait_for(|s| *s) => break,
         }
@@ -129,6 +130,7 @@ pub async fn run_checkpointer(store: Arc<Store>, mut shutdown: watch::Receiver<b
     let mut last = tokio::time::Instant::now();
     loop {
         tokio::select! {
+            biased;
             _ = tokio::time::sleep(CHECKPOINT_POLL) => {}
             _ = shutdown.wait_for(|s| *s) => return,
         }

@@ -1,0 +1,359 @@
+//! The simulated network: every node's [`Transport`] and [`Forwarder`] in
+//! one process, with seeded faults.
+//!
+//! A message is serialised to the JSON the real transports send, then meets
+//! its fate, drawn from the run's one random generator: cut (the receiver is
+//! down, or a partition separates the two: the caller sees an error after
+//! its timeout, as with a silent peer), lost on the way there (never
+//! handled), lost on the way back (handled, but the caller times out:
+//! effects without an answer), delayed (which reorders messages), or
+//! delivered twice. A delivered message is handled by the receiver's
+//! [`Node::dispatch`] — the same dispatcher HTTP and Mycelium feed — in a
+//! task of the receiver's current incarnation, so a crash aborts it midway.
+//!
+//! Invariants: a node's incarnation that has crashed sends nothing (its
+//! zombie tasks see every call fail) and receives nothing; every random
+//! choice comes from the seeded generator, in an order fixed by the
+//! deterministic runtime, so a seed replays exactly.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use parking_lot::Mutex;
+use rand::rngs::SmallRng;
+use rand::{Rng, SeedableRng};
+use serde_json::value::RawValue;
+use tokio::task::AbortHandle;
+
+use crate::gossip::viewchange::Step;
+use crate::gossip::{
+    BoxFuture, EXCHANGE_TIMEOUT, GossipError, HEARTBEAT_TIMEOUT, Heartbeat, HeartbeatAck, PUSH_TIMEOUT, PullRequest, PullResponse,
+    ReplicateAck, ReplicateBatch, SnapshotPage, SnapshotRequest, Transport,
+};
+use crate::node::Node;
+use crate::node::dispatch::Message;
+use crate::node::kv::{Forward, Forwarder, KvAnswer, KvRequest, Unreachable};
+
+/// How likely each network fault is, per message.
+#[derive(Clone, Debug, Default)]
+pub struct NetFaults {
+    /// A request never arrives.
+    pub drop_request: f64,
+    /// A request is handled but its answer never arrives.
+    pub drop_reply: f64,
+    /// A request arrives twice.
+    pub duplicate: f64,
+    /// Longest one-way delay (each message draws its own: reordering).
+    pub max_delay: Duration,
+}
+
+/// One life of a node, between a start and a crash.
+pub struct Incarnation {
+    pub node: Arc<Node>,
+    pub number: u64,
+    alive: AtomicBool,
+    /// Handlers running on this node for other nodes' messages and clients.
+    handlers: Mutex<Vec<AbortHandle>>,
+}
+
+impl Incarnation {
+    pub fn new(node: Arc<Node>, number: u64) -> Arc<Self> {
+        Arc::new(Self { node, number, alive: AtomicBool::new(true), handlers: Mutex::new(Vec::new()) })
+    }
+
+    pub fn is_alive(&self) -> bool {
+        self.alive.load(Ordering::Acquire)
+    }
+
+    /// Ends this life: nothing more is sent or received, and every handler
+    /// running here stops at its next await.
+    pub fn kill(&self) {
+        self.alive.store(false, Ordering::Release);
+        for h in self.handlers.lock().drain(..) {
+            h.abort();
+        }
+    }
+
+    /// Runs `fut` as work of this incarnation (aborted if it crashes).
+    pub async fn run<T: Send + 'static>(&self, fut: impl std::future::Future<Output = T> + Send + 'static) -> Option<T> {
+        if !self.is_alive() {
+            return None;
+        }
+        let task = tokio::spawn(fut);
+        {
+            let mut handlers = self.handlers.lock();
+            handlers.retain(|h| !h.is_finished());
+            handlers.push(task.abort_handle());
+        }
+        task.await.ok()
+    }
+}
+
+/// The network and who is on it.
+pub struct SimNet {
+    rng: Mutex<SmallRng>,
+    faults: Mutex<NetFaults>,
+    /// Unordered pairs of nodes that cannot reach each other.
+    cuts: Mutex<BTreeSet<(String, String)>>,
+    /// The current incarnation of every node (`None`: down).
+    nodes: Mutex<BTreeMap<String, Option<Arc<Incarnation>>>>,
+}
+
+/// What happens to one message.
+enum Fate {
+    Cut,
+    LostThere,
+    LostBack,
+    Delivered { there: Duration, back: Duration, twice: bool },
+}
+
+fn pair(a: &str, b: &str) -> (String, String) {
+    if a <= b { (a.to_owned(), b.to_owned()) } else { (b.to_owned(), a.to_owned()) }
+}
+
+impl SimNet {
+    pub fn new(seed: u64, faults: NetFaults) -> Arc<Self> {
+        Arc::new(Self {
+            rng: Mutex::new(SmallRng::seed_from_u64(seed)),
+            faults: Mutex::new(faults),
+            cuts: Mutex::new(BTreeSet::new()),
+            nodes: Mutex::new(BTreeMap::new()),
+        })
+    }
+
+    pub fn set_faults(&self, faults: NetFaults) {
+        *self.faults.lock() = faults;
+    }
+
+    /// Draws from the run's generator.
+    #[track_caller]
+    pub fn with_rng<T>(&self, f: impl FnOnce(&mut SmallRng) -> T) -> T {
+        tracing::trace!(at = %std::panic::Location::caller(), now = ?tokio::time::Instant::now(), "rng draw");
+        f(&mut self.rng.lock())
+    }
+
+    pub fn set_incarnation(&self, address: &str, inc: Option<Arc<Incarnation>>) {
+        self.nodes.lock().insert(address.to_owned(), inc);
+    }
+
+    pub fn incarnation(&self, address: &str) -> Option<Arc<Incarnation>> {
+        self.nodes.lock().get(address).cloned().flatten().filter(|i| i.is_alive())
+    }
+
+    pub fn cut(&self, a: &str, b: &str) {
+        self.cuts.lock().insert(pair(a, b));
+    }
+
+    pub fn heal_all(&self) {
+        self.cuts.lock().clear();
+    }
+
+    fn is_cut(&self, a: &str, b: &str) -> bool {
+        self.cuts.lock().contains(&pair(a, b))
+    }
+
+    fn fate(&self, from: &str, to: &str) -> Fate {
+        if self.is_cut(from, to) || self.incarnation(to).is_none() {
+            return Fate::Cut;
+        }
+        let f = self.faults.lock().clone();
+        tracing::trace!(%from, %to, now = ?tokio::time::Instant::now(), "fate draw");
+        let mut rng = self.rng.lock();
+        if rng.random_bool(f.drop_request.clamp(0.0, 1.0)) {
+            return Fate::LostThere;
+        }
+        if rng.random_bool(f.drop_reply.clamp(0.0, 1.0)) {
+            return Fate::LostBack;
+        }
+        let max = f.max_delay.as_micros() as u64;
+        let mut delay = || Duration::from_micros(if max == 0 { 0 } else { rng.random_range(0..=max) });
+        let (there, back) = (delay(), delay());
+        Fate::Delivered { there, back, twice: rng.random_bool(f.duplicate.clamp(0.0, 1.0)) }
+    }
+
+    /// Sends one internal message from `from` (incarnation `sender`) to `to`
+    /// and waits at most `timeout` for its answer.
+    async fn call(
+        &self,
+        sender: &Incarnation,
+        from: &str,
+        to: &str,
+        kind: Message,
+        body: Vec<u8>,
+        timeout: Duration,
+    ) -> Result<Box<RawValue>, GossipError> {
+        let unreachable = |reason: &str| GossipError::Unreachable { peer: to.to_owned(), reason: reason.to_owned() };
+        if !sender.is_alive() {
+            return Err(unreachable("the sender crashed"));
+        }
+        let (there, back, twice) = match self.fate(from, to) {
+            Fate::Cut => {
+                tokio::time::sleep(timeout).await;
+                return Err(unreachable("cut off"));
+            }
+            Fate::LostThere => {
+                tokio::time::sleep(timeout).await;
+                return Err(unreachable("request lost"));
+            }
+            Fate::LostBack => {
+                if let Some(target) = self.incarnation(to) {
+                    let (node, from, body) = (target.node.clone(), from.to_owned(), body);
+                    let target2 = target.clone();
+                    tokio::spawn(async move { target2.run(async move { node.dispatch(&from, kind, &body).await }).await });
+                }
+                tokio::time::sleep(timeout).await;
+                return Err(unreachable("answer lost"));
+            }
+            Fate::Delivered { there, back, twice } => (there, back, twice),
+        };
+        let work = async {
+            tokio::time::sleep(there).await;
+            let target = self.incarnation(to).ok_or_else(|| unreachable("down"))?;
+            if twice {
+                let (node, from, body, target) = (target.node.clone(), from.to_owned(), body.clone(), target.clone());
+                tokio::spawn(async move {
+                    tokio::time::sleep(Duration::from_millis(3)).await;
+                    target.run(async move { node.dispatch(&from, kind, &body).await }).await
+                });
+            }
+            let node = target.node.clone();
+            let from_owned = from.to_owned();
+            let answer = target.run(async move { node.dispatch(&from_owned, kind, &body).await }).await;
+            tokio::time::sleep(back).await;
+            if !sender.is_alive() {
+                return Err(unreachable("the sender crashed"));
+            }
+            match answer {
+                None => Err(unreachable("crashed while handling")),
+                Some(Ok(raw)) => Ok(raw),
+                Some(Err((status, _why))) => Err(GossipError::Rejected { peer: to.to_owned(), status }),
+            }
+        };
+        match tokio::time::timeout(timeout, work).await {
+            Ok(result) => result,
+            Err(_) => Err(unreachable("timed out")),
+        }
+    }
+
+    /// Passes a key request from `from` to `to` over the network.
+    async fn forward(&self, sender: &Incarnation, from: &str, to: &str, fwd: Forward<'_>) -> Result<KvAnswer, Unreachable> {
+        if !sender.is_alive() {
+            return Err(Unreachable);
+        }
+        let (there, back) = match self.fate(from, to) {
+            Fate::Cut | Fate::LostThere => {
+                tokio::time::sleep(fwd.timeout).await;
+                return Err(Unreachable);
+            }
+            Fate::LostBack => {
+                if let Some(target) = self.incarnation(to) {
+                    let req = forwarded(&target.node, from, &fwd);
+                    let node = target.node.clone();
+                    let target2 = target.clone();
+                    tokio::spawn(async move { target2.run(async move { node.serve_key(&req).await }).await });
+                }
+                tokio::time::sleep(fwd.timeout).await;
+                return Err(Unreachable);
+            }
+            // A duplicated key request is a client retry, not a network
+            // fault: TCP delivers a request once.
+            Fate::Delivered { there, back, .. } => (there, back),
+        };
+        let work = async {
+            tokio::time::sleep(there).await;
+            let target = self.incarnation(to).ok_or(Unreachable)?;
+            let req = forwarded(&target.node, from, &fwd);
+            let node = target.node.clone();
+            let answer = target.run(async move { node.serve_key(&req).await }).await.ok_or(Unreachable)?;
+            tokio::time::sleep(back).await;
+            if sender.is_alive() { Ok(answer) } else { Err(Unreachable) }
+        };
+        tokio::time::timeout(fwd.timeout, work).await.unwrap_or(Err(Unreachable))
+    }
+}
+
+/// The request as the target parses it from a forward (see `api::keys`).
+fn forwarded(target: &Node, from: &str, fwd: &Forward<'_>) -> KvRequest {
+    let wait = match (fwd.hop, fwd.wait) {
+        (2, Some(w)) => w.min(target.config.causal_wait),
+        _ => target.config.causal_wait,
+    };
+    KvRequest {
+        hop: fwd.hop,
+        wait,
+        sender: Some(from.to_owned()),
+        sender_epoch: Some(fwd.epoch),
+        deadline_ms: Some(fwd.deadline_ms),
+        ..fwd.request.clone()
+    }
+}
+
+/// One node's way onto the network (one per incarnation).
+pub struct SimTransport {
+    pub me: String,
+    pub net: Arc<SimNet>,
+    /// Set once the incarnation exists (the node is built with this transport).
+    pub incarnation: Mutex<Option<Arc<Incarnation>>>,
+}
+
+impl SimTransport {
+    pub fn new(me: &str, net: Arc<SimNet>) -> Arc<Self> {
+        Arc::new(Self { me: me.to_owned(), net, incarnation: Mutex::new(None) })
+    }
+
+    fn sender(&self) -> Option<Arc<Incarnation>> {
+        self.incarnation.lock().clone()
+    }
+
+    async fn post<T: serde::Serialize + ?Sized, R: serde::de::DeserializeOwned>(
+        &self,
+        peer: &str,
+        kind: Message,
+        msg: &T,
+        timeout: Duration,
+    ) -> Result<R, GossipError> {
+        let sender = self.sender().ok_or_else(|| GossipError::Unreachable { peer: peer.to_owned(), reason: "not started".into() })?;
+        let body = serde_json::to_vec(msg).map_err(|e| GossipError::Refused(e.to_string()))?;
+        let raw = self.net.call(&sender, &self.me, peer, kind, body, timeout).await?;
+        serde_json::from_str(raw.get()).map_err(|e| GossipError::Unreachable { peer: peer.to_owned(), reason: format!("bad answer: {e}") })
+    }
+}
+
+impl Transport for SimTransport {
+    fn replicate<'a>(&'a self, peer: &'a str, batch: &'a ReplicateBatch) -> BoxFuture<'a, Result<ReplicateAck, GossipError>> {
+        Box::pin(self.post(peer, Message::Replicate, batch, PUSH_TIMEOUT))
+    }
+
+    fn pull<'a>(&'a self, peer: &'a str, req: &'a PullRequest, timeout: Duration) -> BoxFuture<'a, Result<PullResponse, GossipError>> {
+        Box::pin(self.post(peer, Message::Pull, req, timeout))
+    }
+
+    fn snapshot<'a>(&'a self, peer: &'a str, req: &'a SnapshotRequest) -> BoxFuture<'a, Result<SnapshotPage, GossipError>> {
+        Box::pin(self.post(peer, Message::Snapshot, req, EXCHANGE_TIMEOUT * 5))
+    }
+
+    fn heartbeat<'a>(&'a self, peer: &'a str, msg: &'a Heartbeat) -> BoxFuture<'a, Result<HeartbeatAck, GossipError>> {
+        Box::pin(self.post(peer, Message::Heartbeat, msg, HEARTBEAT_TIMEOUT))
+    }
+
+    fn view<'a>(
+        &'a self,
+        peer: &'a str,
+        step: Step,
+        body: &'a serde_json::Value,
+        timeout: Duration,
+    ) -> BoxFuture<'a, Result<serde_json::Value, GossipError>> {
+        Box::pin(self.post(peer, Message::View(step), body, timeout))
+    }
+}
+
+impl Forwarder for SimTransport {
+    fn forward<'a>(&'a self, _me: &'a str, target: &'a str, fwd: Forward<'a>) -> BoxFuture<'a, Result<KvAnswer, Unreachable>> {
+        Box::pin(async move {
+            let sender = self.sender().ok_or(Unreachable)?;
+            self.net.forward(&sender, &self.me, target, fwd).await
+        })
+    }
+}

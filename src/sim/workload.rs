@@ -1,0 +1,186 @@
+//! What the simulated clients and the fault schedule do.
+//!
+//! - **Sessions**: each sends its operations one after another to a random
+//!   node (any node: a non-replica forwards), carrying the causal context
+//!   of its last answer, as a client of the HTTP API does. Every PUT writes
+//!   a value no other operation writes; a DELETE is a write of a unique
+//!   tombstone; every answer goes into the history.
+//! - **Nemesis**: while sessions run, partitions that heal, crashes that
+//!   restart, clock steps, and one view change that adds the spare node.
+//!
+//! Invariant: every choice is drawn from the network's seeded generator.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use parking_lot::Mutex;
+use rand::Rng;
+use serde_json::value::RawValue;
+
+use super::{SimCluster, SimConfig};
+use crate::causal::CausalContext;
+use crate::check::{History, Op, OpKind, Outcome};
+use crate::node::kv::{KvAnswer, KvErrorKind, KvOp, KvOutcome, KvRequest};
+use crate::shard::View;
+
+/// How long a client waits for an answer before giving up (the HTTP
+/// client's timeout).
+const CLIENT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Runs every session to its end.
+pub async fn run_sessions(cluster: Arc<SimCluster>, config: &SimConfig, history: Arc<Mutex<History>>) {
+    let per_session = config.ops.div_ceil(config.sessions.max(1));
+    let sessions: Vec<_> = (0..config.sessions)
+        .map(|id| tokio::spawn(session(cluster.clone(), id, per_session, config.keys.max(1), history.clone())))
+        .collect();
+    for s in sessions {
+        let _ = s.await;
+    }
+}
+
+async fn session(cluster: Arc<SimCluster>, id: usize, ops: usize, keys: usize, history: Arc<Mutex<History>>) {
+    let mut context = CausalContext::default();
+    for n in 0..ops {
+        let (pause, key, target, op) = cluster.net.with_rng(|r| {
+            let op = match r.random_range(0..10) {
+                0..=4 => KvOp::Put,
+                5..=8 => KvOp::Get,
+                _ => KvOp::Delete,
+            };
+            (
+                Duration::from_millis(r.random_range(0..40)),
+                format!("k{}", r.random_range(0..keys)),
+                r.random_range(0..cluster.addresses.len()),
+                op,
+            )
+        });
+        tokio::time::sleep(pause).await;
+        let written = format!("s{id}-{n}");
+        let value = match op {
+            KvOp::Put => RawValue::from_string(serde_json::to_string(&written).unwrap_or_default()).ok(),
+            _ => None,
+        };
+        let address = cluster.addresses[target].clone();
+        let answer = match cluster.incarnation(&address) {
+            Some(inc) => {
+                let req = KvRequest::client(op, key.clone(), value, context.clone(), inc.node.config.causal_wait);
+                let node = inc.node.clone();
+                match tokio::time::timeout(CLIENT_TIMEOUT, inc.run(async move { node.serve_key(&req).await })).await {
+                    Ok(Some(answer)) => Some(answer),
+                    _ => None,
+                }
+            }
+            // Connection refused: nothing happened.
+            None => None,
+        };
+        let served_by = match &answer {
+            Some(KvAnswer::Reply(r)) => r.served_by.clone(),
+            Some(KvAnswer::Error(e)) => e.served_by.clone(),
+            _ => None,
+        };
+        let (kind, outcome, next) = judge(op, &key, &written, answer);
+        tracing::debug!(at = ?cluster.elapsed(), session = id, n, %address, ?served_by, ?kind, ?outcome, context = ?next, "sim op");
+        if let Some(next) = next {
+            context = next;
+        }
+        history.lock().record(Op { session: id, kind, outcome, context: serde_json::Value::Null });
+    }
+}
+
+/// The history entry of one answer, and the context to carry on with.
+fn judge(op: KvOp, key: &str, written: &str, answer: Option<KvAnswer>) -> (OpKind, Outcome, Option<CausalContext>) {
+    let write = |value: String| OpKind::Write { key: key.to_owned(), value };
+    let tombstone = format!("{}{written}", crate::check::TOMBSTONE_PREFIX);
+    let attempted = match op {
+        KvOp::Put => write(written.to_owned()),
+        KvOp::Delete => write(tombstone),
+        KvOp::Get => OpKind::Read { key: key.to_owned(), value: None },
+    };
+    let Some(answer) = answer else { return (attempted, Outcome::Failed, None) };
+    match answer {
+        KvAnswer::Reply(reply) => {
+            let kind = match (&reply.outcome, op) {
+                (KvOutcome::Found(v), _) => {
+                    let value = serde_json::from_str::<String>(v.get()).unwrap_or_else(|_| v.get().to_owned());
+                    OpKind::Read { key: key.to_owned(), value: Some(value) }
+                }
+                _ => attempted,
+            };
+            (kind, Outcome::Ok, Some(reply.context))
+        }
+        KvAnswer::Error(e) => match (e.kind, op) {
+            // A DELETE of an absent key: the master found nothing, as a read would.
+            (KvErrorKind::NotFound, KvOp::Delete) => (OpKind::Read { key: key.to_owned(), value: None }, Outcome::Ok, Some(e.context)),
+            (KvErrorKind::NotFound, _) => (attempted, Outcome::Ok, Some(e.context)),
+            _ => (attempted, Outcome::Failed, None),
+        },
+        // The simulated network relays typed answers.
+        KvAnswer::Relayed(_) => (attempted, Outcome::Failed, None),
+    }
+}
+
+/// Injects faults until `done` is notified.
+pub async fn nemesis(cluster: Arc<SimCluster>, config: SimConfig, done: Arc<tokio::sync::Notify>) {
+    let mut view_changed = false;
+    let start = tokio::time::Instant::now();
+    loop {
+        let pause = cluster.net.with_rng(|r| Duration::from_millis(r.random_range(300..1500)));
+        tokio::select! {
+            biased;
+            _ = done.notified() => return,
+            _ = tokio::time::sleep(pause) => {}
+        }
+        let n = cluster.addresses.len();
+        let (choice, a, b) = cluster.net.with_rng(|r| (r.random_range(0..10), r.random_range(0..n), r.random_range(0..n)));
+        let (addr_a, addr_b) = (cluster.addresses[a].clone(), cluster.addresses[b].clone());
+        match choice {
+            0..=2 if config.has("partition") && a != b => {
+                tracing::debug!(a = %addr_a, b = %addr_b, "sim: cut");
+                cluster.net.cut(&addr_a, &addr_b);
+                let heal_after = cluster.net.with_rng(|r| Duration::from_millis(r.random_range(500..3000)));
+                let net = cluster.net.clone();
+                tokio::spawn(async move {
+                    tokio::time::sleep(heal_after).await;
+                    net.heal_all();
+                });
+            }
+            3..=4 if config.has("crash") && cluster.is_up(&addr_a) => {
+                tracing::debug!(node = %addr_a, "sim: crash");
+                cluster.crash(&addr_a);
+                let down_for = cluster.net.with_rng(|r| Duration::from_millis(r.random_range(200..3000)));
+                let c = cluster.clone();
+                tokio::spawn(async move {
+                    tokio::time::sleep(down_for).await;
+                    if !c.is_up(&addr_a) {
+                        tracing::debug!(node = %addr_a, "sim: restart");
+                        c.start(&addr_a);
+                    }
+                });
+            }
+            5 if config.has("skew") => {
+                let step = cluster.net.with_rng(|r| r.random_range(-100..=100));
+                cluster.clocks[&addr_a].step(step);
+            }
+            6..=7 if config.has("viewchange") && !view_changed && start.elapsed() > Duration::from_secs(2) => {
+                view_changed = true;
+                let c = cluster.clone();
+                tokio::spawn(async move { change_view(&c).await });
+            }
+            _ => {}
+        }
+    }
+}
+
+/// Adds every node of the cluster to the view, from a live coordinator.
+async fn change_view(cluster: &SimCluster) {
+    let current = cluster.current_view();
+    let Ok(new) = View::new(cluster.addresses.clone(), current.repl_factor, current.epoch + 1) else { return };
+    let coordinator =
+        cluster.addresses.iter().find_map(|a| cluster.incarnation(a).filter(|i| i.node.current().map.view.epoch == current.epoch));
+    let Some(inc) = coordinator else { return };
+    let node = inc.node.clone();
+    let result = inc.run(async move { node.change_view(new).await.map(|_| ()) }).await;
+    if let Some(Err(e)) = result {
+        tracing::debug!(error = %e, "simulated view change failed");
+    }
+}
