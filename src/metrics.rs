@@ -52,6 +52,8 @@ pub struct Metrics {
     common_requests: [[OnceLock<Counter>; COMMON_STATUSES.len()]; COMMON_OPS.len()],
     pub request_seconds: Histogram,
     pub forwarded: Counter,
+    /// Forwarded writes that got no answer (maybe executed): answered 503, never retried elsewhere.
+    pub ambiguous_forwards: Counter,
     pub holdback_waits: Counter,
     pub holdback_unsatisfied: Counter,
     pub holdback_seconds: Histogram,
@@ -118,6 +120,7 @@ impl Default for Metrics {
             common_requests: Default::default(),
             request_seconds: Histogram::new(exponential_buckets(0.0001, 2.0, 18)),
             forwarded: Counter::default(),
+            ambiguous_forwards: Counter::default(),
             holdback_waits: Counter::default(),
             holdback_unsatisfied: Counter::default(),
             holdback_seconds: Histogram::new(exponential_buckets(0.0001, 2.0, 16)),
@@ -166,6 +169,11 @@ impl Default for Metrics {
         registry.register("requests", "Client requests by operation and status", m.requests.clone());
         registry.register("request_seconds", "Client request latency", m.request_seconds.clone());
         registry.register("forwarded", "Requests forwarded to another node", m.forwarded.clone());
+        registry.register(
+            "ambiguous_forwards",
+            "Forwarded writes without an answer (maybe executed): answered 503, not retried at another replica",
+            m.ambiguous_forwards.clone(),
+        );
         registry.register("holdback_waits", "Requests held back for causal dependencies", m.holdback_waits.clone());
         registry.register("holdback_unsatisfied", "Held-back requests not satisfied locally in time", m.holdback_unsatisfied.clone());
         registry.register("holdback_seconds", "Time requests spent held back", m.holdback_seconds.clone());

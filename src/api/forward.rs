@@ -44,7 +44,8 @@ impl HttpForwarder {
     async fn send(&self, me: &str, target: &str, fwd: Forward<'_>) -> Result<KvAnswer, Unreachable> {
         let req = fwd.request;
         let url = format!("{}://{target}/kv-store/keys/{}", crate::tls::scheme(), utf8_percent_encode(&req.key, KEY_SEGMENT));
-        let body = serde_json::to_vec(&ForwardBody { value: req.value.as_deref(), context: &req.context }).map_err(|_| Unreachable)?;
+        let body =
+            serde_json::to_vec(&ForwardBody { value: req.value.as_deref(), context: &req.context }).map_err(|_| Unreachable::NotSent)?;
         let method = match req.op {
             KvOp::Put => Method::PUT,
             KvOp::Get => Method::GET,
@@ -65,13 +66,14 @@ impl HttpForwarder {
         }
         let resp = http.send().await.map_err(|e| {
             tracing::debug!(%target, error = %e, "forward failed");
-            Unreachable
+            // Only a failed connect proves the target never saw the request.
+            if e.is_connect() { Unreachable::NotSent } else { Unreachable::NoAnswer }
         })?;
         let status = resp.status().as_u16();
         let header_text = |name: &str| resp.headers().get(name).and_then(|v| v.to_str().ok()).map(str::to_owned);
         let retry_after = header_text(header::RETRY_AFTER.as_str());
         let misrouted_epoch = header_text(MISROUTED_HEADER).and_then(|v| v.parse().ok());
-        let body = resp.bytes().await.map_err(|_| Unreachable)?;
+        let body = resp.bytes().await.map_err(|_| Unreachable::NoAnswer)?;
         Ok(KvAnswer::Relayed(Relayed { status, misrouted_epoch, retry_after, body: body.to_vec() }))
     }
 }

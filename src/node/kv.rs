@@ -18,8 +18,11 @@
 //!   the key's shard the request's context names (or it is passed to
 //!   another replica, or refused with `Unavailable`); a write is taken only
 //!   after the same check, so its deps are applied here first.
-//! - A forwarded write that reaches its deadline unexecuted is dropped: the
-//!   sender may have had another replica take it.
+//! - A write is executed at most once per client request: it is passed to
+//!   another replica only when the one tried first surely did not get it
+//!   (`Unreachable::NotSent`); after a timeout the client gets 503 and
+//!   decides (a retry is a new request). A forwarded write that reaches its
+//!   deadline unexecuted is dropped as well.
 
 use std::borrow::Cow;
 use std::time::Duration;
@@ -190,10 +193,18 @@ pub struct Forward<'a> {
     pub deadline_ms: u64,
 }
 
-/// The target could not be reached (or did not answer in time); the caller
-/// may try another replica.
-#[derive(Debug)]
-pub struct Unreachable;
+/// The target gave no answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Unreachable {
+    /// The request never left (connection refused, cut off by a fault
+    /// switch): another replica may take it.
+    NotSent,
+    /// The request may have arrived and been executed, but no answer came
+    /// (timeout, connection lost): a write must not be tried elsewhere,
+    /// because a second execution gets its own dot and a later timestamp
+    /// and can overwrite writes that causally follow the first one.
+    NoAnswer,
+}
 
 /// Passes a key request to another node.
 pub trait Forwarder: Send + Sync + 'static {
@@ -260,8 +271,8 @@ impl Node {
                 KvOp::Get => self.detector.alive_first(self.read_order(replicas)),
             };
             return match self.forward_first_reachable(req, &order, 1, None, self.forward_timeout(req, replicas)).await {
-                Some(answer) => answer,
-                None => self.unavailable(req),
+                Ok(answer) => answer,
+                Err(_) => self.unavailable(req),
             };
         }
         match req.op {
@@ -270,8 +281,12 @@ impl Node {
                 let master = self.detector.alive_first(replicas)[0];
                 if req.hop == 0 && master != self.me() {
                     let timeout = self.forward_timeout(req, replicas);
-                    if let Some(answer) = self.forward_first_reachable(req, &[master], 1, None, timeout).await {
-                        return answer;
+                    match self.forward_first_reachable(req, &[master], 1, None, timeout).await {
+                        Ok(answer) => return answer,
+                        // It may have taken the write: taking it here too
+                        // would execute it twice.
+                        Err(Unreachable::NoAnswer) => return self.unavailable(req),
+                        Err(Unreachable::NotSent) => {}
                     }
                     tracing::warn!(%master, key = %req.key, "master unreachable: accepting the write here");
                 }
@@ -301,6 +316,9 @@ impl Node {
         order
     }
 
+    /// Tries `targets` in order until one answers. A write stops at the
+    /// first target that may have executed it ([`Unreachable::NoAnswer`]);
+    /// a read, which is safe to repeat, goes on to the next.
     async fn forward_first_reachable(
         &self,
         req: &KvRequest,
@@ -308,7 +326,8 @@ impl Node {
         hop: u8,
         wait: Option<Duration>,
         timeout: Duration,
-    ) -> Option<KvAnswer> {
+    ) -> Result<KvAnswer, Unreachable> {
+        let mut failure = Unreachable::NotSent;
         for target in targets {
             if *target == self.me() || self.faults.is_blocked(target) {
                 continue;
@@ -322,11 +341,16 @@ impl Node {
                 deadline_ms: self.wall.now_ms() + timeout.as_millis() as u64,
             };
             self.metrics.forwarded.inc();
-            if let Ok(answer) = self.forwarder.forward(self.me(), target, fwd).await {
-                return Some(answer);
+            match self.forwarder.forward(self.me(), target, fwd).await {
+                Ok(answer) => return Ok(answer),
+                Err(Unreachable::NoAnswer) if req.op.is_write() => {
+                    self.metrics.ambiguous_forwards.inc();
+                    return Err(Unreachable::NoAnswer);
+                }
+                Err(e) => failure = e,
             }
         }
-        None
+        Err(failure)
     }
 
     /// Waits (bounded) until this replica has applied everything `ctx` needs
@@ -361,7 +385,7 @@ impl Node {
         }
         let order = self.detector.alive_first(cur.map.replicas(shard));
         match self.forward_first_reachable(req, &order, 2, Some(FALLBACK_WAIT), FALLBACK_TIMEOUT).await {
-            Some(answer) if !answer.is_unavailable() => answer,
+            Ok(answer) if !answer.is_unavailable() => answer,
             _ => self.unavailable(req),
         }
     }

@@ -301,8 +301,22 @@ impl Node {
         let body = Value::Null;
         let answer = self.transport.view(peer, Step::Current, &body, viewchange::PREPARE_TIMEOUT).await?;
         let Ok(view) = serde_json::from_value::<View>(answer) else { return Ok(()) };
-        if view.epoch <= self.epoch() || self.change.pending.lock().is_some() {
+        if view.epoch <= self.epoch() {
             return Ok(());
+        }
+        let prepared = self.change.pending.lock().as_ref().map(|p| p.proposal.clone());
+        if let Some(p) = prepared {
+            if p.new == view {
+                // The change prepared here committed elsewhere (a peer runs
+                // its view): the coordinator decided commit, only its commit
+                // message never came. Committing now ends the pause at once
+                // instead of after PAUSE_LIMIT.
+                tracing::warn!(%peer, epoch = view.epoch, change = %p.change, "the view change prepared here committed elsewhere: committing");
+                self.view_commit(p).await?;
+                return Ok(());
+            }
+            // A later view than the one prepared here: what was prepared is void.
+            self.abort_local(&p.change);
         }
         tracing::warn!(%peer, epoch = view.epoch, "this node missed a view change: adopting the newer view");
         let view_json = serde_json::to_vec(&view).expect("a view serialises");

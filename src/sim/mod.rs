@@ -376,7 +376,16 @@ fn read_final_state(cluster: &SimCluster, view: &View, history: &History) -> (Fi
         if at_replicas.windows(2).any(|w| w[0] != w[1]) {
             divergent += 1;
             if problems.len() < 5 {
-                problems.push(format!("replicas of {key} disagree: {at_replicas:?} at {:?}", map.replicas(shard)));
+                let epochs: Vec<String> = map
+                    .replicas(shard)
+                    .iter()
+                    .map(|r| {
+                        cluster
+                            .incarnation(r)
+                            .map_or("down".to_owned(), |i| format!("epoch {} applied {:?}", i.node.epoch(), i.node.store.applied()))
+                    })
+                    .collect();
+                problems.push(format!("replicas of {key} disagree: {at_replicas:?} at {:?} ({epochs:?})", map.replicas(shard)));
             }
         }
         values.insert(key, at_replicas);

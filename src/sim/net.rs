@@ -237,15 +237,20 @@ impl SimNet {
         }
     }
 
-    /// Passes a key request from `from` to `to` over the network.
+    /// Passes a key request from `from` to `to` over the network. A down
+    /// node refuses the connection (`NotSent`, at once); anything else that
+    /// goes wrong leaves the caller not knowing (`NoAnswer`, at its timeout).
     async fn forward(&self, sender: &Incarnation, from: &str, to: &str, fwd: Forward<'_>) -> Result<KvAnswer, Unreachable> {
         if !sender.is_alive() {
-            return Err(Unreachable);
+            return Err(Unreachable::NotSent);
+        }
+        if self.incarnation(to).is_none() && !self.is_cut(from, to) {
+            return Err(Unreachable::NotSent);
         }
         let (there, back) = match self.fate(from, to) {
             Fate::Cut | Fate::LostThere => {
                 tokio::time::sleep(fwd.timeout).await;
-                return Err(Unreachable);
+                return Err(Unreachable::NoAnswer);
             }
             Fate::LostBack => {
                 if let Some(target) = self.incarnation(to) {
@@ -255,7 +260,7 @@ impl SimNet {
                     tokio::spawn(async move { target2.run(async move { node.serve_key(&req).await }).await });
                 }
                 tokio::time::sleep(fwd.timeout).await;
-                return Err(Unreachable);
+                return Err(Unreachable::NoAnswer);
             }
             // A duplicated key request is a client retry, not a network
             // fault: TCP delivers a request once.
@@ -263,14 +268,14 @@ impl SimNet {
         };
         let work = async {
             tokio::time::sleep(there).await;
-            let target = self.incarnation(to).ok_or(Unreachable)?;
+            let target = self.incarnation(to).ok_or(Unreachable::NoAnswer)?;
             let req = forwarded(&target.node, from, &fwd);
             let node = target.node.clone();
-            let answer = target.run(async move { node.serve_key(&req).await }).await.ok_or(Unreachable)?;
+            let answer = target.run(async move { node.serve_key(&req).await }).await.ok_or(Unreachable::NoAnswer)?;
             tokio::time::sleep(back).await;
-            if sender.is_alive() { Ok(answer) } else { Err(Unreachable) }
+            if sender.is_alive() { Ok(answer) } else { Err(Unreachable::NoAnswer) }
         };
-        tokio::time::timeout(fwd.timeout, work).await.unwrap_or(Err(Unreachable))
+        tokio::time::timeout(fwd.timeout, work).await.unwrap_or(Err(Unreachable::NoAnswer))
     }
 }
 
@@ -352,7 +357,7 @@ impl Transport for SimTransport {
 impl Forwarder for SimTransport {
     fn forward<'a>(&'a self, _me: &'a str, target: &'a str, fwd: Forward<'a>) -> BoxFuture<'a, Result<KvAnswer, Unreachable>> {
         Box::pin(async move {
-            let sender = self.sender().ok_or(Unreachable)?;
+            let sender = self.sender().ok_or(Unreachable::NotSent)?;
             self.net.forward(&sender, &self.me, target, fwd).await
         })
     }
