@@ -43,6 +43,10 @@ struct Args {
     /// Threads running seeds (default: the machine's cores).
     #[arg(long)]
     threads: Option<usize>,
+    /// Switch on a deliberate protocol bug in every node (shows the checker
+    /// catches it): `skip-hold-back` answers before the causal gate.
+    #[arg(long)]
+    bug: Option<String>,
     /// Print every seed's summary, not only failures.
     #[arg(long)]
     verbose: bool,
@@ -67,12 +71,21 @@ fn main() -> ExitCode {
         eprintln!("causalkv-sim: need 1 <= --repl-factor <= --nodes and --sessions >= 1");
         return ExitCode::from(2);
     }
+    let bug = match args.bug.as_deref() {
+        None => None,
+        Some("skip-hold-back") => Some(causalkv::faults::Bug::SkipHoldBack),
+        Some(other) => {
+            eprintln!("causalkv-sim: unknown bug {other:?} (known: skip-hold-back)");
+            return ExitCode::from(2);
+        }
+    };
     let config = SimConfig {
         nodes: args.nodes,
         repl_factor: args.repl_factor,
         ops: args.ops,
         sessions: args.sessions,
         faults: faults.clone(),
+        bug,
         ..SimConfig::default()
     };
     let (first, count) = match args.seed {

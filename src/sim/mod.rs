@@ -95,6 +95,11 @@ pub struct SeedOutcome {
     pub divergent: usize,
     /// SHA-256 of the history and final state (hex).
     pub digest: String,
+    /// Client operations recorded, and how many of them failed.
+    pub operations: usize,
+    pub failed: usize,
+    /// The epoch of the view the cluster ended in (0: no view change).
+    pub final_epoch: u64,
     /// One line: operations, failures, what went wrong.
     pub summary: String,
     /// Descriptions of the first few problems.
@@ -109,8 +114,9 @@ impl SeedOutcome {
 
 /// Virtual wall-clock start of every run (2026-01-01), so HLCs look real.
 const BASE_MS: u64 = 1_767_225_600_000;
-/// How long the cluster settles after the faults stop, before the final
-/// state is read (anti-entropy runs every 200 ms; a snapshot takes a few).
+/// Longest the cluster may take to settle after the faults stop, before the
+/// final state is read (anti-entropy runs every 200 ms; a node that missed
+/// a view change adopts it within a second or two).
 const SETTLE: Duration = Duration::from_secs(20);
 /// Hold-back bound of the simulated nodes (`CAUSAL_WAIT_MS`).
 const CAUSAL_WAIT_MS: u64 = 1000;
@@ -323,7 +329,7 @@ async fn simulate(config: SimConfig, seed: u64) -> SeedOutcome {
             cluster.start(a);
         }
     }
-    tokio::time::sleep(SETTLE).await;
+    settle(&cluster, &history.lock()).await;
     let view = cluster.current_view();
     let (final_state, divergent, mut problems) = read_final_state(&cluster, &view, &history.lock());
     let history = history.lock();
@@ -349,9 +355,38 @@ async fn simulate(config: SimConfig, seed: u64) -> SeedOutcome {
         lost: report.lost_writes.len(),
         divergent,
         digest,
+        operations: report.operations,
+        failed: report.failed,
+        final_epoch: view.epoch,
         summary: format!("{} divergent={divergent} epoch={}", report.summary(), view.epoch),
         problems,
     }
+}
+
+/// Waits until every node runs the same view and the replicas of every
+/// shard have applied the same writes and agree on every key, or until
+/// [`SETTLE`] has passed (then the final check reports what is apart).
+async fn settle(cluster: &SimCluster, history: &History) {
+    let deadline = tokio::time::Instant::now() + SETTLE;
+    // At least a few anti-entropy rounds and heartbeats after the heal.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    while tokio::time::Instant::now() < deadline {
+        let view = cluster.current_view();
+        let same_view = cluster.addresses.iter().all(|a| cluster.incarnation(a).is_some_and(|i| i.node.epoch() == view.epoch));
+        if same_view && read_final_state(cluster, &view, history).1 == 0 && shards_applied_alike(cluster, &view) {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+/// Whether the replicas of every shard report the same applied clock.
+fn shards_applied_alike(cluster: &SimCluster, view: &View) -> bool {
+    let map = ShardMap::new(view.clone(), "");
+    map.shard_ids().into_iter().all(|shard| {
+        let clocks: Vec<_> = map.replicas(shard).iter().map(|r| cluster.incarnation(r).map(|i| i.node.store.applied())).collect();
+        clocks.windows(2).all(|w| w[0] == w[1])
+    })
 }
 
 /// Every key's value at every replica of its shard (from the stores), and
