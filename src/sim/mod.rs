@@ -329,7 +329,9 @@ async fn simulate(config: SimConfig, seed: u64) -> SeedOutcome {
             cluster.start(a);
         }
     }
-    settle(&cluster, &history.lock()).await;
+    let recorded = std::mem::take(&mut *history.lock());
+    settle(&cluster, &recorded).await;
+    *history.lock() = recorded;
     let view = cluster.current_view();
     let (final_state, divergent, mut problems) = read_final_state(&cluster, &view, &history.lock());
     let history = history.lock();
