@@ -23,8 +23,11 @@ async fn shard1_key(c: &Cluster, prefix: &str) -> (String, serde_json::Value) {
     panic!("no key in shard 1");
 }
 
-// A frozen master (SIGSTOP): writes through another node keep succeeding;
-// once the detector suspects it (about 1 s) they go straight to the worker.
+// A frozen master (SIGSTOP): a write sent to it before the detector
+// suspects it may have reached it, so it is answered 503 within the forward
+// timeout and never executed a second time elsewhere (docs/decisions.md,
+// "At most one execution per forwarded write"); once the detector suspects
+// the master (about 1 s) every write goes straight to the worker.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn writes_continue_when_the_master_freezes() {
     let c = Cluster::start(4, 2).await;
@@ -35,10 +38,19 @@ async fn writes_continue_when_the_master_freezes() {
     let started = Instant::now();
     let mut slowest = Duration::ZERO;
     let mut after_detection = Vec::new();
+    let mut ambiguous = 0;
     let mut ctx = json!({});
     for i in 0..30 {
         let t = Instant::now();
         let put = c.put(2, &key, json!(i), &ctx).await;
+        let detected = started.elapsed() > Duration::from_millis(2500);
+        if put.status == 503 && !detected {
+            // Sent to the frozen master: maybe executed, so not retried.
+            ambiguous += 1;
+            slowest = slowest.max(t.elapsed());
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            continue;
+        }
         assert!(put.status.is_success(), "write {i} failed while the master is frozen: {}", put.body);
         assert_eq!(put.address(), Some(c.addr(1)), "the worker took the write");
         ctx = put.ctx();
@@ -50,6 +62,7 @@ async fn writes_continue_when_the_master_freezes() {
     }
     c.nodes[0].signal(libc::SIGCONT);
     assert!(slowest < Duration::from_millis(2500), "slowest write took {slowest:?}");
+    assert!(ambiguous <= 3, "{ambiguous} writes answered 503: the frozen master was not suspected in time");
     assert!(!after_detection.is_empty());
     assert!(
         after_detection.iter().all(|d| *d < Duration::from_millis(500)),
