@@ -1,5 +1,6 @@
 pub mod api;
 pub mod causal;
+pub mod check;
 pub mod config;
 pub mod faults;
 pub mod gossip;

@@ -20,8 +20,6 @@
 //!   here loses a frame to the rule, and a 2 000-write burst on IPv6 VIEW
 //!   addresses reaches every replica within 5 s.
 
-#[path = "common/checker.rs"]
-mod checker;
 mod common;
 #[path = "common/fake_mycelium.rs"]
 mod fake_mycelium;

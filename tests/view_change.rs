@@ -3,8 +3,6 @@
 //! writes and reads that run through a change, and the view surviving
 //! restarts. Every scenario checks 200+ keys at every node.
 
-#[path = "common/checker.rs"]
-mod checker;
 mod common;
 #[path = "common/workload.rs"]
 mod workload;

@@ -1,35 +1,61 @@
-//! Causal-consistency checker for histories recorded by client sessions.
+//! Causal-consistency checker for histories recorded by client sessions
+//! (used by the fault tests and the simulator).
 //!
-//! A history is a list of single-key operations (writes of globally unique
-//! values, reads that return a value or "absent"). The checker builds the
-//! causal order `hb` as the transitive closure of session order and
-//! reads-from (as in Elle's session guarantees and Biswas & Enea, "On the
-//! complexity of checking transactional consistency", OOPSLA 2019, restricted
-//! to single-key operations), then looks for the bad pattern: a read of key k
-//! that returns a write w (or nothing) although it causally depends on a
-//! write w' to k that itself causally follows w (or any write to k, when the
-//! read returned nothing). Each violating read is reported once, classified as
-//! a session guarantee. After convergence, the final per-node values are
-//! checked for divergence and lost acknowledged writes.
+//! **What it checks.** A history is a list of single-key operations recorded
+//! by sessions (each session is one client carrying its causal context):
+//! writes of globally unique values, and reads that return a value or
+//! "absent". The checker builds the causal order `hb` as the transitive
+//! closure of session order and reads-from (as in Elle's session guarantees
+//! and Biswas & Enea, "On the complexity of checking transactional
+//! consistency", OOPSLA 2019, restricted to single-key operations), then
+//! looks for the bad pattern: a read of key k that returns a write w (or
+//! nothing) although it causally depends on a write w' to k that itself
+//! causally follows w (or any write to k, when the read returned nothing).
+//! Each violating read is reported once, classified as a session guarantee
+//! ([`ViolationKind`]); reads of values no write wrote and cycles in `hb` are
+//! reported too. After convergence, the final per-node values
+//! ([`FinalState`]) are checked for divergence and lost acknowledged writes.
+//!
+//! **Invariants the caller must keep.** Every written value is globally
+//! unique (a read names the write it saw by its value); a session's
+//! operations are recorded in that session's order (sessions may interleave
+//! freely); operation indices are recording order. The checker itself is
+//! deterministic: the same history and final state give the same [`Report`]
+//! (no hash-map iteration order reaches the output), and
+//! [`History::digest_into`] / [`History::dump`] give a stable fingerprint of
+//! a history for replaying simulations.
 //!
 //! Failed operations (errors, timeouts): a failed read says nothing and is
 //! ignored; a failed write may or may not have happened, so it is a possible
 //! reads-from source, it depends on its session's earlier operations, but its
 //! session's later operations do not depend on it (session order skips it).
-#![allow(dead_code)]
+//!
+//! ```
+//! use causalkv::check::{FinalState, History, Op, ViolationKind};
+//!
+//! let mut h = History::new();
+//! h.record(Op::write(1, "x", "1"));
+//! h.record(Op::write(1, "x", "2"));
+//! h.record(Op::read(1, "x", Some("1"))); // stale: its own write x=2 is missing
+//! let report = h.check(&FinalState::converged(3, [("x", Some("2"))]));
+//! assert_eq!(report.violations[0].kind, ViolationKind::ReadYourWrites);
+//! ```
 
 use std::collections::{BTreeMap, HashMap};
 
+/// A client session (one causal context).
 pub type SessionId = usize;
 
-#[derive(Clone, Debug)]
+/// Whether the client learned the operation's result.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Outcome {
     Ok,
     /// Error or timeout: a write may or may not have happened.
     Failed,
 }
 
-#[derive(Clone, Debug)]
+/// What an operation did.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub enum OpKind {
     /// Every written value is globally unique.
     Write { key: String, value: String },
@@ -37,27 +63,151 @@ pub enum OpKind {
     Read { key: String, value: Option<String> },
 }
 
-#[derive(Clone, Debug)]
+/// One recorded operation.
+///
+/// `Hash` covers every field; the context is hashed through its canonical
+/// text (object keys sorted), so equal operations hash equally in any
+/// process.
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Op {
     pub session: SessionId,
     pub kind: OpKind,
     pub outcome: Outcome,
-    /// The causal context the operation returned (informational only).
+    /// The causal context the operation returned (informational only: the
+    /// checker never reads it). `Value::Null` when the caller has none.
     pub context: serde_json::Value,
 }
 
-#[derive(Default)]
+impl Op {
+    /// An acknowledged write of `value` (globally unique) to `key`, with no context.
+    pub fn write(session: SessionId, key: impl Into<String>, value: impl Into<String>) -> Op {
+        Op { session, kind: OpKind::Write { key: key.into(), value: value.into() }, outcome: Outcome::Ok, context: serde_json::Value::Null }
+    }
+
+    /// An acknowledged read of `key` that returned `value` (`None` = absent), with no context.
+    pub fn read(session: SessionId, key: impl Into<String>, value: Option<&str>) -> Op {
+        Op {
+            session,
+            kind: OpKind::Read { key: key.into(), value: value.map(String::from) },
+            outcome: Outcome::Ok,
+            context: serde_json::Value::Null,
+        }
+    }
+
+    /// The same operation, failed (error or timeout).
+    pub fn failed(mut self) -> Op {
+        self.outcome = Outcome::Failed;
+        self
+    }
+
+    /// The same operation with the causal context it returned.
+    pub fn with_context(mut self, context: serde_json::Value) -> Op {
+        self.context = context;
+        self
+    }
+
+    /// The key the operation touched.
+    pub fn key(&self) -> &str {
+        key_of(self)
+    }
+
+    /// One line, stable across processes and versions of this crate's
+    /// dependencies: `session kind key value outcome context`, fields
+    /// separated by tabs, strings JSON-quoted, the context in canonical JSON.
+    pub fn dump_line(&self) -> String {
+        let q = |s: &str| serde_json::Value::String(s.to_owned()).to_string();
+        let (kind, key, value) = match &self.kind {
+            OpKind::Write { key, value } => ("write", key, q(value)),
+            OpKind::Read { key, value: Some(v) } => ("read", key, q(v)),
+            OpKind::Read { key, value: None } => ("read", key, "absent".to_string()),
+        };
+        let outcome = match self.outcome {
+            Outcome::Ok => "ok",
+            Outcome::Failed => "failed",
+        };
+        let mut context = String::new();
+        canonical_json(&self.context, &mut context);
+        format!("{}\t{kind}\t{}\t{value}\t{outcome}\t{context}", self.session, q(key))
+    }
+}
+
+impl std::hash::Hash for Op {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.session.hash(state);
+        self.kind.hash(state);
+        self.outcome.hash(state);
+        let mut context = String::new();
+        canonical_json(&self.context, &mut context);
+        context.hash(state);
+    }
+}
+
+/// JSON text with object keys in sorted order, whatever map type
+/// `serde_json` was built with (`preserve_order` keeps insertion order).
+fn canonical_json(v: &serde_json::Value, out: &mut String) {
+    use serde_json::Value;
+    match v {
+        Value::Object(map) => {
+            let mut entries: Vec<(&String, &Value)> = map.iter().collect();
+            entries.sort_by(|a, b| a.0.cmp(b.0));
+            out.push('{');
+            for (i, (k, v)) in entries.into_iter().enumerate() {
+                if i > 0 {
+                    out.push(',');
+                }
+                out.push_str(&Value::String(k.clone()).to_string());
+                out.push(':');
+                canonical_json(v, out);
+            }
+            out.push('}');
+        }
+        Value::Array(items) => {
+            out.push('[');
+            for (i, v) in items.iter().enumerate() {
+                if i > 0 {
+                    out.push(',');
+                }
+                canonical_json(v, out);
+            }
+            out.push(']');
+        }
+        other => out.push_str(&other.to_string()),
+    }
+}
+
+/// The operations of all sessions, in recording order.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash)]
 pub struct History {
     ops: Vec<Op>,
 }
 
 /// After the cluster converged: for every key, the value each node returns
 /// (`None` = absent).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct FinalState {
     pub values: BTreeMap<String, Vec<Option<String>>>,
 }
 
-#[derive(Debug, Default)]
+impl FinalState {
+    /// No keys.
+    pub fn new() -> FinalState {
+        FinalState::default()
+    }
+
+    /// Every key in `pairs` with the same value on `nodes` nodes.
+    pub fn converged<'a>(nodes: usize, pairs: impl IntoIterator<Item = (&'a str, Option<&'a str>)>) -> FinalState {
+        FinalState { values: pairs.into_iter().map(|(k, v)| (k.to_owned(), vec![v.map(String::from); nodes])).collect() }
+    }
+
+    /// Sets what each node returns for `key` (`None` = absent).
+    pub fn set(&mut self, key: impl Into<String>, per_node: Vec<Option<String>>) -> &mut FinalState {
+        self.values.insert(key.into(), per_node);
+        self
+    }
+}
+
+/// What [`History::check`] found.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Report {
     pub operations: usize,
     pub reads: usize,
@@ -69,13 +219,15 @@ pub struct Report {
     pub lost_writes: Vec<String>,
 }
 
-#[derive(Debug, Clone)]
+/// One read that broke causal consistency.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Violation {
     pub kind: ViolationKind,
     pub description: String,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// The session guarantee (or other rule) a violation breaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum ViolationKind {
     ReadYourWrites,
     MonotonicReads,
@@ -95,6 +247,11 @@ const ALL_KINDS: [ViolationKind; 6] = [
 ];
 
 impl Report {
+    /// No violation and no lost write.
+    pub fn is_clean(&self) -> bool {
+        self.violations.is_empty() && self.lost_writes.is_empty()
+    }
+
     /// One line: operation counts, violations by kind, lost writes.
     pub fn summary(&self) -> String {
         let by_kind: Vec<String> = ALL_KINDS
@@ -454,6 +611,28 @@ impl History {
         Self::default()
     }
 
+    /// The recorded operations, in recording order.
+    pub fn ops(&self) -> &[Op] {
+        &self.ops
+    }
+
+    /// Feeds the whole history (every field of every operation, in
+    /// recording order, and the count) to `hasher`: equal histories give
+    /// equal digests for a given hasher, in any process.
+    pub fn digest_into<H: std::hash::Hasher>(&self, hasher: &mut H) {
+        std::hash::Hash::hash(self, hasher);
+    }
+
+    /// The history as text, one [`Op::dump_line`] per operation, each line
+    /// prefixed with its index: stable, diffable, hashable.
+    pub fn dump(&self) -> String {
+        let mut out = String::new();
+        for (i, op) in self.ops.iter().enumerate() {
+            out.push_str(&format!("{i}\t{}\n", op.dump_line()));
+        }
+        out
+    }
+
     /// Appends an operation and returns its index. A session's operations
     /// must be recorded in that session's order (sessions may interleave).
     pub fn record(&mut self, op: Op) -> usize {
@@ -469,6 +648,8 @@ impl History {
         self.ops.is_empty()
     }
 
+    /// Checks the history against causal consistency and `final_state`
+    /// against it (see the module documentation).
     pub fn check(&self, final_state: &FinalState) -> Report {
         let ops = &self.ops[..];
         let mut report = Report { operations: ops.len(), ..Report::default() };
