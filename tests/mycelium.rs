@@ -273,8 +273,9 @@ async fn causal_checker_over_a_lossy_reordering_mycelium_with_daemon_restarts() 
     for (node, at) in [(1, 600), (2, 1300)] {
         until_done(&progress, at).await;
         c.nodes[node].signal(libc::SIGSTOP);
-        tokio::time::sleep(Duration::from_millis(300)).await;
-        let queued = m.daemons[node].inbox_len();
+        let daemon = &m.daemons[node];
+        assert!(wait_until(Duration::from_secs(10), || async { daemon.inbox_len() > 0 }).await, "nothing queued for frozen node {node}");
+        let queued = daemon.inbox_len();
         m.daemons[node].restart(Duration::from_millis(300)).await;
         c.nodes[node].signal(libc::SIGCONT);
         println!("daemon of node {node} restarted with {queued} messages in its inbox");
@@ -466,7 +467,9 @@ async fn a_wiped_replica_is_rebuilt_from_a_snapshot_over_mycelium() {
     );
     m.c.nodes[1].kill();
     std::fs::remove_dir_all(&m.c.nodes[1].data_dir).expect("wipe the worker's disk");
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // The dead node's daemon collects messages for it meanwhile (node 0's
+    // heartbeats and pulls).
+    assert!(wait_until(Duration::from_secs(10), || async { m.daemons[1].inbox_len() > 0 }).await, "nothing queued for the dead node");
     m.c.restart(1).await;
     let c = &m.c;
     assert!(
