@@ -274,3 +274,36 @@ async fn sigterm_right_after_start_is_a_clean_shutdown() {
         assert_eq!(node.terminate(), Some(0), "a clean exit, not death by signal");
     }
 }
+
+// The harness's port retry (tests/common): a node whose port another
+// process holds exits with the bind error `is_port_taken` recognises, and
+// `with_port_retries` starts the cluster again on other ports.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_that_lost_its_port_is_started_again_on_another() {
+    let held = std::net::TcpListener::bind(("127.0.0.1", free_port())).expect("hold a port");
+    let taken = format!("127.0.0.1:{}", held.local_addr().unwrap().port());
+    let mut attempts = Vec::new();
+    let c = common::with_port_retries(|| {
+        let addr = if attempts.is_empty() { taken.clone() } else { format!("127.0.0.1:{}", free_port()) };
+        attempts.push(addr.clone());
+        async move { Cluster::try_start_nodes(&[addr], 1, &[], common::client()).await }
+    })
+    .await;
+    assert_eq!(attempts.len(), 2, "{attempts:?}");
+    assert_eq!(c.addr(0), attempts[1]);
+    assert_eq!(c.get_json(0, "/health").await.status, StatusCode::OK);
+    // What the first attempt saw: the node's own words for a taken port.
+    let tmp = tempfile::tempdir().expect("temp dir");
+    let mut node = NodeProc::new(&taken, tmp.path().join("n"), &[]);
+    node.start();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let report = loop {
+        if let Some(report) = node.exit_report() {
+            break report;
+        }
+        assert!(Instant::now() < deadline, "a node on a taken port kept running");
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    assert!(common::is_port_taken(&report), "{report}");
+    drop(held);
+}

@@ -319,7 +319,10 @@ impl Cluster {
         let url = self.nodes[i].url("/ready");
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
-            if matches!(self.client.get(&url).send().await, Ok(r) if r.status() == StatusCode::OK) {
+            // A short limit per probe: whatever holds the port may never
+            // answer (another process took it), and the exit check below
+            // must still run.
+            if matches!(self.client.get(&url).timeout(Duration::from_secs(2)).send().await, Ok(r) if r.status() == StatusCode::OK) {
                 return Ok(());
             }
             if let Some(report) = self.nodes[i].exit_report() {
