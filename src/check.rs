@@ -16,6 +16,14 @@
 //! reported too. After convergence, the final per-node values
 //! ([`FinalState`]) are checked for divergence and lost acknowledged writes.
 //!
+//! **Deletes** are writes of a unique tombstone ([`Op::delete`],
+//! [`TOMBSTONE_PREFIX`]): no read returns one, and a read that finds its key
+//! absent may have read from the initial state or from any delete of the key
+//! that is not in its causal future — it is a violation only when every
+//! such source is overwritten by a write the read depends on. A key absent
+//! everywhere at the end is right when some delete of it is followed by no
+//! acknowledged write.
+//!
 //! **Invariants the caller must keep.** Every written value is globally
 //! unique (a read names the write it saw by its value); a session's
 //! operations are recorded in that session's order (sessions may interleave

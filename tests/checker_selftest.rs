@@ -2,13 +2,11 @@
 //! every anomaly it must find is seeded once, and correct histories (including
 //! a large generated one) must pass.
 
-#[path = "common/checker.rs"]
-mod checker;
-
 use std::collections::BTreeMap;
+use std::hash::{DefaultHasher, Hasher};
 use std::time::{Duration, Instant};
 
-use checker::{FinalState, History, Op, OpKind, Outcome, Report, ViolationKind};
+use causalkv::check::{FinalState, History, Op, OpKind, Outcome, Report, ViolationKind};
 use serde_json::json;
 
 fn write(session: usize, key: &str, value: &str) -> Op {
@@ -16,12 +14,11 @@ fn write(session: usize, key: &str, value: &str) -> Op {
 }
 
 fn read(session: usize, key: &str, value: Option<&str>) -> Op {
-    Op { session, kind: OpKind::Read { key: key.into(), value: value.map(String::from) }, outcome: Outcome::Ok, context: json!({}) }
+    Op::read(session, key, value).with_context(json!({}))
 }
 
-fn failed(mut op: Op) -> Op {
-    op.outcome = Outcome::Failed;
-    op
+fn failed(op: Op) -> Op {
+    op.failed()
 }
 
 fn history(ops: Vec<Op>) -> History {
@@ -34,7 +31,7 @@ fn history(ops: Vec<Op>) -> History {
 
 /// Every key with the same value on `nodes` nodes.
 fn converged(nodes: usize, pairs: &[(&str, Option<&str>)]) -> FinalState {
-    FinalState { values: pairs.iter().map(|(k, v)| (k.to_string(), vec![v.map(String::from); nodes])).collect() }
+    FinalState::converged(nodes, pairs.iter().copied())
 }
 
 fn state(pairs: &[(&str, &[Option<&str>])]) -> FinalState {
@@ -42,7 +39,7 @@ fn state(pairs: &[(&str, &[Option<&str>])]) -> FinalState {
 }
 
 fn kinds(report: &Report) -> Vec<ViolationKind> {
-    report.violations.iter().map(|v| v.kind.clone()).collect()
+    report.violations.iter().map(|v| v.kind).collect()
 }
 
 /// Exactly one violation, of `kind`; returns its description.
@@ -82,6 +79,7 @@ fn correct_history_passes() {
         let report = h.check(&converged(3, &[("x", Some("a")), ("y", Some("b")), ("z", Some(z))]));
         assert!(report.violations.is_empty(), "{:#?}", report.violations);
         assert!(report.lost_writes.is_empty(), "{:#?}", report.lost_writes);
+        assert!(report.is_clean());
         assert_eq!((report.operations, report.reads, report.writes, report.failed), (16, 12, 4, 0));
     }
 }
@@ -329,4 +327,122 @@ fn large_valid_history_is_fast() {
     println!("20 003 ops, seeded: {} in {:?}", report.summary(), started.elapsed());
     only(&report, ViolationKind::ReadYourWrites);
     assert!(report.lost_writes.is_empty(), "{:#?}", report.lost_writes);
+}
+
+fn digest(h: &History) -> u64 {
+    let mut hasher = DefaultHasher::new();
+    h.digest_into(&mut hasher);
+    hasher.finish()
+}
+
+#[test]
+fn digest_and_dump_are_deterministic() {
+    let ops = || {
+        vec![
+            write(0, "x", "a").with_context(json!({"clock": {"n1": 1, "n2": 3}, "epoch": 0})),
+            read(1, "x", Some("a")),
+            failed(read(1, "y", None)),
+            failed(write(2, "y", "b\tc")),
+        ]
+    };
+    let h = history(ops());
+    assert_eq!(digest(&h), digest(&history(ops())), "equal histories digest equally");
+    assert_eq!(h.dump(), history(ops()).dump());
+
+    // The context's object keys are hashed in sorted order, whatever order
+    // they were inserted in.
+    let mut reordered = ops();
+    let mut ctx = serde_json::Map::new();
+    ctx.insert("epoch".into(), json!(0));
+    ctx.insert("clock".into(), json!({"n2": 3, "n1": 1}));
+    reordered[0].context = serde_json::Value::Object(ctx);
+    assert_eq!(digest(&h), digest(&history(reordered.clone())));
+    assert_eq!(h.dump(), history(reordered).dump());
+
+    // Any change to any field changes the digest and the dump.
+    let mut changes: Vec<Vec<Op>> = Vec::new();
+    let mut c = ops();
+    c[1].session = 3;
+    changes.push(c);
+    let mut c = ops();
+    c[1] = read(1, "x", None);
+    changes.push(c);
+    let mut c = ops();
+    c[3].outcome = Outcome::Ok;
+    changes.push(c);
+    let mut c = ops();
+    c[0].context = json!({"clock": {"n1": 2, "n2": 3}, "epoch": 0});
+    changes.push(c);
+    let mut c = ops();
+    c.swap(1, 2);
+    changes.push(c);
+    let mut c = ops();
+    c.pop();
+    changes.push(c);
+    for (i, changed) in changes.into_iter().enumerate() {
+        let changed = history(changed);
+        assert_ne!(digest(&h), digest(&changed), "change {i}");
+        assert_ne!(h.dump(), changed.dump(), "change {i}");
+    }
+
+    // The dump: one line per op, index first, strings quoted.
+    let dump = h.dump();
+    let lines: Vec<&str> = dump.lines().collect();
+    assert_eq!(lines.len(), 4, "{dump}");
+    assert_eq!(lines[0], "0\t0\twrite\t\"x\"\t\"a\"\tok\t{\"clock\":{\"n1\":1,\"n2\":3},\"epoch\":0}");
+    assert_eq!(lines[2], "2\t1\tread\t\"y\"\tabsent\tfailed\t{}");
+    assert_eq!(lines[3], "3\t2\twrite\t\"y\"\t\"b\\tc\"\tfailed\t{}");
+    assert_eq!(Op::write(4, "k", "v").dump_line(), "4\twrite\t\"k\"\t\"v\"\tok\tnull");
+}
+
+#[test]
+fn checking_is_deterministic() {
+    let (ops, final_state) = generated(6, 200, 8);
+    let mut seeded = ops;
+    seeded.push(write(0, "k0", "seed-1"));
+    seeded.push(write(0, "k0", "seed-2"));
+    seeded.push(read(0, "k0", Some("seed-1")));
+    seeded.push(read(1, "k1", Some("ghost")));
+    let h = history(seeded.clone());
+    let first = h.check(&final_state);
+    assert!(!first.violations.is_empty());
+    for _ in 0..3 {
+        // A fresh history each time: fresh hash maps with fresh seeds.
+        assert_eq!(history(seeded.clone()).check(&final_state), first);
+    }
+    assert_eq!(h.ops().len(), seeded.len());
+    assert_eq!(h.ops(), &seeded[..]);
+}
+
+#[test]
+fn deletes_explain_absent_reads_and_absent_final_values() {
+    use causalkv::check::{FinalState, History, Op, ViolationKind};
+    // Session 1 writes then deletes x; session 2 reads x's value, then absent.
+    let mut h = History::new();
+    h.record(Op::write(1, "x", "a"));
+    h.record(Op::delete(1, "x", "d1"));
+    h.record(Op::read(2, "x", Some("a")));
+    h.record(Op::read(2, "x", None));
+    let report = h.check(&FinalState::converged(2, [("x", None)]));
+    assert!(report.is_clean(), "{}", report.summary());
+
+    // Absent after the session's own write, with no delete anywhere: a violation.
+    let mut h = History::new();
+    h.record(Op::write(1, "y", "b"));
+    h.record(Op::read(1, "y", None));
+    let report = h.check(&FinalState::converged(2, [("y", Some("b"))]));
+    assert_eq!(report.violations.len(), 1, "{}", report.summary());
+    assert_eq!(report.violations[0].kind, ViolationKind::ReadYourWrites);
+
+    // A delete that the later write causally follows cannot explain an absent read.
+    let mut h = History::new();
+    h.record(Op::delete(1, "z", "d2"));
+    h.record(Op::write(1, "z", "c"));
+    h.record(Op::read(1, "z", None));
+    let report = h.check(&FinalState::converged(2, [("z", Some("c"))]));
+    assert_eq!(report.violations.len(), 1, "{}", report.summary());
+
+    // Absent everywhere at the end although the last write followed the delete: lost.
+    let report = h.check(&FinalState::converged(2, [("z", None)]));
+    assert_eq!(report.lost_writes.len(), 1, "{:?}", report.lost_writes);
 }

@@ -120,11 +120,14 @@ async fn max_clock_skew_ms_sets_the_bound() {
 /// Two nodes, node 0 with the largest bound (it accepts what node 1 refuses),
 /// node 1 with the default; VIEW is the first `view` of them.
 async fn lenient_and_strict(rf: usize, view: usize) -> Cluster {
-    let addrs: Vec<String> = (0..2).map(|_| format!("127.0.0.1:{}", free_port())).collect();
-    let common = vec![("VIEW".to_string(), addrs[..view].join(",")), ("REPL_FACTOR".to_string(), rf.to_string())];
-    let mut lenient = common.clone();
-    lenient.push(("MAX_CLOCK_SKEW_MS".into(), "86400000".into()));
-    Cluster::start_nodes(&addrs, rf, &[lenient, common]).await
+    with_port_retries(|| async {
+        let addrs: Vec<String> = (0..2).map(|_| format!("127.0.0.1:{}", free_port())).collect();
+        let common = vec![("VIEW".to_string(), addrs[..view].join(",")), ("REPL_FACTOR".to_string(), rf.to_string())];
+        let mut lenient = common.clone();
+        lenient.push(("MAX_CLOCK_SKEW_MS".into(), "86400000".into()));
+        Cluster::try_start_nodes(&addrs, rf, &[lenient, common], client()).await
+    })
+    .await
 }
 
 // Pull answers go through the same guard: a record 10 minutes ahead that

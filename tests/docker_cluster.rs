@@ -15,11 +15,9 @@
 //! ```
 //!
 //! Clients reach nodes only through host ports. The fault runs are judged by
-//! the causal checker (tests/common/checker.rs): zero violations, zero lost
+//! the causal checker (causalkv::check): zero violations, zero lost
 //! acknowledged writes. Each scenario prints its counts.
 
-#[path = "common/checker.rs"]
-mod checker;
 mod common;
 #[path = "common/workload.rs"]
 mod workload;
@@ -260,7 +258,7 @@ async fn until_done(progress: &Progress, ops: usize, total: usize) {
 }
 
 /// Waits for convergence, checks the history, prints the counts.
-async fn judge(name: &str, env: &Env, history: checker::History, notes: &str) {
+async fn judge(name: &str, env: &Env, history: causalkv::check::History, notes: &str) {
     let (state, took) = converge(&env.nodes, KEYS, CONVERGE_LIMIT).await;
     let report = history.check(&state);
     println!("docker {name}: {} ; converged in {took:?}{notes}", report.summary());

@@ -19,6 +19,18 @@ fn client() -> reqwest::Client {
     reqwest::Client::builder().timeout(Duration::from_secs(10)).build().unwrap()
 }
 
+/// Polls `cond` every 10 ms until it holds or `limit` passes.
+async fn until(limit: Duration, cond: impl Fn() -> bool) -> bool {
+    let deadline = Instant::now() + limit;
+    while !cond() {
+        if Instant::now() > deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    true
+}
+
 fn b64(s: &[u8]) -> String {
     B64.encode(s)
 }
@@ -126,7 +138,7 @@ async fn topics_match_exactly_and_peek_leaves_the_message() {
     send(&c, &a, &b, Some(odd), b"2").await;
     send(&c, &a, &b, None, b"3").await;
     send(&c, &a, &b, Some(b""), b"4").await;
-    tokio::time::sleep(Duration::from_millis(150)).await;
+    until(Duration::from_secs(5), || b.inbox_len() >= 4).await;
     assert_eq!(b.inbox_len(), 4);
     let payload = |m: &Value| String::from_utf8(B64.decode(m["payload"].as_str().unwrap()).unwrap()).unwrap();
     // Not percent-encoded: '+' reads as a space and the topic does not match.
@@ -234,7 +246,7 @@ async fn a_waiting_get_holds_the_daemon_lock() {
             (status, started.elapsed())
         })
     };
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert!(until(Duration::from_secs(2), || a.is_locked()).await, "the waiting GET took the lock");
     // A send through the same daemon waits behind the poll...
     let started = Instant::now();
     send(&c, &a, &b, None, b"stalled").await;
@@ -333,7 +345,7 @@ async fn delivery_reorders_and_switches_drop_duplicate_delay() {
     for i in 0..40u32 {
         sent.push(send(&c, &a, &b, None, i.to_string().as_bytes()).await);
     }
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    until(Duration::from_secs(5), || b.inbox_len() >= 40).await;
     let mut got = Vec::new();
     while let Some(m) = pop_within(&c, &b, "timeout=0", Duration::ZERO).await {
         got.push(m["id"].as_str().unwrap().to_owned());
@@ -356,16 +368,20 @@ async fn delivery_reorders_and_switches_drop_duplicate_delay() {
 
     net.set_faults(Faults { duplicate: 1.0, ..Faults::default() });
     let id = send(&c, &a, &b, None, b"twice").await;
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    until(Duration::from_secs(5), || b.inbox_len() >= 2).await;
     let m1 = pop_within(&c, &b, "timeout=0", Duration::ZERO).await.unwrap();
     let m2 = pop_within(&c, &b, "timeout=0", Duration::ZERO).await.unwrap();
     assert_eq!((m1["id"].as_str().unwrap(), m2["id"].as_str().unwrap()), (id.as_str(), id.as_str()));
 
-    net.set_faults(Faults { extra_delay: Duration::from_millis(400), ..Faults::default() });
+    // Delayed by 1.5 s at least: still not there 250 ms after the send
+    // (a margin of over a second for a loaded machine), there later.
+    net.set_faults(Faults { extra_delay: Duration::from_millis(1500), ..Faults::default() });
+    let sent_at = Instant::now();
     send(&c, &a, &b, None, b"slow").await;
     tokio::time::sleep(Duration::from_millis(250)).await;
     assert_eq!(b.inbox_len(), 0, "delayed");
-    assert!(pop_within(&c, &b, "timeout=0", Duration::from_secs(2)).await.is_some());
+    assert!(pop_within(&c, &b, "timeout=0", Duration::from_secs(5)).await.is_some());
+    assert!(sent_at.elapsed() >= Duration::from_millis(1500), "arrived after {:?}", sent_at.elapsed());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -374,17 +390,25 @@ async fn a_restart_loses_the_inbox_and_later_messages_still_arrive() {
     let (a, b) = (net.spawn_daemon().await, net.spawn_daemon().await);
     let c = client();
     send(&c, &a, &b, None, b"before").await;
-    tokio::time::sleep(Duration::from_millis(150)).await;
+    until(Duration::from_secs(5), || b.inbox_len() >= 1).await;
     assert_eq!(b.inbox_len(), 1);
     let restart = {
         let b = b.clone();
-        tokio::spawn(async move { b.restart(Duration::from_millis(500)).await })
+        tokio::spawn(async move { b.restart(Duration::from_secs(2)).await })
     };
-    tokio::time::sleep(Duration::from_millis(250)).await;
-    // Down: the API refuses connections.
+    // Down: the API refuses connections (polled, within the 2 s downtime).
     let _ = rustls::crypto::ring::default_provider().install_default();
     let fresh = reqwest::Client::builder().timeout(Duration::from_secs(2)).build().unwrap();
-    assert!(fresh.get(format!("{}/api/v1/admin", b.api())).send().await.is_err(), "API down during the restart");
+    let admin = format!("{}/api/v1/admin", b.api());
+    let mut down = false;
+    while !down && !restart.is_finished() {
+        down = fresh.get(&admin).send().await.is_err();
+        if !down {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+    assert!(down, "API down during the restart");
+    assert!(!restart.is_finished(), "still down when a message is sent");
     // Sent while it is down: retried by the sender, arrives afterwards.
     let id = send(&c, &a, &b, None, b"during").await;
     restart.await.unwrap();

@@ -4,8 +4,6 @@
 //! turn. Each run: 5 sessions, 2 000+ operations; after healing, the checker
 //! must find zero causal violations and zero lost acknowledged writes.
 
-#[path = "common/checker.rs"]
-mod checker;
 mod common;
 #[path = "common/workload.rs"]
 mod workload;
@@ -45,7 +43,7 @@ async fn until_done(progress: &Progress, ops: usize) {
 }
 
 /// Checks the history against the converged state and prints the counts.
-async fn judge(name: &str, c: &Cluster, history: checker::History) {
+async fn judge(name: &str, c: &Cluster, history: causalkv::check::History) {
     let nodes: Vec<String> = (0..c.node_count()).map(|i| c.addr(i).to_string()).collect();
     let (state, took) = converge(&nodes, KEYS, Duration::from_secs(30)).await;
     let report = history.check(&state);

@@ -20,8 +20,6 @@
 //!   here loses a frame to the rule, and a 2 000-write burst on IPv6 VIEW
 //!   addresses reaches every replica within 5 s.
 
-#[path = "common/checker.rs"]
-mod checker;
 mod common;
 #[path = "common/fake_mycelium.rs"]
 mod fake_mycelium;
@@ -41,11 +39,6 @@ use serde_json::{Value, json};
 use workload::{Progress, Workload, converge};
 
 const GOSSIP_PATHS: [&str; 4] = ["/internal/replicate", "/internal/pull", "/internal/snapshot", "/internal/heartbeat"];
-
-/// A port free on every IPv6 (and IPv4) interface.
-fn free_port_v6() -> u16 {
-    std::net::TcpListener::bind("[::]:0").expect("bind [::]:0").local_addr().unwrap().port()
-}
 
 struct MyceliumCluster {
     net: Network,
@@ -69,14 +62,25 @@ impl MyceliumCluster {
 
 /// Nodes at `addrs`, each with its own fake daemon; VIEW addresses are
 /// mapped to the daemons' overlay addresses with MYCELIUM_PEERS.
-async fn mycelium_cluster(addrs: Vec<String>, rf: usize, extra: &[(&str, &str)]) -> MyceliumCluster {
-    let n = addrs.len();
-    mycelium_cluster_with_proxies(addrs, n, rf, extra).await
+/// `addrs` makes the node addresses; a start that lost a port to another
+/// process is retried on new ones.
+async fn mycelium_cluster(addrs: fn(usize) -> Vec<String>, n: usize, rf: usize, extra: &[(&str, &str)]) -> MyceliumCluster {
+    mycelium_cluster_with_proxies(addrs, n, n, rf, extra).await
 }
 
 /// The same, but only the first `in_view` nodes form VIEW and are mapped in
 /// MYCELIUM_PEERS; the others are proxies with daemons nobody knows.
-async fn mycelium_cluster_with_proxies(addrs: Vec<String>, in_view: usize, rf: usize, extra: &[(&str, &str)]) -> MyceliumCluster {
+async fn mycelium_cluster_with_proxies(
+    addrs: fn(usize) -> Vec<String>,
+    n: usize,
+    in_view: usize,
+    rf: usize,
+    extra: &[(&str, &str)],
+) -> MyceliumCluster {
+    with_port_retries(|| try_mycelium_cluster(addrs(n), in_view, rf, extra)).await
+}
+
+async fn try_mycelium_cluster(addrs: Vec<String>, in_view: usize, rf: usize, extra: &[(&str, &str)]) -> Result<MyceliumCluster, String> {
     let net = Network::new();
     let mut daemons = Vec::new();
     for _ in &addrs {
@@ -97,8 +101,8 @@ async fn mycelium_cluster_with_proxies(addrs: Vec<String>, in_view: usize, rf: u
             env
         })
         .collect();
-    let c = Cluster::start_nodes(&addrs, rf, &envs).await;
-    MyceliumCluster { net, daemons, c }
+    let c = Cluster::try_start_nodes(&addrs, rf, &envs, client()).await?;
+    Ok(MyceliumCluster { net, daemons, c })
 }
 
 fn v4_addrs(n: usize) -> Vec<String> {
@@ -106,7 +110,7 @@ fn v4_addrs(n: usize) -> Vec<String> {
 }
 
 fn v6_addrs(n: usize) -> Vec<String> {
-    (0..n).map(|_| format!("[::1]:{}", free_port_v6())).collect()
+    (0..n).map(|_| format!("[::1]:{}", free_port())).collect()
 }
 
 async fn internal_http(c: &Cluster, i: usize, path: &str) -> u64 {
@@ -189,7 +193,7 @@ async fn scripted_session(c: &Cluster) -> Vec<(String, u16, Value)> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn api_answers_as_with_http_and_gossip_goes_only_through_the_daemons() {
     let http = Cluster::start(4, 2).await;
-    let m = mycelium_cluster(v6_addrs(4), 2, &[]).await;
+    let m = mycelium_cluster(v6_addrs, 4, 2, &[]).await;
     let c = &m.c;
     let expected = scripted_session(&http).await;
     let got = scripted_session(c).await;
@@ -249,7 +253,7 @@ async fn until_done(progress: &Progress, ops: usize) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn causal_checker_over_a_lossy_reordering_mycelium_with_daemon_restarts() {
-    let m = mycelium_cluster(v4_addrs(4), 2, &[("CAUSAL_WAIT_MS", "500")]).await;
+    let m = mycelium_cluster(v4_addrs, 4, 2, &[("CAUSAL_WAIT_MS", "500")]).await;
     let c = &m.c;
     m.net.set_faults(Faults { drop: 0.1, duplicate: 0.1, reorder: 0.3, reorder_by: Duration::from_millis(200), ..Faults::default() });
     let nodes: Vec<String> = (0..4).map(|i| c.addr(i).to_string()).collect();
@@ -269,8 +273,9 @@ async fn causal_checker_over_a_lossy_reordering_mycelium_with_daemon_restarts() 
     for (node, at) in [(1, 600), (2, 1300)] {
         until_done(&progress, at).await;
         c.nodes[node].signal(libc::SIGSTOP);
-        tokio::time::sleep(Duration::from_millis(300)).await;
-        let queued = m.daemons[node].inbox_len();
+        let daemon = &m.daemons[node];
+        assert!(wait_until(Duration::from_secs(10), || async { daemon.inbox_len() > 0 }).await, "nothing queued for frozen node {node}");
+        let queued = daemon.inbox_len();
         m.daemons[node].restart(Duration::from_millis(300)).await;
         c.nodes[node].signal(libc::SIGCONT);
         println!("daemon of node {node} restarted with {queued} messages in its inbox");
@@ -339,7 +344,7 @@ async fn post_message(via: &FakeDaemon, to: &FakeDaemon, topic: &str, payload: &
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn strangers_impostors_and_bad_signatures_are_dropped_and_big_values_still_replicate() {
-    let m = mycelium_cluster(v4_addrs(2), 2, &[("CLUSTER_KEY", "s3cret"), ("MAX_VALUE_BYTES", "3000000")]).await;
+    let m = mycelium_cluster(v4_addrs, 2, 2, &[("CLUSTER_KEY", "s3cret"), ("MAX_VALUE_BYTES", "3000000")]).await;
     let c = &m.c;
     let stranger = m.net.spawn_daemon().await;
     let rejected = |reason: &'static str| async move { labelled(c, 0, "mycelium_rejected", "reason", reason).await };
@@ -393,7 +398,7 @@ async fn strangers_impostors_and_bad_signatures_are_dropped_and_big_values_still
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn gossip_follows_a_view_change_and_nodes_without_an_identity_are_refused() {
     // Four nodes in VIEW, a fifth as a proxy with no Mycelium identity.
-    let m = mycelium_cluster_with_proxies(v4_addrs(5), 4, 2, &[]).await;
+    let m = mycelium_cluster_with_proxies(v4_addrs, 5, 4, 2, &[]).await;
     let c = &m.c;
     let change = |nodes: &[usize], rf: usize| {
         let view: Vec<&str> = nodes.iter().map(|i| c.addr(*i)).collect();
@@ -448,7 +453,7 @@ async fn gossip_follows_a_view_change_and_nodes_without_an_identity_are_refused(
 // collecting messages for the dead node, which it finds stale on restart.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_wiped_replica_is_rebuilt_from_a_snapshot_over_mycelium() {
-    let mut m = mycelium_cluster(v4_addrs(2), 2, &[]).await;
+    let mut m = mycelium_cluster(v4_addrs, 2, 2, &[]).await;
     let mut last = json!({});
     for i in 0..300 {
         let put = m.c.put(0, &format!("snap-{i}"), json!(i), &last).await;
@@ -462,7 +467,9 @@ async fn a_wiped_replica_is_rebuilt_from_a_snapshot_over_mycelium() {
     );
     m.c.nodes[1].kill();
     std::fs::remove_dir_all(&m.c.nodes[1].data_dir).expect("wipe the worker's disk");
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // The dead node's daemon collects messages for it meanwhile (node 0's
+    // heartbeats and pulls).
+    assert!(wait_until(Duration::from_secs(10), || async { m.daemons[1].inbox_len() > 0 }).await, "nothing queued for the dead node");
     m.c.restart(1).await;
     let c = &m.c;
     assert!(
@@ -571,7 +578,7 @@ async fn frames_of_every_length_around_the_chunk_boundaries_arrive_once_padded()
 async fn a_burst_of_2000_writes_on_ipv6_view_addresses_reaches_every_replica_within_5_s() {
     const WRITES: usize = 2000;
     const CLIENTS: usize = 12;
-    let m = mycelium_cluster(v6_addrs(3), 3, &[]).await;
+    let m = mycelium_cluster(v6_addrs, 3, 3, &[]).await;
     let c = &m.c;
     assert!(c.addr(0).starts_with("[::1]:"));
     let started = std::time::Instant::now();

@@ -9,20 +9,6 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-/// A base port with `n` consecutive free ports after it.
-fn free_port_run(n: u16) -> u16 {
-    for _ in 0..200 {
-        let base = common::free_port();
-        if base > 65000 {
-            continue;
-        }
-        if (0..n).all(|i| std::net::TcpListener::bind(("127.0.0.1", base + i)).is_ok()) {
-            return base;
-        }
-    }
-    panic!("no run of {n} free ports");
-}
-
 fn readme_block(after: &str, lang: &str) -> String {
     let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).expect("README.md");
     let start = readme.find(after).unwrap_or_else(|| panic!("README has {after:?}"));
@@ -45,7 +31,7 @@ fn shift_ports(text: &str, base: u16) -> String {
 #[test]
 fn the_readme_cluster_and_curl_session_work_as_shown() {
     assert!(Command::new("curl").arg("--version").output().is_ok(), "curl is needed to run the README session");
-    let base = free_port_run(4);
+    let base = common::free_port_run(4);
     let data = tempfile::tempdir().unwrap();
     let mut cluster = Command::new(common::BIN)
         .args(["cluster", "--nodes", "4", "--repl-factor", "2", "--base-port", &base.to_string()])

@@ -33,6 +33,38 @@ fn closed_within(stream: &mut TcpStream, limit: Duration, got: &mut Vec<u8>) -> 
     }
 }
 
+/// Reads one whole HTTP/1.1 answer (head and `Content-Length` body) or
+/// until the node closes the connection or `limit` passes; returns what
+/// was read and whether the connection was closed.
+fn read_answer(stream: &mut TcpStream, limit: Duration) -> (Vec<u8>, bool) {
+    let deadline = Instant::now() + limit;
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        let text = String::from_utf8_lossy(&got);
+        if let Some((head, body)) = text.split_once("\r\n\r\n") {
+            let length = head
+                .lines()
+                .find_map(|l| l.to_ascii_lowercase().strip_prefix("content-length:").map(|v| v.trim().parse::<usize>().unwrap_or(0)))
+                .unwrap_or(0);
+            if body.len() >= length {
+                return (got, false);
+            }
+        }
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return (got, false);
+        }
+        stream.set_read_timeout(Some(left.min(Duration::from_millis(200)))).expect("set read timeout");
+        match stream.read(&mut buf) {
+            Ok(0) => return (got, true),
+            Ok(n) => got.extend_from_slice(&buf[..n]),
+            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {}
+            Err(_) => return (got, true),
+        }
+    }
+}
+
 /// The JSON body of a raw HTTP/1.1 answer.
 fn body_of(answer: &[u8]) -> Value {
     let text = String::from_utf8_lossy(answer);
@@ -79,12 +111,11 @@ async fn idle_keep_alive_connections_outlive_the_header_timeout_until_the_idle_t
     for round in 0..2 {
         last_sent = Instant::now();
         s.write_all(request).expect("request");
-        let mut got = Vec::new();
-        let closed = closed_within(&mut s, Duration::from_millis(500), &mut got);
-        assert!(!closed, "round {round}: the node closed a keep-alive connection");
+        let (got, closed) = read_answer(&mut s, Duration::from_secs(10));
+        assert!(!closed, "round {round}: the node closed a keep-alive connection: {:?}", String::from_utf8_lossy(&got));
         assert!(got.starts_with(b"HTTP/1.1 200"), "round {round}: {:?}", String::from_utf8_lossy(&got));
-        // Idle for three times the header timeout in all (the gap this test is about).
-        std::thread::sleep(Duration::from_millis(1000));
+        // Idle for three times the header timeout (the gap this test is about).
+        std::thread::sleep(Duration::from_millis(1500));
     }
     let mut got = Vec::new();
     assert!(closed_within(&mut s, Duration::from_secs(6), &mut got), "an idle connection was kept past IDLE_TIMEOUT_MS");
@@ -242,4 +273,37 @@ async fn sigterm_right_after_start_is_a_clean_shutdown() {
         }
         assert_eq!(node.terminate(), Some(0), "a clean exit, not death by signal");
     }
+}
+
+// The harness's port retry (tests/common): a node whose port another
+// process holds exits with the bind error `is_port_taken` recognises, and
+// `with_port_retries` starts the cluster again on other ports.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_that_lost_its_port_is_started_again_on_another() {
+    let held = std::net::TcpListener::bind(("127.0.0.1", free_port())).expect("hold a port");
+    let taken = format!("127.0.0.1:{}", held.local_addr().unwrap().port());
+    let mut attempts = Vec::new();
+    let c = common::with_port_retries(|| {
+        let addr = if attempts.is_empty() { taken.clone() } else { format!("127.0.0.1:{}", free_port()) };
+        attempts.push(addr.clone());
+        async move { Cluster::try_start_nodes(&[addr], 1, &[], common::client()).await }
+    })
+    .await;
+    assert_eq!(attempts.len(), 2, "{attempts:?}");
+    assert_eq!(c.addr(0), attempts[1]);
+    assert_eq!(c.get_json(0, "/health").await.status, StatusCode::OK);
+    // What the first attempt saw: the node's own words for a taken port.
+    let tmp = tempfile::tempdir().expect("temp dir");
+    let mut node = NodeProc::new(&taken, tmp.path().join("n"), &[]);
+    node.start();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let report = loop {
+        if let Some(report) = node.exit_report() {
+            break report;
+        }
+        assert!(Instant::now() < deadline, "a node on a taken port kept running");
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    assert!(common::is_port_taken(&report), "{report}");
+    drop(held);
 }

@@ -360,8 +360,11 @@ async fn a_failed_proposal_extends_no_trust() {
 // network), and replication still works.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn replication_does_not_depend_on_the_source_address() {
-    let addrs = [format!("127.0.0.2:{}", free_port()), format!("127.0.0.3:{}", free_port())];
-    let c = Cluster::start_nodes(&addrs, 2, &[]).await;
+    let c = with_port_retries(|| async {
+        let addrs = [format!("127.0.0.2:{}", free_port()), format!("127.0.0.3:{}", free_port())];
+        Cluster::try_start_nodes(&addrs, 2, &[], client()).await
+    })
+    .await;
     let put = c.put(0, "k", json!("v"), &json!({})).await;
     assert_eq!(put.status, StatusCode::CREATED);
     let copied = wait_until(Duration::from_secs(10), || async { c.get(1, "k", &json!({})).await.value() == Some(&json!("v")) }).await;
@@ -377,9 +380,12 @@ async fn replication_does_not_depend_on_the_source_address() {
 // reason, and counts the refusals.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_refusing_peer_is_loud() {
-    let addrs = [format!("127.0.0.1:{}", free_port()), format!("127.0.0.1:{}", free_port())];
     let envs = [vec![("CLUSTER_KEY".to_string(), "key-a".to_string())], vec![("CLUSTER_KEY".to_string(), "key-b".to_string())]];
-    let c = Cluster::start_nodes(&addrs, 2, &envs).await;
+    let c = with_port_retries(|| async {
+        let addrs = [format!("127.0.0.1:{}", free_port()), format!("127.0.0.1:{}", free_port())];
+        Cluster::try_start_nodes(&addrs, 2, &envs, client()).await
+    })
+    .await;
     for i in 0..2 {
         let other = c.addr(1 - i).to_string();
         let loud = wait_until(Duration::from_secs(10), || async {

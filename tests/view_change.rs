@@ -3,8 +3,6 @@
 //! writes and reads that run through a change, and the view surviving
 //! restarts. Every scenario checks 200+ keys at every node.
 
-#[path = "common/checker.rs"]
-mod checker;
 mod common;
 #[path = "common/workload.rs"]
 mod workload;
@@ -179,9 +177,13 @@ async fn a_node_dying_mid_transfer_aborts_the_change() {
     let view: Vec<String> = (0..4).map(|i| c.addr(i).to_string()).collect();
     let started = Instant::now();
     let change = tokio::spawn(async move { send(client.put(url).json(&json!({"view": view, "repl-factor": 2}))).await });
-    // Prepare at node 2 ends at ~1.5 s; its staging of transferred records
-    // is then delayed another 1.5 s: kill it inside that window.
-    tokio::time::sleep(Duration::from_millis(2200)).await;
+    // Every step at node 2 is delayed 1.5 s: once it has received the first
+    // batch of transferred records (the request is counted on arrival), it
+    // is inside the transfer and stages nothing for 1.5 s: kill it there.
+    let receive = "causalkv_internal_http_requests_total{path=\"/internal/view/receive\"}";
+    let in_transfer = wait_until(Duration::from_secs(20), || async { c.metric(2, receive).await > 0 }).await;
+    assert!(in_transfer, "node 2 never received transferred records");
+    assert!(!change.is_finished(), "the change ended before node 2 staged anything");
     c.nodes[2].kill();
     let answer = change.await.unwrap();
     println!("aborted change answered {} after {:?}", answer.status, started.elapsed());

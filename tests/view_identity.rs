@@ -10,7 +10,7 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{NodeProc, client, free_port, key_path, send, wait_until};
+use common::{NodeProc, client, free_port, free_port_run, key_path, send, wait_until};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 
@@ -195,20 +195,6 @@ async fn a_stray_node_refuses_key_requests_while_the_cluster_keeps_serving() {
         assert!(a.status.is_success(), "{} keeps serving: {a:?}", n.addr);
         assert_eq!(get_json(&http, n, "/health").await.body["status"], "ok", "{} records no conflict from a non-member", n.addr);
     }
-}
-
-/// A base port with `n` consecutive free ports after it.
-fn free_port_run(n: u16) -> u16 {
-    for _ in 0..200 {
-        let base = free_port();
-        if base > 65000 {
-            continue;
-        }
-        if (0..n).all(|i| std::net::TcpListener::bind(("127.0.0.1", base + i)).is_ok()) {
-            return base;
-        }
-    }
-    panic!("no run of {n} free ports");
 }
 
 fn cluster_command(base: u16, data: &Path, extra: &[&str]) -> Command {

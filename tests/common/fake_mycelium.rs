@@ -475,6 +475,11 @@ impl FakeDaemon {
         }
     }
 
+    /// Whether an API call holds the daemon's lock now (a waiting GET does).
+    pub fn is_locked(&self) -> bool {
+        self.d.lock.try_lock().is_err()
+    }
+
     pub fn inbox_len(&self) -> usize {
         self.d.inbox.lock().unwrap().len()
     }

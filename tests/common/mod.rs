@@ -1,9 +1,9 @@
-//! Test harness: real `causalkv` node processes on OS-chosen loopback ports,
-//! each with a temp data dir, killed on drop. Waits poll with deadlines.
+//! Test harness: real `causalkv` node processes on loopback ports from this
+//! process's own port block, each with a temp data dir, killed on drop.
+//! Waits poll with deadlines.
 #![allow(dead_code)]
 
-use std::collections::HashSet;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -13,18 +13,88 @@ use serde_json::{Value, json};
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_causalkv");
 
-static USED_PORTS: Mutex<Option<HashSet<u16>>> = Mutex::new(None);
+/// Ports handed out to nodes: below Linux's ephemeral range (32768-60999),
+/// so no outgoing connection of any process is given one of them between
+/// our check and the node's bind (asking the OS for a free port returned
+/// one from that very range and released it: a race).
+const PORT_RANGE: std::ops::Range<u32> = 12_000..32_000;
+/// Ports per block; each test process starts in the block its pid picks,
+/// so concurrent test processes (other binaries, other checkouts) use
+/// different ports.
+const PORT_BLOCK: u32 = 250;
 
-/// A loopback port the OS says is free (never handed out twice per process).
-pub fn free_port() -> u16 {
-    loop {
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral port");
-        let port = listener.local_addr().expect("local addr").port();
-        let mut used = USED_PORTS.lock().unwrap_or_else(|e| e.into_inner());
-        if used.get_or_insert_with(HashSet::new).insert(port) {
-            return port;
+/// The next port this process hands out (offset into `PORT_RANGE`).
+static NEXT_PORT: Mutex<Option<u32>> = Mutex::new(None);
+
+/// Whether nothing listens on `port` on any IPv4 or IPv6 address now.
+fn port_is_free(port: u16) -> bool {
+    let v4 = std::net::TcpListener::bind(("0.0.0.0", port)).is_ok();
+    // No IPv6 on this machine is fine; a port taken on it is not.
+    let v6 = match std::net::TcpListener::bind(("::", port)) {
+        Ok(_) => true,
+        Err(e) => e.kind() != std::io::ErrorKind::AddrInUse,
+    };
+    v4 && v6
+}
+
+/// `n` consecutive free ports from this process's block (never handed out
+/// twice per process); returns the first.
+pub fn free_port_run(n: u16) -> u16 {
+    let span = PORT_RANGE.end - PORT_RANGE.start;
+    let mut next = NEXT_PORT.lock().unwrap_or_else(|e| e.into_inner());
+    let offset = next.get_or_insert_with(|| (std::process::id() % (span / PORT_BLOCK)) * PORT_BLOCK);
+    for _ in 0..span {
+        if *offset + n as u32 > span {
+            *offset = 0;
+        }
+        let base = (PORT_RANGE.start + *offset) as u16;
+        *offset += n as u32;
+        if (0..n).all(|i| port_is_free(base + i)) {
+            return base;
         }
     }
+    panic!("no run of {n} free ports in {PORT_RANGE:?}");
+}
+
+/// A free loopback port (never handed out twice per process). A node can
+/// still lose it to another process before it binds: `Cluster` retries a
+/// start that failed for that reason on new ports.
+pub fn free_port() -> u16 {
+    free_port_run(1)
+}
+
+/// Whether a node's stderr says it could not bind its port because another
+/// process has it.
+pub fn is_port_taken(stderr: &str) -> bool {
+    stderr.contains("cannot listen on") && (stderr.contains("in use") || stderr.contains("os error 98"))
+}
+
+/// Tries `start` on fresh ports up to 5 times while nodes fail to bind for
+/// a port another process took (`Err` from `start` carries the node's
+/// stderr); panics on any other start failure.
+pub async fn with_port_retries<T, F, Fut>(mut start: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, String>>,
+{
+    let mut last = String::new();
+    for attempt in 0..5 {
+        match start().await {
+            Ok(t) => return t,
+            Err(e) if is_port_taken(&e) => {
+                eprintln!("attempt {attempt}: a node's port was taken ({}); starting again on other ports", e.trim());
+                last = e;
+            }
+            Err(e) => panic!("a node exited during start-up: {e}"),
+        }
+    }
+    panic!("nodes kept losing their ports: {last}");
+}
+
+fn stderr_path(data_dir: &Path) -> PathBuf {
+    let mut name = data_dir.file_name().map(|n| n.to_os_string()).unwrap_or_default();
+    name.push(".stderr");
+    data_dir.with_file_name(name)
 }
 
 pub struct NodeProc {
@@ -47,9 +117,30 @@ impl NodeProc {
         self.child.as_mut().is_some_and(|c| matches!(c.try_wait(), Ok(Some(_))))
     }
 
+    /// Where the node's stderr goes (next to its data dir, so wiping the
+    /// data keeps it), unless `CAUSALKV_TEST_LOG` sends it to the test's.
+    pub fn stderr_path(&self) -> PathBuf {
+        stderr_path(&self.data_dir)
+    }
+
+    /// If the process exited: its exit status and stderr.
+    pub fn exit_report(&mut self) -> Option<String> {
+        let status = self.child.as_mut().and_then(|c| c.try_wait().ok().flatten())?;
+        let stderr = std::fs::read_to_string(self.stderr_path()).unwrap_or_default();
+        Some(format!("node {} exited ({status}): {}", self.addr, stderr.trim()))
+    }
+
     pub fn start(&mut self) {
         assert!(self.child.is_none(), "node {} already running", self.addr);
         let log = std::env::var("CAUSALKV_TEST_LOG").is_ok();
+        let stderr = if log {
+            Stdio::inherit()
+        } else {
+            match std::fs::File::create(self.stderr_path()) {
+                Ok(f) => Stdio::from(f),
+                Err(_) => Stdio::null(),
+            }
+        };
         let mut cmd = Command::new(BIN);
         cmd.env_clear()
             .env("ADDRESS", &self.addr)
@@ -59,10 +150,10 @@ impl NodeProc {
                 std::env::var("CAUSALKV_TEST_LOG")
                     .ok()
                     .filter(|v| v.contains("="))
-                    .unwrap_or_else(|| if log { "info".into() } else { "warn".into() }),
+                    .unwrap_or_else(|| if log { "info".into() } else { "warn,causalkv::node=info".into() }),
             )
             .stdout(Stdio::null())
-            .stderr(if log { Stdio::inherit() } else { Stdio::null() });
+            .stderr(stderr);
         for (k, v) in &self.env {
             cmd.env(k, v);
         }
@@ -115,6 +206,14 @@ impl NodeProc {
 
 impl Drop for NodeProc {
     fn drop(&mut self) {
+        // A failing test shows how a node that died under it ended.
+        if std::thread::panicking()
+            && let Some(report) = self.exit_report()
+        {
+            let tail: Vec<&str> = report.lines().rev().take(30).collect();
+            let tail: Vec<&str> = tail.into_iter().rev().collect();
+            eprintln!("{}", tail.join("\n"));
+        }
         if let Some(c) = &self.child {
             unsafe {
                 libc::kill(c.id() as i32, libc::SIGCONT);
@@ -147,29 +246,42 @@ impl Cluster {
     }
 
     /// As `start_with_view`, talking to the nodes with `client` (TLS tests).
+    /// Starts again on other ports when a node lost its port to another
+    /// process.
     pub async fn start_with_client(n: usize, in_view: usize, rf: usize, env: &[(&str, &str)], client: reqwest::Client) -> Cluster {
-        let tmp = tempfile::tempdir().expect("temp dir");
-        let addrs: Vec<String> = (0..n).map(|_| format!("127.0.0.1:{}", free_port())).collect();
-        let view = addrs[..in_view].join(",");
-        let mut nodes = Vec::new();
-        for (i, addr) in addrs.iter().enumerate() {
-            let mut node_env = vec![("VIEW".to_string(), view.clone()), ("REPL_FACTOR".to_string(), rf.to_string())];
-            node_env.extend(env.iter().map(|(k, v)| (k.to_string(), v.to_string())));
-            let mut node = NodeProc { addr: addr.clone(), data_dir: tmp.path().join(format!("node{i}")), env: node_env, child: None };
-            node.start();
-            nodes.push(node);
-        }
-        let mut cluster = Cluster { nodes, client, _tmp: tmp };
-        for i in 0..n {
-            cluster.wait_ready(i).await;
-        }
-        cluster
+        with_port_retries(|| {
+            let addrs: Vec<String> = (0..n).map(|_| format!("127.0.0.1:{}", free_port())).collect();
+            let view = addrs[..in_view].join(",");
+            let envs: Vec<Vec<(String, String)>> = (0..n)
+                .map(|_| {
+                    let mut node_env = vec![("VIEW".to_string(), view.clone())];
+                    node_env.extend(env.iter().map(|(k, v)| (k.to_string(), v.to_string())));
+                    node_env
+                })
+                .collect();
+            let client = client.clone();
+            async move { Cluster::try_start_nodes(&addrs, rf, &envs, client).await }
+        })
+        .await
     }
 
     /// Starts nodes at `addrs` (VIEW = all of them, REPL_FACTOR = `rf`), node
     /// `i` with the extra environment `envs[i]` (which may override VIEW),
-    /// and waits until all are ready.
+    /// and waits until all are ready. The caller chose the addresses: a node
+    /// that cannot bind its port fails the test (see `try_start_nodes`).
     pub async fn start_nodes(addrs: &[String], rf: usize, envs: &[Vec<(String, String)>]) -> Cluster {
+        Self::try_start_nodes(addrs, rf, envs, client()).await.unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// As `start_nodes`; `Err` with the exit status and stderr of a node
+    /// that exited during start-up (the other nodes are killed), for
+    /// `with_port_retries`.
+    pub async fn try_start_nodes(
+        addrs: &[String],
+        rf: usize,
+        envs: &[Vec<(String, String)>],
+        client: reqwest::Client,
+    ) -> Result<Cluster, String> {
         let tmp = tempfile::tempdir().expect("temp dir");
         let view = addrs.join(",");
         let mut nodes = Vec::new();
@@ -180,11 +292,11 @@ impl Cluster {
             node.start();
             nodes.push(node);
         }
-        let mut cluster = Cluster { nodes, client: client(), _tmp: tmp };
+        let mut cluster = Cluster { nodes, client, _tmp: tmp };
         for i in 0..addrs.len() {
-            cluster.wait_ready(i).await;
+            cluster.try_wait_ready(i).await?;
         }
-        cluster
+        Ok(cluster)
     }
 
     pub fn addr(&self, i: usize) -> &str {
@@ -196,14 +308,25 @@ impl Cluster {
     }
 
     pub async fn wait_ready(&mut self, i: usize) {
+        if let Err(e) = self.try_wait_ready(i).await {
+            panic!("{e}");
+        }
+    }
+
+    /// Waits until node `i` answers `/ready`; `Err` (exit status and
+    /// stderr) when it exited first.
+    pub async fn try_wait_ready(&mut self, i: usize) -> Result<(), String> {
         let url = self.nodes[i].url("/ready");
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
-            if matches!(self.client.get(&url).send().await, Ok(r) if r.status() == StatusCode::OK) {
-                return;
+            // A short limit per probe: whatever holds the port may never
+            // answer (another process took it), and the exit check below
+            // must still run.
+            if matches!(self.client.get(&url).timeout(Duration::from_secs(2)).send().await, Ok(r) if r.status() == StatusCode::OK) {
+                return Ok(());
             }
-            if let Some(Ok(Some(status))) = self.nodes[i].child.as_mut().map(|c| c.try_wait()) {
-                panic!("node {} exited during start-up: {status}", self.nodes[i].addr);
+            if let Some(report) = self.nodes[i].exit_report() {
+                return Err(report);
             }
             assert!(Instant::now() < deadline, "node {} did not become ready", self.nodes[i].addr);
             tokio::time::sleep(Duration::from_millis(20)).await;

@@ -9,8 +9,8 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use serde_json::{Value, json};
 
-use super::checker::{FinalState, History, Op, OpKind, Outcome};
 use super::common::key_path;
+use causalkv::check::{FinalState, History, Op, OpKind, Outcome};
 
 /// Per-request time limit of a session (a request never hangs past its
 /// bound, so this only trips on frozen nodes).
