@@ -576,7 +576,7 @@ async fn bad_configuration_exits_2_with_one_line() {
         (vec![("DURABILITY", "bo\ngus")], vec![]),
         (vec![("MAX_KEY_LENGTH", "0")], vec![]),
         (vec![("MAX_VALUE_BYTES", "0")], vec![]),
-        (vec![("PORT", "0")], vec![]),
+        (vec![("PORT", "0"), ("VIEW", "127.0.0.1:13800,127.0.0.1:13801")], vec![]),
         (vec![("CAUSAL_WAIT_MS", "-5")], vec![]),
         (vec![], vec!["--no-such-flag"]),
         (vec![], vec!["--repl-factor", "0"]),
@@ -760,4 +760,34 @@ async fn forwarded_requests() {
     assert!(started.elapsed() < Duration::from_secs(5), "503s took {:?}", started.elapsed());
     let (lkey, li) = &local[0];
     expect(&c.get(0, lkey, &empty).await, 200, retrieved(json!(li)));
+}
+
+/// PORT=0: a node that is its whole view takes the port the system gives
+/// it, names itself by it (records carry the real address), and reports it
+/// in PORT_FILE.
+#[tokio::test]
+async fn port_zero_binds_a_free_port_and_reports_it() {
+    let tmp = tempfile::tempdir().expect("temp dir");
+    let port_file = tmp.path().join("port");
+    let mut child = Command::new(BIN)
+        .env_clear()
+        .env("PORT", "0")
+        .env("PORT_FILE", &port_file)
+        .env("DATA_DIR", tmp.path().join("data"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn causalkv");
+    let written = wait_until(Duration::from_secs(20), || async { port_file.exists() }).await;
+    let addr = std::fs::read_to_string(&port_file).unwrap_or_default().trim().to_owned();
+    let put =
+        if written { Some(send(client().put(format!("http://{addr}/kv-store/keys/p0")).json(&json!({"value": 1}))).await) } else { None };
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(written, "no PORT_FILE written");
+    let parsed: std::net::SocketAddr = addr.parse().expect("PORT_FILE holds ip:port");
+    assert_ne!(parsed.port(), 0);
+    let put = put.expect("answered");
+    assert_eq!(put.status, 201, "{}", put.body);
+    assert_eq!(put.seq_of(&addr), 1, "records are named by the real address: {}", put.body);
 }

@@ -13,6 +13,9 @@ use serde_json::{Value, json};
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_causalkv");
 
+/// The descriptor number a node finds its inherited listening socket at.
+const INHERITED_FD: i32 = 3;
+
 /// Ports handed out to nodes: below Linux's ephemeral range (32768-60999),
 /// so no outgoing connection of any process is given one of them between
 /// our check and the node's bind (asking the OS for a free port returned
@@ -157,7 +160,28 @@ impl NodeProc {
         for (k, v) in &self.env {
             cmd.env(k, v);
         }
+        // The harness binds the node's port itself and hands the listening
+        // socket over (LISTEN_FD): from this bind on, nothing else can take
+        // the port. Binding here fails only when another process has the
+        // port already; then the node binds by itself, fails the same way,
+        // and `with_port_retries` moves on to other ports.
+        let listener = self.addr.parse::<std::net::SocketAddr>().ok().and_then(|a| std::net::TcpListener::bind(a).ok());
+        if let Some(listener) = &listener {
+            use std::os::fd::AsRawFd;
+            use std::os::unix::process::CommandExt;
+            let fd = listener.as_raw_fd();
+            cmd.env("LISTEN_FD", INHERITED_FD.to_string());
+            // SAFETY: only async-signal-safe calls (dup2, fcntl) between fork and exec.
+            unsafe {
+                cmd.pre_exec(move || {
+                    let ok = if fd == INHERITED_FD { libc::fcntl(fd, libc::F_SETFD, 0) != -1 } else { libc::dup2(fd, INHERITED_FD) != -1 };
+                    if ok { Ok(()) } else { Err(std::io::Error::last_os_error()) }
+                });
+            }
+        }
         self.child = Some(cmd.spawn().expect("spawn causalkv"));
+        // The child has its own copy now.
+        drop(listener);
     }
 
     pub fn pid(&self) -> i32 {
