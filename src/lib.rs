@@ -12,6 +12,7 @@ pub mod sim;
 pub mod store;
 pub mod time;
 pub mod tls;
+pub mod viewchange;
 
 pub use config::{Config, NodeArgs};
 pub use node::Node;

@@ -16,10 +16,10 @@ use super::error::{ApiError, ErrorReply};
 use super::reply::{Reply, json_response};
 use super::request::{FROM_HEADER, HOP_HEADER, hop, read_body};
 use crate::gossip::auth::token_matches;
-use crate::gossip::viewchange::{COMMIT_TIMEOUT, SYNC_TIMEOUT, TRANSFER_TIMEOUT};
 use crate::node::Node;
-use crate::shard::change::requested_view;
 use crate::shard::{View, ViewError, normalise_address};
+use crate::viewchange::plan::requested_view;
+use crate::viewchange::{COMMIT_TIMEOUT, SYNC_TIMEOUT, TRANSFER_TIMEOUT};
 
 /// Largest view-change body read.
 const BODY_LIMIT: usize = 1024 * 1024;
@@ -152,7 +152,7 @@ async fn run(node: &Node, method: &Method, headers: &HeaderMap, view: View, ctx:
 async fn shards_reply(
     node: &Node,
     map: &crate::shard::ShardMap,
-    commits: &[(String, crate::gossip::viewchange::Committed)],
+    commits: &[(String, crate::viewchange::Committed)],
     ctx: Value,
 ) -> Response {
     let mut shards = Vec::new();

@@ -11,7 +11,7 @@
 //!
 //! Invariants: only a different view at the *same* epoch is a conflict (a
 //! peer at a higher epoch is a missed view change, caught up by
-//! `node::view_change`); a conflict concerns the view of ours it was seen
+//! `viewchange::participant`); a conflict concerns the view of ours it was seen
 //! under, so it stops counting once ours changes (a view change committed);
 //! it clears when the peer reports an agreeing view or another epoch, or when
 //! the peer has been silent for [`FORGET_AFTER`].

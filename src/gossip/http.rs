@@ -13,13 +13,13 @@ use serde::de::DeserializeOwned;
 use super::Auth;
 use super::auth::SIGNATURE_HEADER;
 use super::refusals::PeerRefusals;
-use super::viewchange::Step;
 use super::{
     BoxFuture, EXCHANGE_TIMEOUT, GossipError, HEARTBEAT_TIMEOUT, Heartbeat, HeartbeatAck, PUSH_TIMEOUT, PullRequest, PullResponse,
     ReplicateAck, ReplicateBatch, SnapshotPage, SnapshotRequest, Transport,
 };
 use crate::faults::Faults;
 use crate::metrics::Metrics;
+use crate::viewchange::Step;
 
 /// Header naming the sending node on internal requests.
 pub const FROM_HEADER: &str = "x-causalkv-from";

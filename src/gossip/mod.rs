@@ -38,7 +38,6 @@ mod messages;
 pub mod mycelium;
 pub mod refusals;
 mod replicator;
-pub mod viewchange;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -128,7 +127,7 @@ pub trait Transport: Send + Sync + 'static {
     fn view<'a>(
         &'a self,
         peer: &'a str,
-        step: viewchange::Step,
+        step: crate::viewchange::Step,
         body: &'a serde_json::Value,
         timeout: Duration,
     ) -> BoxFuture<'a, Result<serde_json::Value, GossipError>>;

@@ -63,13 +63,13 @@ use tokio::time::Instant;
 pub use settings::{DEFAULT_API, DEFAULT_TOPIC, Identity, MyceliumConfig};
 
 use super::auth::AuthError;
-use super::viewchange::{Proposal, Step};
 use super::{
     Auth, BoxFuture, EXCHANGE_TIMEOUT, Gossip, GossipError, HEARTBEAT_TIMEOUT, Heartbeat, HeartbeatAck, HttpTransport, Inbound,
     PUSH_TIMEOUT, PullRequest, PullResponse, ReplicateAck, ReplicateBatch, SnapshotPage, SnapshotRequest, Transport,
 };
 use crate::faults::Faults;
 use crate::metrics::{KindLabel, Metrics, PeerLabel, ReasonLabel};
+use crate::viewchange::{Proposal, Step};
 use daemon::{Daemon, Received};
 use wire::{Frame, Msg, Reassembly, VERSION};
 

@@ -14,10 +14,10 @@
 use serde_json::value::RawValue;
 
 use super::Node;
-use super::view_change::ChangeFail;
 use crate::gossip::dispatch::Refusal;
-use crate::gossip::viewchange::{Proposal, Receive, Step};
 use crate::store::StoreError;
+use crate::viewchange::participant::ChangeFail;
+use crate::viewchange::{Proposal, Receive, Step};
 
 /// Every internal message kind.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -17,7 +17,6 @@
 
 pub mod dispatch;
 pub mod kv;
-pub mod view_change;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -86,7 +85,7 @@ pub struct Node {
     current: RwLock<Arc<Epoch>>,
     epoch_tx: watch::Sender<u64>,
     epoch_tasks: Mutex<(watch::Sender<bool>, Vec<JoinHandle<()>>)>,
-    pub change: view_change::ChangeState,
+    pub change: crate::viewchange::participant::ChangeState,
     round_robin: AtomicUsize,
     ready: AtomicBool,
 }
@@ -154,7 +153,7 @@ impl Node {
     }
 
     /// Makes `view` current: swaps the map and restarts the gossip tasks.
-    fn install_epoch(&self, view: View) {
+    pub(crate) fn install_epoch(&self, view: View) {
         let epoch = self.make_epoch(view);
         let (stop, handles) = {
             let (tx, _) = watch::channel(false);
@@ -218,7 +217,7 @@ impl Node {
             current: RwLock::new(placeholder),
             epoch_tx: watch::Sender::new(view.epoch),
             epoch_tasks: Mutex::new((epoch_stop, Vec::new())),
-            change: view_change::ChangeState::default(),
+            change: crate::viewchange::participant::ChangeState::default(),
             round_robin: AtomicUsize::new(0),
             ready: AtomicBool::new(false),
         });
@@ -239,7 +238,7 @@ impl Node {
         // lifetime and hands messages to whichever epoch is current.
         tasks.extend(self.transport.clone().start_receiving(self.clone(), shutdown.clone()));
         tasks.push(tokio::spawn(catch_up_then_ready(self.clone())));
-        tasks.push(tokio::spawn(view_change::watch_for_missed_changes(self.clone(), shutdown)));
+        tasks.push(tokio::spawn(crate::viewchange::participant::watch_for_missed_changes(self.clone(), shutdown)));
         tasks
     }
 

@@ -14,7 +14,6 @@
 //!
 //! - A view change moves a key only to nodes that gain it (`change`).
 
-pub mod change;
 mod placement;
 mod view;
 

@@ -27,7 +27,6 @@ use rand::{Rng, SeedableRng};
 use serde_json::value::RawValue;
 use tokio::task::AbortHandle;
 
-use crate::gossip::viewchange::Step;
 use crate::gossip::{
     BoxFuture, EXCHANGE_TIMEOUT, GossipError, HEARTBEAT_TIMEOUT, Heartbeat, HeartbeatAck, PUSH_TIMEOUT, PullRequest, PullResponse,
     ReplicateAck, ReplicateBatch, SnapshotPage, SnapshotRequest, Transport,
@@ -35,6 +34,7 @@ use crate::gossip::{
 use crate::node::Node;
 use crate::node::dispatch::Message;
 use crate::node::kv::{Forward, Forwarder, KvAnswer, KvRequest, Unreachable};
+use crate::viewchange::Step;
 
 /// How likely each network fault is, per message.
 #[derive(Clone, Debug, Default)]

@@ -1,4 +1,4 @@
-//! The node side of a view change (protocol in `gossip::viewchange`): write
+//! The node side of a view change (messages and coordinator in `viewchange::protocol`): write
 //! admission (writes queue while a change is prepared), each step's local
 //! work, the coordinator entry point, and catching up after a missed commit.
 //!
@@ -18,9 +18,9 @@ use parking_lot::Mutex;
 use serde_json::Value;
 use tokio::sync::{Notify, watch};
 
-use super::Node;
+use super::protocol::{self as viewchange, Committed, PAUSE_LIMIT, Proposal, Receive, Step, TRANSFER_BATCH};
 use crate::gossip::GossipError;
-use crate::gossip::viewchange::{self, Committed, PAUSE_LIMIT, Proposal, Receive, Step, TRANSFER_BATCH};
+use crate::node::Node;
 use crate::shard::{ShardMap, View};
 use crate::store::{Record, StoreError};
 
@@ -329,7 +329,7 @@ impl Node {
 }
 
 fn viewchange_targets<'a>(old: &ShardMap, new: &'a ShardMap, key: &str) -> Vec<&'a String> {
-    crate::shard::change::gaining_nodes(old, new, key)
+    super::plan::gaining_nodes(old, new, key)
 }
 
 /// Aborts a pause nobody decided, and adopts newer views peers report.

@@ -1,6 +1,6 @@
 //! The view-change protocol between nodes (DESIGN.md "View change"): the
 //! message shapes and the coordinator. The node side of each step is in
-//! `node::view_change`.
+//! `viewchange::participant`.
 //!
 //! All-or-nothing, in four steps driven by the node that received the
 //! request (the coordinator), each sent to every node of the old view, the
@@ -19,7 +19,7 @@
 //! Any failure before commit makes the coordinator send **abort**: staged
 //! records are dropped, writes resume, the old view stays, nothing is lost.
 //! A node that misses the commit learns the new epoch from heartbeats and
-//! catches up from a peer (`node::view_change`). A node left paused by a
+//! catches up from a peer (`viewchange::participant`). A node left paused by a
 //! coordinator that died aborts by itself after [`PAUSE_LIMIT`].
 
 use std::time::Duration;
@@ -27,7 +27,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use super::{GossipError, Transport};
+use crate::gossip::{GossipError, Transport};
 use crate::shard::View;
 use crate::store::Record;
 

@@ -3,7 +3,7 @@
 
 use serde_json::Value;
 
-use super::{ShardMap, View, ViewError};
+use crate::shard::{ShardMap, View, ViewError};
 
 /// Reads `view` given as a JSON array of addresses or one comma-separated
 /// string, and `repl-factor`.
