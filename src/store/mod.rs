@@ -48,6 +48,7 @@
 mod clock_guard;
 mod durability;
 mod engine;
+mod epoch;
 mod keys;
 mod record;
 mod state;

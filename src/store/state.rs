@@ -65,48 +65,48 @@ pub struct ApplyOutcome {
     pub refused: Option<ClockSkew>,
 }
 
-struct State {
-    counter: u64,
-    applied: Clock,
-    hlc: Hlc,
-    live: u64,
-    pending: BTreeMap<String, BTreeMap<u64, Record>>,
-    pending_len: usize,
+pub(super) struct State {
+    pub(super) counter: u64,
+    pub(super) applied: Clock,
+    pub(super) hlc: Hlc,
+    pub(super) live: u64,
+    pub(super) pending: BTreeMap<String, BTreeMap<u64, Record>>,
+    pub(super) pending_len: usize,
     /// Per origin: log entries up to here were compacted away.
-    log_floor: Clock,
-    written_gen: u64,
+    pub(super) log_floor: Clock,
+    pub(super) written_gen: u64,
     /// Under the lock: its rate limiter is state too.
-    clock_guard: ClockGuard,
+    pub(super) clock_guard: ClockGuard,
 }
 
 pub struct Store {
     /// The main keyspace (`keys.rs`).
-    engine: Box<dyn Engine>,
+    pub(super) engine: Box<dyn Engine>,
     /// Records received for a view change in progress, by change id (a
     /// second engine instance: see `engine.rs`).
-    staging: Box<dyn Engine>,
+    pub(super) staging: Box<dyn Engine>,
     /// The wall clock the HLC and the clock guard read.
-    clock: Arc<dyn WallClock>,
+    pub(super) clock: Arc<dyn WallClock>,
     /// On a memory disk: sync and checkpoint run inline, never on a
     /// blocking thread (`durability.rs`).
-    in_memory: bool,
-    me: String,
+    pub(super) in_memory: bool,
+    pub(super) me: String,
     /// Current epoch; changes only in `commit_epoch`, under the state lock.
-    epoch: AtomicU64,
-    state: Mutex<State>,
+    pub(super) epoch: AtomicU64,
+    pub(super) state: Mutex<State>,
     pub durability: Durability,
     /// Notified on every apply: the hold-back gate's wake-up.
     pub gate: Gate,
     /// Every change of `engine`, for durability (the engine is flushed only at checkpoints).
-    wal: Wal,
+    pub(super) wal: Wal,
     /// Serialises checkpoints (the checkpointer's and shutdown's).
-    checkpointing: Mutex<()>,
+    pub(super) checkpointing: Mutex<()>,
     /// Serialises log syncs with the publication of what they made durable.
-    syncing: Mutex<()>,
+    pub(super) syncing: Mutex<()>,
     pub stats: WalStats,
     /// Whether local writes get a replication log entry: false while this
     /// node's shard has no other replica. Changes only with the epoch.
-    keeps_log: AtomicBool,
+    pub(super) keeps_log: AtomicBool,
 }
 
 /// Write-ahead log counters since start (exported in `/metrics`).
@@ -143,7 +143,7 @@ impl Store {
 
     /// Applies `batch` to the engine (not flushed) and appends it to the write-ahead
     /// log, under the state lock the caller holds; returns its generation.
-    fn apply_logged(&self, st: &mut State, batch: WalBatch) -> Result<u64, StoreError> {
+    pub(super) fn apply_logged(&self, st: &mut State, batch: WalBatch) -> Result<u64, StoreError> {
         wal::apply_ops(self.engine.as_ref(), &batch.ops(), false)?;
         st.written_gen += 1;
         self.wal.append(batch.encoded(), st.written_gen, st.counter);
@@ -610,101 +610,6 @@ impl Store {
         }
     }
 
-    /// Keeps records sent for view change `change` until it commits or
-    /// aborts. Records the clock guard refuses fail the whole transfer.
-    pub fn stage(&self, change: &str, records: &[Record]) -> Result<(), StoreError> {
-        refuse_whole(&mut self.state.lock(), records, self.clock.now_ms())?;
-        let batch: Vec<_> = records.iter().map(|r| (staging_key(change, &r.key), Some(r.encode()))).collect();
-        self.staging.write_batch(&batch)?;
-        self.staging.flush()?;
-        Ok(())
-    }
-
-    /// Drops whatever was staged for view change `change` (abort).
-    pub fn discard_stage(&self, change: &str) -> Result<(), StoreError> {
-        let mut batch = Vec::new();
-        for item in self.staging.scan_prefix(&staging_prefix(change)) {
-            batch.push((item?.0, None));
-        }
-        self.staging.write_batch(&batch)?;
-        Ok(())
-    }
-
-    /// Drops staged records of every change but `keep` (stale ones after a
-    /// restart or a superseded change).
-    pub fn discard_other_stages(&self, keep: Option<&str>) -> Result<(), StoreError> {
-        let keep = keep.map(staging_prefix);
-        let mut batch = Vec::new();
-        for item in self.staging.scan_prefix(&[]) {
-            let (k, _) = item?;
-            if keep.as_ref().is_none_or(|p| !k.starts_with(p)) {
-                batch.push((k, None));
-            }
-        }
-        self.staging.write_batch(&batch)?;
-        Ok(())
-    }
-
-    /// Enters `new_epoch` atomically: merges the records staged for `change`,
-    /// keeps only live records of keys this node owns under the new view,
-    /// and restarts the causal bookkeeping (counter, applied clock, logs,
-    /// tombstones) for the new epoch. Returns the live-key count.
-    pub fn commit_epoch(
-        &self,
-        change: &str,
-        new_epoch: u64,
-        view_json: &[u8],
-        owns: impl Fn(&str) -> bool,
-        keeps_log: bool,
-    ) -> Result<u64, StoreError> {
-        let mut st = self.state.lock();
-        let mut batch = WalBatch::default();
-        let mut kept: HashMap<String, Record> = HashMap::new();
-        for item in self.engine.scan_prefix(&[keys::RECORD]) {
-            let (k, v) = item?;
-            let record = Record::decode(&v)?;
-            if record.is_live() && owns(&record.key) {
-                kept.insert(record.key.clone(), record);
-            } else {
-                batch.remove(k);
-            }
-        }
-        for item in self.staging.scan_prefix(&staging_prefix(change)) {
-            let (_, v) = item?;
-            let record = Record::decode(&v)?;
-            if !record.is_live() || !owns(&record.key) {
-                continue;
-            }
-            if kept.get(&record.key).is_none_or(|current| record.wins_over(current)) {
-                st.hlc.observe(record.hlc);
-                batch.insert(keys::record(&record.key), record.encode());
-                kept.insert(record.key.clone(), record);
-            }
-        }
-        for prefix in [vec![keys::LOG], vec![keys::TOMBSTONE], keys::meta(keys::APPLIED_PREFIX), keys::meta(keys::LOG_FLOOR_PREFIX)] {
-            for item in self.engine.scan_prefix(&prefix) {
-                batch.remove(item?.0);
-            }
-        }
-        batch.insert(keys::meta(keys::COUNTER), 0u64.to_be_bytes());
-        batch.insert(keys::meta(keys::EPOCH), new_epoch.to_be_bytes());
-        batch.insert(keys::meta(keys::VIEW), view_json);
-        st.counter = 0;
-        self.apply_logged(&mut st, batch)?;
-        st.applied = Clock::new();
-        st.pending.clear();
-        st.pending_len = 0;
-        st.log_floor = Clock::new();
-        st.live = kept.len() as u64;
-        self.epoch.store(new_epoch, Ordering::Release);
-        self.keeps_log.store(keeps_log, Ordering::Release);
-        drop(st);
-        self.discard_stage(change)?;
-        self.flush()?;
-        self.gate.notify();
-        Ok(kept.len() as u64)
-    }
-
     pub fn log_floor(&self) -> Clock {
         self.state.lock().log_floor.clone()
     }
@@ -796,7 +701,7 @@ impl Store {
 
 /// Refuses a message (snapshot page, view-change transfer) as a whole when
 /// the clock guard refuses any of its records.
-fn refuse_whole(st: &mut State, records: &[Record], now_ms: u64) -> Result<(), ClockSkew> {
+pub(super) fn refuse_whole(st: &mut State, records: &[Record], now_ms: u64) -> Result<(), ClockSkew> {
     match st.clock_guard.screen(records, now_ms) {
         Some(Screened { first: mut skew, .. }) => {
             skew.refused = records.len();
@@ -805,18 +710,6 @@ fn refuse_whole(st: &mut State, records: &[Record], now_ms: u64) -> Result<(), C
         }
         None => Ok(()),
     }
-}
-
-fn staging_prefix(change: &str) -> Vec<u8> {
-    let mut k = change.as_bytes().to_vec();
-    k.push(0);
-    k
-}
-
-fn staging_key(change: &str, key: &str) -> Vec<u8> {
-    let mut k = staging_prefix(change);
-    k.extend_from_slice(key.as_bytes());
-    k
 }
 
 /// The range `start..=end`.
@@ -1069,7 +962,7 @@ mod tests {
             assert!(matches!(s.apply_snapshot(page.clone()), Err(StoreError::ClockSkew(ClockSkew { refused: 2, .. }))));
             assert!(s.get("z").unwrap().is_none());
             assert!(matches!(s.stage("change-1", &page), Err(StoreError::ClockSkew(_))));
-            assert_eq!(s.staging.scan_prefix(&staging_prefix("change-1")).count(), 0);
+            assert_eq!(s.staging.scan_prefix(&super::super::epoch::staging_prefix("change-1")).count(), 0);
             assert_eq!(refused.get(), 7);
             assert_eq!(s.get("k").unwrap().unwrap().value.unwrap().get(), r#""later""#);
         });

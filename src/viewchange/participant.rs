@@ -135,6 +135,20 @@ fn change_id(me: &str, epoch: u64) -> String {
 }
 
 impl Node {
+    /// Enters `view`'s epoch in the store. It scans every record and syncs,
+    /// so a file-backed store does it on a blocking thread; an in-memory one
+    /// (the simulator) inline, which keeps a simulated run deterministic.
+    async fn commit_epoch(&self, change: &str, view: &View, view_json: Vec<u8>) -> Result<u64, StoreError> {
+        let (owns, keeps_log) = (self.owns_under(view), has_peers(view, self.me()));
+        if self.store.is_in_memory() {
+            return self.store.commit_epoch(change, view.epoch, &view_json, owns, keeps_log);
+        }
+        let (store, change, epoch) = (self.store.clone(), change.to_owned(), view.epoch);
+        tokio::task::spawn_blocking(move || store.commit_epoch(&change, epoch, &view_json, owns, keeps_log))
+            .await
+            .map_err(|e| StoreError::Engine(crate::store::EngineError::Failed(format!("epoch commit task: {e}"))))?
+    }
+
     fn owns_under(&self, view: &View) -> impl Fn(&str) -> bool + use<> {
         let map = ShardMap::new(view.clone(), self.me());
         move |key: &str| map.is_replica(map.shard_of(key))
@@ -241,7 +255,7 @@ impl Node {
         }
         let prepared = self.check_prepared(&p.change).is_ok();
         let view_json = serde_json::to_vec(&p.new).expect("a view serialises");
-        let count = self.store.commit_epoch(&p.change, p.new.epoch, &view_json, self.owns_under(&p.new), has_peers(&p.new, self.me()))?;
+        let count = self.commit_epoch(&p.change, &p.new, view_json).await?;
         self.install_epoch(p.new.clone());
         *self.change.pending.lock() = None;
         self.change.resume();
@@ -321,7 +335,7 @@ impl Node {
         tracing::warn!(%peer, epoch = view.epoch, "this node missed a view change: adopting the newer view");
         let view_json = serde_json::to_vec(&view).expect("a view serialises");
         let change = format!("adopt/{}", view.epoch);
-        self.store.commit_epoch(&change, view.epoch, &view_json, self.owns_under(&view), has_peers(&view, self.me()))?;
+        self.commit_epoch(&change, &view, view_json).await?;
         self.install_epoch(view);
         self.rebuild_from_peers().await;
         Ok(())
