@@ -264,7 +264,9 @@ async fn sigterm_right_after_start_is_a_clean_shutdown() {
     for _ in 0..5 {
         let tmp = tempfile::tempdir().expect("temp dir");
         let addr = format!("127.0.0.1:{}", free_port());
-        let mut node = NodeProc::new(&addr, tmp.path().join("n"), &[]);
+        // Bound by the node itself: a socket the harness bound would accept
+        // before the node even runs.
+        let mut node = NodeProc::new(&addr, tmp.path().join("n"), &[]).binding_itself();
         node.start();
         let deadline = Instant::now() + Duration::from_secs(20);
         while std::net::TcpStream::connect(&addr).is_err() {

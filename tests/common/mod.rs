@@ -105,6 +105,9 @@ pub struct NodeProc {
     pub data_dir: PathBuf,
     env: Vec<(String, String)>,
     child: Option<Child>,
+    /// Whether the node binds its port itself instead of inheriting the
+    /// harness's socket (see `start`).
+    binds_itself: bool,
 }
 
 impl NodeProc {
@@ -112,7 +115,15 @@ impl NodeProc {
     /// extra environment `env` (VIEW defaults to ADDRESS alone).
     pub fn new(addr: &str, data_dir: PathBuf, env: &[(&str, &str)]) -> NodeProc {
         let env = env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
-        NodeProc { addr: addr.to_owned(), data_dir, env, child: None }
+        NodeProc { addr: addr.to_owned(), data_dir, env, child: None, binds_itself: false }
+    }
+
+    /// The node binds its port by itself (as in production) rather than
+    /// inheriting a socket the harness bound: for tests of the node's own
+    /// binding (BIND_ADDR, when it starts to listen).
+    pub fn binding_itself(mut self) -> NodeProc {
+        self.binds_itself = true;
+        self
     }
 
     /// Whether the process has exited (false when not started).
@@ -165,7 +176,12 @@ impl NodeProc {
         // the port. Binding here fails only when another process has the
         // port already; then the node binds by itself, fails the same way,
         // and `with_port_retries` moves on to other ports.
-        let listener = self.addr.parse::<std::net::SocketAddr>().ok().and_then(|a| std::net::TcpListener::bind(a).ok());
+        let binds_itself = self.binds_itself || self.env.iter().any(|(k, _)| k == "BIND_ADDR");
+        let listener = if binds_itself {
+            None
+        } else {
+            self.addr.parse::<std::net::SocketAddr>().ok().and_then(|a| std::net::TcpListener::bind(a).ok())
+        };
         if let Some(listener) = &listener {
             use std::os::fd::AsRawFd;
             use std::os::unix::process::CommandExt;
@@ -312,7 +328,8 @@ impl Cluster {
         for (i, addr) in addrs.iter().enumerate() {
             let mut env = vec![("VIEW".to_string(), view.clone()), ("REPL_FACTOR".to_string(), rf.to_string())];
             env.extend(envs.get(i).cloned().unwrap_or_default());
-            let mut node = NodeProc { addr: addr.clone(), data_dir: tmp.path().join(format!("node{i}")), env, child: None };
+            let mut node =
+                NodeProc { addr: addr.clone(), data_dir: tmp.path().join(format!("node{i}")), env, child: None, binds_itself: false };
             node.start();
             nodes.push(node);
         }
