@@ -7,15 +7,15 @@
 //! answer instead of a dropped connection; bodies are bounded by
 //! `MAX_VALUE_BYTES` plus room for the context.
 
+mod admin;
 mod cluster;
 mod error;
 pub mod forward;
 mod internal;
-mod keys;
+mod key_requests;
 pub mod limits;
 mod reply;
 mod request;
-mod view;
 
 use std::sync::Arc;
 
@@ -39,14 +39,14 @@ pub fn router(node: Arc<Node>) -> Router {
     // Public bodies are bounded in their handlers; this bounds internal ones.
     let body_limit = crate::gossip::MAX_BATCH_BYTES + node.config.max_value_bytes + BODY_OVERHEAD;
     let mut router = Router::new()
-        .route(&format!("{}{{*key}}", request::KEY_PATH_PREFIX), any(keys::handle))
+        .route(&format!("{}{{*key}}", request::KEY_PATH_PREFIX), any(key_requests::handle))
         .route("/kv-store/keys", any(missing_key))
         .route("/kv-store/keys/", any(missing_key))
         .route("/kv-store/key-count", get(cluster::key_count))
         .route("/kv-store/shards", get(cluster::shards))
         .route("/kv-store/shards/{id}", get(cluster::shard_info))
-        .route("/kv-store/view-change", put(view::view_change))
-        .route("/join", post(view::join))
+        .route("/kv-store/view-change", put(admin::view_change))
+        .route("/join", post(admin::join))
         .route("/health", get(cluster::health))
         .route("/ready", get(cluster::ready))
         .route("/metrics", get(cluster::metrics));

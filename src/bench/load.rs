@@ -8,7 +8,7 @@ use std::time::Duration;
 use serde::Serialize;
 use tokio::time::Instant;
 
-use super::keys::{Dist, KeyChooser, Rng, key_into, value_bytes};
+use super::keyspace::{Dist, KeyChooser, Rng, key_into, value_bytes};
 use super::promtext::{self, HoldbackCounters};
 use super::session::{Outcome, Session, Spec, TargetKind};
 use super::stats::{OpStats, Summary};

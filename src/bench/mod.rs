@@ -4,7 +4,7 @@
 pub mod buf;
 pub mod ceiling;
 pub mod http;
-pub mod keys;
+pub mod keyspace;
 pub mod load;
 pub mod probe;
 pub mod promtext;

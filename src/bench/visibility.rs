@@ -8,7 +8,7 @@ use std::time::Duration;
 use serde::Serialize;
 use tokio::time::Instant;
 
-use super::keys::{KeyChooser, Rng, key_into, value_bytes};
+use super::keyspace::{KeyChooser, Rng, key_into, value_bytes};
 use super::session::{Outcome, Session, Spec, TargetKind};
 use super::stats::{Latency, OpStats, Summary, histogram};
 
@@ -96,7 +96,7 @@ pub async fn run(cfg: VisConfig) -> Result<VisReport, String> {
             let mut s = Session::new(spec.clone(), &cfg.master);
             s.connect().await.map_err(|e| format!("connect {}: {e}", cfg.master))?;
             writers.push(tokio::spawn(async move {
-                let chooser = KeyChooser::new(super::keys::Dist::Uniform, cfg.keys, 0.99);
+                let chooser = KeyChooser::new(super::keyspace::Dist::Uniform, cfg.keys, 0.99);
                 let mut rng = Rng::new(cfg.seed ^ (i as u64 + 1) << 20);
                 let mut stats = OpStats::default();
                 let mut key = Vec::new();

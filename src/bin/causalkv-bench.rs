@@ -17,7 +17,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 #[path = "../bench/mod.rs"]
 mod bench;
 
-use bench::keys::Dist;
+use bench::keyspace::Dist;
 use bench::load::{Pattern, RunConfig};
 use bench::session::TargetKind;
 use bench::visibility::VisConfig;

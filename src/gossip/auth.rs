@@ -20,15 +20,14 @@
 //! [`ViewDns`] resolves the view's names for the HTTP client, without glibc
 //! (a static binary cannot load NSS modules).
 
-use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use dashmap::DashMap;
 use hickory_resolver::TokioResolver;
 use hickory_resolver::config::LookupIpStrategy;
 use hmac::{Hmac, KeyInit, Mac};
-use parking_lot::Mutex;
 use sha2::{Digest, Sha256};
 
 pub const TIMESTAMP_HEADER: &str = "x-causalkv-timestamp";
@@ -98,7 +97,7 @@ pub struct Signed {
 pub struct Auth {
     key: Option<Vec<u8>>,
     me: String,
-    seen: Mutex<HashMap<Vec<u8>, u64>>,
+    seen: DashMap<Vec<u8>, u64>,
     /// Distinguishes requests signed in the same millisecond.
     nonce: std::sync::atomic::AtomicU64,
 }
@@ -118,7 +117,7 @@ impl Auth {
         Self {
             key: key.filter(|k| !k.is_empty()).map(|k| k.as_bytes().to_vec()),
             me: me.to_owned(),
-            seen: Mutex::new(HashMap::new()),
+            seen: DashMap::new(),
             nonce: std::sync::atomic::AtomicU64::new(0),
         }
     }
@@ -200,15 +199,15 @@ impl Auth {
     }
 
     fn remember(&self, sig: Vec<u8>, ts: u64, now: u64) -> Result<(), AuthError> {
-        let mut seen = self.seen.lock();
-        if seen.len() >= MAX_SEEN {
+        if self.seen.len() >= MAX_SEEN {
             let horizon = now.saturating_sub(2 * WINDOW.as_millis() as u64);
-            seen.retain(|_, t| *t >= horizon);
-            if seen.len() >= MAX_SEEN {
-                seen.clear();
+            self.seen.retain(|_, t| *t >= horizon);
+            if self.seen.len() >= MAX_SEEN {
+                self.seen.clear();
             }
         }
-        if seen.insert(sig, ts).is_some() {
+        // One insert decides: of two copies of a MAC racing in, one wins.
+        if self.seen.insert(sig, ts).is_some() {
             return Err(AuthError::Replay);
         }
         Ok(())

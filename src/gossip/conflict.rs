@@ -6,7 +6,7 @@
 //! a data folder holds another cluster's view (a node first run alone, then
 //! started as part of a cluster on the same folder). Routing by either view
 //! acknowledges writes the other side never finds, so while a conflict is
-//! known the node refuses key requests (`api::keys`) and says why: `/health`,
+//! known the node refuses key requests (`api::key_requests`) and says why: `/health`,
 //! an error log (at most every [`LOG_EVERY`] per peer) and a metric.
 //!
 //! Invariants: only a different view at the *same* epoch is a conflict (a

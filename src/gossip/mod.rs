@@ -44,6 +44,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
+use dashmap::DashMap;
 use parking_lot::Mutex;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -193,7 +194,7 @@ pub struct Gossip {
     /// Highest epoch a peer reported, and who (a missed view change).
     pub epoch_hint: Arc<EpochHint>,
     /// Latest applied clock reported by each peer of the shard.
-    peer_clocks: Mutex<HashMap<String, Clock>>,
+    peer_clocks: DashMap<String, Clock>,
     snapshot_running: AtomicBool,
     /// This node's wall clock (visibility ages).
     wall: Arc<dyn crate::time::WallClock>,
@@ -225,7 +226,7 @@ impl Gossip {
             detector,
             conflicts,
             epoch_hint,
-            peer_clocks: Mutex::new(HashMap::new()),
+            peer_clocks: DashMap::new(),
             snapshot_running: AtomicBool::new(false),
             wall,
         }
@@ -259,7 +260,7 @@ impl Gossip {
 
     fn learned(&self, peer: &str, applied: &Clock) {
         self.detector.heard_from(peer);
-        self.peer_clocks.lock().insert(peer.to_owned(), applied.clone());
+        self.peer_clocks.insert(peer.to_owned(), applied.clone());
     }
 
     /// Applies a pushed batch and answers with the applied clock.
@@ -565,7 +566,7 @@ async fn compaction_loop(gossip: Arc<Gossip>, mut shutdown: watch::Receiver<bool
         if sleep_or_shutdown(&mut shutdown, COMPACTION_INTERVAL).await {
             return;
         }
-        let mut clocks = gossip.peer_clocks.lock().clone();
+        let mut clocks: HashMap<String, Clock> = gossip.peer_clocks.iter().map(|e| (e.key().clone(), e.value().clone())).collect();
         let applied = gossip.store.applied();
         clocks.insert(gossip.me().to_owned(), applied.clone());
         let mut stable = Clock::new();

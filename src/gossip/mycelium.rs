@@ -47,11 +47,11 @@ mod daemon;
 pub mod settings;
 pub mod wire;
 
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
+use dashmap::DashMap;
 use parking_lot::Mutex;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -124,24 +124,20 @@ struct Shared {
     ids: Ids,
 }
 
-/// Unique ids: a random per-process prefix and a counter.
+/// Message-correlation ids: a random (v4) uuid per process and a counter,
+/// so ids never repeat across restarts and cost no randomness per message.
 struct Ids {
-    nonce: u64,
+    nonce: uuid::Uuid,
     next: AtomicU64,
 }
 
 impl Ids {
     fn new() -> Self {
-        use std::hash::{BuildHasher, Hasher};
-        let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-        let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
-        h.write_u128(nanos);
-        h.write_u32(std::process::id());
-        Self { nonce: h.finish(), next: AtomicU64::new(1) }
+        Self { nonce: uuid::Uuid::new_v4(), next: AtomicU64::new(1) }
     }
 
     fn next(&self) -> String {
-        format!("{:016x}-{:x}", self.nonce, self.next.fetch_add(1, Ordering::Relaxed))
+        format!("{}-{:x}", self.nonce.simple(), self.next.fetch_add(1, Ordering::Relaxed))
     }
 }
 
@@ -152,8 +148,8 @@ pub struct MyceliumTransport {
     http: HttpTransport,
     faults: Arc<Faults>,
     /// Requests waiting for their reply, by correlation id.
-    pending: Mutex<HashMap<String, Waiter>>,
-    outboxes: Mutex<HashMap<Identity, mpsc::UnboundedSender<Outgoing>>>,
+    pending: DashMap<String, Waiter>,
+    outboxes: DashMap<Identity, mpsc::UnboundedSender<Outgoing>>,
     reassembly: Mutex<Reassembly>,
     handlers: Arc<Semaphore>,
     /// A request went out: poll at the short interval.
@@ -164,15 +160,14 @@ pub struct MyceliumTransport {
 
 /// Removes a caller's waiters (one per attempt) however the call ends.
 struct PendingGuard<'a> {
-    pending: &'a Mutex<HashMap<String, Waiter>>,
+    pending: &'a DashMap<String, Waiter>,
     ids: Vec<String>,
 }
 
 impl Drop for PendingGuard<'_> {
     fn drop(&mut self) {
-        let mut pending = self.pending.lock();
         for id in &self.ids {
-            pending.remove(id);
+            self.pending.remove(id);
         }
     }
 }
@@ -218,8 +213,8 @@ impl MyceliumTransport {
             shared: Arc::new(Shared { daemon, me, auth, metrics, ids: Ids::new() }),
             http,
             faults,
-            pending: Mutex::new(HashMap::new()),
-            outboxes: Mutex::new(HashMap::new()),
+            pending: DashMap::new(),
+            outboxes: DashMap::new(),
             reassembly: Mutex::new(Reassembly::default()),
             handlers: Arc::new(Semaphore::new(MAX_HANDLERS)),
             wake: Notify::new(),
@@ -245,18 +240,21 @@ impl MyceliumTransport {
 
     /// Queues a message for `dst`; one sender task per destination.
     fn enqueue(&self, dst: Identity, peer: &str, mut out: Outgoing) {
-        let mut boxes = self.outboxes.lock();
         for _ in 0..2 {
-            let tx = boxes.entry(dst.clone()).or_insert_with(|| {
-                let (tx, rx) = mpsc::unbounded_channel();
-                tokio::spawn(send_loop(self.shared.clone(), dst.clone(), peer.to_owned(), rx));
-                tx
-            });
-            match tx.send(out) {
+            let sent = {
+                let tx = self.outboxes.entry(dst.clone()).or_insert_with(|| {
+                    let (tx, rx) = mpsc::unbounded_channel();
+                    tokio::spawn(send_loop(self.shared.clone(), dst.clone(), peer.to_owned(), rx));
+                    tx
+                });
+                tx.send(out)
+                // The map's entry is released here, before any remove below.
+            };
+            match sent {
                 Ok(()) => return,
                 Err(mpsc::error::SendError(back)) => {
                     // The sender task is gone (it panicked): start another.
-                    boxes.remove(&dst);
+                    self.outboxes.remove(&dst);
                     out = back;
                 }
             }
@@ -295,7 +293,7 @@ impl MyceliumTransport {
             let id = self.shared.ids.next();
             let msg = Msg { id: id.clone(), kind: Some(kind.into()), status: None, body: Some(body.clone()), error: None };
             let text = serde_json::to_string(&msg).map_err(|e| unreachable(e.to_string()))?;
-            self.pending.lock().insert(id.clone(), Waiter { peer: peer.to_owned(), tx: tx.clone() });
+            self.pending.insert(id.clone(), Waiter { peer: peer.to_owned(), tx: tx.clone() });
             guard.ids.push(id);
             let attempt_deadline = Instant::now() + timeout;
             let (done_tx, mut done_rx) = oneshot::channel();
@@ -383,7 +381,7 @@ impl MyceliumTransport {
                         tracing::info!("the Mycelium daemon answers again");
                     }
                     error_backoff = Duration::from_millis(100);
-                    let pause = if self.pending.lock().is_empty() {
+                    let pause = if self.pending.is_empty() {
                         let p = idle;
                         idle = (idle * 2).min(MAX_POLL);
                         p
@@ -519,22 +517,17 @@ impl MyceliumTransport {
 
     /// Hands a reply to the call waiting for it.
     fn complete(&self, sender: &str, m: Msg) {
-        let mut pending = self.pending.lock();
-        match pending.get(&m.id) {
-            Some(w) if w.peer == sender => {
-                let w = pending.remove(&m.id).expect("present");
-                let reply = Reply { status: m.status.unwrap_or(500), body: m.body, error: m.error };
-                // Full only when an earlier attempt's reply is already there.
-                let _ = w.tx.try_send(reply);
-            }
-            Some(_) => {
-                drop(pending);
-                self.reject("impersonation", || format!("{sender} answered a request sent to another node"));
-            }
+        if let Some((_, w)) = self.pending.remove_if(&m.id, |_, w| w.peer == sender) {
+            let reply = Reply { status: m.status.unwrap_or(500), body: m.body, error: m.error };
+            // Full only when an earlier attempt's reply is already there.
+            let _ = w.tx.try_send(reply);
+            return;
+        }
+        if self.pending.contains_key(&m.id) {
+            self.reject("impersonation", || format!("{sender} answered a request sent to another node"));
+        } else {
             // Late (the caller gave up) or a duplicate.
-            None => {
-                self.metrics().mycelium_stray_replies.inc();
-            }
+            self.metrics().mycelium_stray_replies.inc();
         }
     }
 

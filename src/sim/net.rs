@@ -279,7 +279,7 @@ impl SimNet {
     }
 }
 
-/// The request as the target parses it from a forward (see `api::keys`).
+/// The request as the target parses it from a forward (see `api::key_requests`).
 fn forwarded(target: &Node, from: &str, fwd: &Forward<'_>) -> KvRequest {
     let wait = match (fwd.hop, fwd.wait) {
         (2, Some(w)) => w.min(target.config.causal_wait),
