@@ -16,10 +16,10 @@ use serde_json::json;
 
 use super::request::sender;
 use crate::faults::FaultSet;
+use crate::gossip::Message;
 use crate::gossip::auth::{AuthError, BODY_DIGEST_HEADER, Incoming, SIGNATURE_HEADER, TIMESTAMP_HEADER, TO_HEADER};
 use crate::metrics::PathLabel;
 use crate::node::Node;
-use crate::node::dispatch::Message;
 use crate::viewchange::Step;
 
 fn refuse(status: StatusCode, why: &str) -> Response {

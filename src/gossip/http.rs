@@ -7,19 +7,13 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use serde::Serialize;
-use serde::de::DeserializeOwned;
+use serde_json::value::RawValue;
 
 use super::Auth;
 use super::auth::SIGNATURE_HEADER;
 use super::refusals::PeerRefusals;
-use super::{
-    BoxFuture, EXCHANGE_TIMEOUT, GossipError, HEARTBEAT_TIMEOUT, Heartbeat, HeartbeatAck, PUSH_TIMEOUT, PullRequest, PullResponse,
-    ReplicateAck, ReplicateBatch, SnapshotPage, SnapshotRequest, Transport,
-};
-use crate::faults::Faults;
+use super::{BoxFuture, GossipError, Message, Transport};
 use crate::metrics::Metrics;
-use crate::viewchange::Step;
 
 /// Header naming the sending node on internal requests.
 pub const FROM_HEADER: &str = "x-causalkv-from";
@@ -27,22 +21,14 @@ pub const FROM_HEADER: &str = "x-causalkv-from";
 pub struct HttpTransport {
     client: reqwest::Client,
     me: String,
-    faults: Arc<Faults>,
     auth: Arc<Auth>,
     refusals: Arc<PeerRefusals>,
     metrics: Arc<Metrics>,
 }
 
 impl HttpTransport {
-    pub fn new(
-        client: reqwest::Client,
-        me: String,
-        faults: Arc<Faults>,
-        auth: Arc<Auth>,
-        refusals: Arc<PeerRefusals>,
-        metrics: Arc<Metrics>,
-    ) -> Self {
-        Self { client, me, faults, auth, refusals, metrics }
+    pub fn new(client: reqwest::Client, me: String, auth: Arc<Auth>, refusals: Arc<PeerRefusals>, metrics: Arc<Metrics>) -> Self {
+        Self { client, me, auth, refusals, metrics }
     }
 
     /// Records that `peer` refused this node's traffic (also used by the
@@ -51,12 +37,11 @@ impl HttpTransport {
         self.refusals.refused(&self.metrics, peer, why);
     }
 
-    async fn post<T: Serialize, R: DeserializeOwned>(&self, peer: &str, path: &str, body: &T, timeout: Duration) -> Result<R, GossipError> {
+    async fn post(&self, peer: &str, kind: Message, body: Box<RawValue>, timeout: Duration) -> Result<Vec<u8>, GossipError> {
         let unreachable = |reason: String| GossipError::Unreachable { peer: peer.to_owned(), reason };
-        if self.faults.is_blocked(peer) {
-            return Err(unreachable("blocked by fault switch".into()));
-        }
-        let body = serde_json::to_vec(body).map_err(|e| unreachable(e.to_string()))?;
+        let path = kind.path();
+        let path = path.as_str();
+        let body = Box::<str>::from(body).into_string().into_bytes();
         let signed = self.auth.sign("POST", path, peer, &body);
         let mut req = self
             .client
@@ -86,39 +71,18 @@ impl HttpTransport {
         if !status.is_success() {
             return Err(GossipError::Rejected { peer: peer.to_owned(), status: status.as_u16() });
         }
-        serde_json::from_slice(&bytes).map_err(|e| unreachable(e.to_string()))
+        Ok(Vec::from(bytes))
     }
 }
 
 impl Transport for HttpTransport {
-    fn replicate<'a>(&'a self, peer: &'a str, batch: &'a ReplicateBatch) -> BoxFuture<'a, Result<ReplicateAck, GossipError>> {
-        Box::pin(async move {
-            if self.faults.replication_paused(peer) {
-                return Err(GossipError::Unreachable { peer: peer.to_owned(), reason: "replication paused by fault switch".into() });
-            }
-            self.post(peer, "/internal/replicate", batch, PUSH_TIMEOUT).await
-        })
-    }
-
-    fn pull<'a>(&'a self, peer: &'a str, req: &'a PullRequest, timeout: Duration) -> BoxFuture<'a, Result<PullResponse, GossipError>> {
-        Box::pin(self.post(peer, "/internal/pull", req, timeout))
-    }
-
-    fn snapshot<'a>(&'a self, peer: &'a str, req: &'a SnapshotRequest) -> BoxFuture<'a, Result<SnapshotPage, GossipError>> {
-        Box::pin(self.post(peer, "/internal/snapshot", req, EXCHANGE_TIMEOUT * 5))
-    }
-
-    fn heartbeat<'a>(&'a self, peer: &'a str, msg: &'a Heartbeat) -> BoxFuture<'a, Result<HeartbeatAck, GossipError>> {
-        Box::pin(self.post(peer, "/internal/heartbeat", msg, HEARTBEAT_TIMEOUT))
-    }
-
-    fn view<'a>(
+    fn call<'a>(
         &'a self,
         peer: &'a str,
-        step: Step,
-        body: &'a serde_json::Value,
+        kind: Message,
+        body: Box<RawValue>,
         timeout: Duration,
-    ) -> BoxFuture<'a, Result<serde_json::Value, GossipError>> {
-        Box::pin(self.post(peer, step.path(), body, timeout))
+    ) -> BoxFuture<'a, Result<Vec<u8>, GossipError>> {
+        Box::pin(self.post(peer, kind, body, timeout))
     }
 }

@@ -5,6 +5,7 @@ use serde::{Deserialize, Serialize};
 use crate::causal::Clock;
 use crate::shard::{View, ViewStamp};
 use crate::store::Record;
+use crate::viewchange::Step;
 
 /// Records pushed by `from`, in seq order.
 #[derive(Debug, Serialize, Deserialize)]
@@ -78,4 +79,52 @@ pub struct HeartbeatAck {
     /// differs from it at the same epoch.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub view_detail: Option<View>,
+}
+
+/// Every internal message kind.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Message {
+    Replicate,
+    Pull,
+    Snapshot,
+    Heartbeat,
+    View(Step),
+}
+
+impl Message {
+    /// Every kind, for parsing.
+    pub const ALL: [Message; 11] = [
+        Message::Replicate,
+        Message::Pull,
+        Message::Snapshot,
+        Message::Heartbeat,
+        Message::View(Step::Prepare),
+        Message::View(Step::Sync),
+        Message::View(Step::Transfer),
+        Message::View(Step::Receive),
+        Message::View(Step::Commit),
+        Message::View(Step::Abort),
+        Message::View(Step::Current),
+    ];
+
+    /// The kind a wire name names.
+    pub fn from_name(name: &str) -> Option<Message> {
+        Message::ALL.into_iter().find(|m| m.name() == name)
+    }
+
+    /// The HTTP path of this kind.
+    pub fn path(self) -> String {
+        format!("/internal/{}", self.name())
+    }
+
+    /// The name on the wire (`/internal/<name>` over HTTP).
+    pub fn name(self) -> &'static str {
+        match self {
+            Message::Replicate => "replicate",
+            Message::Pull => "pull",
+            Message::Snapshot => "snapshot",
+            Message::Heartbeat => "heartbeat",
+            Message::View(step) => &step.path()["/internal/".len()..],
+        }
+    }
 }

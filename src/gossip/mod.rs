@@ -46,6 +46,7 @@ use std::time::Duration;
 
 use dashmap::DashMap;
 use parking_lot::Mutex;
+use serde_json::value::RawValue;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
@@ -53,7 +54,9 @@ pub use auth::Auth;
 pub use conflict::ViewConflicts;
 pub use detector::FailureDetector;
 pub use http::{FROM_HEADER, HttpTransport};
-pub use messages::{Heartbeat, HeartbeatAck, PullRequest, PullResponse, ReplicateAck, ReplicateBatch, SnapshotPage, SnapshotRequest};
+pub use messages::{
+    Heartbeat, HeartbeatAck, Message, PullRequest, PullResponse, ReplicateAck, ReplicateBatch, SnapshotPage, SnapshotRequest,
+};
 pub use mycelium::{MyceliumConfig, MyceliumTransport};
 
 use crate::causal::Clock;
@@ -111,33 +114,117 @@ pub type BoxFuture<'a, T> = std::pin::Pin<Box<dyn std::future::Future<Output = T
 /// Where a transport that receives by itself (not through the node's HTTP
 /// endpoints) hands what arrives.
 pub trait Inbound: Send + Sync + 'static {
-    /// The current epoch's gossip (it changes at every view change).
-    fn gossip(&self) -> Arc<Gossip>;
+    /// Handles one message from an authenticated `sender` (the node's one
+    /// dispatcher, `Node::dispatch`).
+    fn dispatch<'a>(&'a self, sender: &'a str, kind: Message, body: &'a [u8]) -> BoxFuture<'a, Result<Box<RawValue>, dispatch::Refusal>>;
     /// The nodes whose messages are accepted: the view's, and during a view
     /// change those of the proposed view too.
     fn members(&self) -> Vec<String>;
 }
 
-/// Moves gossip messages to a peer and returns its answer.
+/// Moves internal messages to a peer and returns its answer: one `call`
+/// per message, whatever the kind. The typed calls (`replicate`, `pull`,
+/// ...) are on `dyn Transport` and serialise once each way.
 pub trait Transport: Send + Sync + 'static {
-    fn replicate<'a>(&'a self, peer: &'a str, batch: &'a ReplicateBatch) -> BoxFuture<'a, Result<ReplicateAck, GossipError>>;
-    fn pull<'a>(&'a self, peer: &'a str, req: &'a PullRequest, timeout: Duration) -> BoxFuture<'a, Result<PullResponse, GossipError>>;
-    fn snapshot<'a>(&'a self, peer: &'a str, req: &'a SnapshotRequest) -> BoxFuture<'a, Result<SnapshotPage, GossipError>>;
-    fn heartbeat<'a>(&'a self, peer: &'a str, msg: &'a Heartbeat) -> BoxFuture<'a, Result<HeartbeatAck, GossipError>>;
-    /// One step of the view-change protocol (see [`viewchange`]).
-    fn view<'a>(
+    /// Sends `body` (the message's JSON) to `peer` and returns the JSON of
+    /// its answer, within `timeout`.
+    fn call<'a>(
         &'a self,
         peer: &'a str,
-        step: crate::viewchange::Step,
-        body: &'a serde_json::Value,
+        kind: Message,
+        body: Box<RawValue>,
         timeout: Duration,
-    ) -> BoxFuture<'a, Result<serde_json::Value, GossipError>>;
+    ) -> BoxFuture<'a, Result<Vec<u8>, GossipError>>;
     /// Starts the transport's own receiving, if it has any, as a task that
     /// ends when `shutdown` turns true. The HTTP transport has none: the
     /// `/internal/...` endpoints receive for it.
     fn start_receiving(self: Arc<Self>, inbound: Arc<dyn Inbound>, shutdown: watch::Receiver<bool>) -> Option<JoinHandle<()>> {
         let _ = (inbound, shutdown);
         None
+    }
+}
+
+impl dyn Transport {
+    async fn typed<T: serde::Serialize, R: serde::de::DeserializeOwned>(
+        &self,
+        peer: &str,
+        kind: Message,
+        msg: &T,
+        timeout: Duration,
+    ) -> Result<R, GossipError> {
+        let unreachable = |reason: String| GossipError::Unreachable { peer: peer.to_owned(), reason };
+        let body = serde_json::value::to_raw_value(msg).map_err(|e| unreachable(e.to_string()))?;
+        let answer = self.call(peer, kind, body, timeout).await?;
+        serde_json::from_slice(&answer).map_err(|e| unreachable(format!("bad {} answer: {e}", kind.name())))
+    }
+
+    pub async fn replicate(&self, peer: &str, batch: &ReplicateBatch) -> Result<ReplicateAck, GossipError> {
+        self.typed(peer, Message::Replicate, batch, PUSH_TIMEOUT).await
+    }
+
+    pub async fn pull(&self, peer: &str, req: &PullRequest, timeout: Duration) -> Result<PullResponse, GossipError> {
+        self.typed(peer, Message::Pull, req, timeout).await
+    }
+
+    pub async fn snapshot(&self, peer: &str, req: &SnapshotRequest) -> Result<SnapshotPage, GossipError> {
+        self.typed(peer, Message::Snapshot, req, EXCHANGE_TIMEOUT * 5).await
+    }
+
+    pub async fn heartbeat(&self, peer: &str, msg: &Heartbeat) -> Result<HeartbeatAck, GossipError> {
+        self.typed(peer, Message::Heartbeat, msg, HEARTBEAT_TIMEOUT).await
+    }
+
+    /// One step of the view-change protocol (see `crate::viewchange`).
+    pub async fn view(
+        &self,
+        peer: &str,
+        step: crate::viewchange::Step,
+        body: &serde_json::Value,
+        timeout: Duration,
+    ) -> Result<serde_json::Value, GossipError> {
+        self.typed(peer, Message::View(step), body, timeout).await
+    }
+}
+
+/// The test fault switches around a transport: a peer cut off by
+/// `blocked` is unreachable, and `paused_replication` holds pushes back.
+pub struct FaultyTransport {
+    inner: Arc<dyn Transport>,
+    faults: Arc<crate::faults::Faults>,
+}
+
+impl FaultyTransport {
+    /// `inner` itself when the switches are off (nothing to check).
+    pub fn wrap(inner: Arc<dyn Transport>, faults: Arc<crate::faults::Faults>) -> Arc<dyn Transport> {
+        if faults.enabled() { Arc::new(Self { inner, faults }) } else { inner }
+    }
+}
+
+impl Transport for FaultyTransport {
+    fn call<'a>(
+        &'a self,
+        peer: &'a str,
+        kind: Message,
+        body: Box<RawValue>,
+        timeout: Duration,
+    ) -> BoxFuture<'a, Result<Vec<u8>, GossipError>> {
+        if self.faults.is_blocked(peer) {
+            return Box::pin(std::future::ready(Err(GossipError::Unreachable {
+                peer: peer.to_owned(),
+                reason: "blocked by fault switch".into(),
+            })));
+        }
+        if kind == Message::Replicate && self.faults.replication_paused(peer) {
+            return Box::pin(std::future::ready(Err(GossipError::Unreachable {
+                peer: peer.to_owned(),
+                reason: "replication paused by fault switch".into(),
+            })));
+        }
+        self.inner.call(peer, kind, body, timeout)
+    }
+
+    fn start_receiving(self: Arc<Self>, inbound: Arc<dyn Inbound>, shutdown: watch::Receiver<bool>) -> Option<JoinHandle<()>> {
+        self.inner.clone().start_receiving(inbound, shutdown)
     }
 }
 

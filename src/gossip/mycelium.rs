@@ -53,8 +53,6 @@ use std::time::Duration;
 
 use dashmap::DashMap;
 use parking_lot::Mutex;
-use serde::Serialize;
-use serde::de::DeserializeOwned;
 use serde_json::value::RawValue;
 use tokio::sync::{Notify, Semaphore, mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
@@ -63,10 +61,7 @@ use tokio::time::Instant;
 pub use settings::{DEFAULT_API, DEFAULT_TOPIC, Identity, MyceliumConfig};
 
 use super::auth::AuthError;
-use super::{
-    Auth, BoxFuture, EXCHANGE_TIMEOUT, Gossip, GossipError, HEARTBEAT_TIMEOUT, Heartbeat, HeartbeatAck, HttpTransport, Inbound,
-    PUSH_TIMEOUT, PullRequest, PullResponse, ReplicateAck, ReplicateBatch, SnapshotPage, SnapshotRequest, Transport,
-};
+use super::{Auth, BoxFuture, GossipError, HttpTransport, Inbound, Message, Transport};
 use crate::faults::Faults;
 use crate::metrics::{KindLabel, Metrics, PeerLabel, ReasonLabel};
 use crate::viewchange::{Proposal, Step};
@@ -272,19 +267,9 @@ impl MyceliumTransport {
     /// (a record at or below the applied seq, or already pending, is
     /// skipped), and pull, snapshot and heartbeat only read or record
     /// liveness.
-    async fn call<Req: Serialize, Resp: DeserializeOwned>(
-        &self,
-        peer: &str,
-        kind: &'static str,
-        body: &Req,
-        timeout: Duration,
-    ) -> Result<Resp, GossipError> {
+    async fn send_request(&self, peer: &str, kind: &'static str, body: Box<RawValue>, timeout: Duration) -> Result<Vec<u8>, GossipError> {
         let unreachable = |reason: String| GossipError::Unreachable { peer: peer.to_owned(), reason };
-        if self.faults.is_blocked(peer) {
-            return Err(unreachable("blocked by fault switch".into()));
-        }
         let dst = self.cfg.identity_of(peer).ok_or_else(|| unreachable("no Mycelium identity (MYCELIUM_PEERS)".into()))?;
-        let body = serde_json::value::to_raw_value(body).map_err(|e| unreachable(e.to_string()))?;
         let attempts = attempts(kind);
         let (tx, mut rx) = mpsc::channel(attempts as usize);
         let mut guard = PendingGuard { pending: &self.pending, ids: Vec::new() };
@@ -338,7 +323,7 @@ impl MyceliumTransport {
             return Err(GossipError::Rejected { peer: peer.to_owned(), status: reply.status });
         }
         let body = reply.body.ok_or_else(|| unreachable("reply without a body".into()))?;
-        serde_json::from_str(body.get()).map_err(|e| unreachable(format!("bad {kind} reply: {e}")))
+        Ok(Box::<str>::from(body).into_string().into_bytes())
     }
 
     /// Logs whether the local daemon is the identity the cluster knows this
@@ -506,7 +491,7 @@ impl MyceliumTransport {
                 let Ok(permit) = self.handlers.clone().acquire_owned().await else { return };
                 let (this, inbound, sender, reply_to) = (self.clone(), inbound.clone(), sender.clone(), reply_to.clone());
                 tokio::spawn(async move {
-                    this.serve(inbound.gossip(), &sender, reply_to, m).await;
+                    this.serve(inbound.as_ref(), &sender, reply_to, m).await;
                     drop(permit);
                 });
             } else {
@@ -532,12 +517,15 @@ impl MyceliumTransport {
     }
 
     /// Runs one request against the current epoch's gossip and queues the reply.
-    async fn serve(&self, gossip: Arc<Gossip>, sender: &str, reply_to: Identity, m: Msg) {
+    async fn serve(&self, inbound: &dyn Inbound, sender: &str, reply_to: Identity, m: Msg) {
         let kind = kind_label(m.kind.as_deref().unwrap_or(""));
         self.metrics().mycelium_requests_received.get_or_create(&KindLabel { kind }).inc();
-        let result = match &m.body {
-            Some(body) => gossip.dispatch(sender, kind, body.get().as_bytes()).await,
-            None => Err((400, "request without a body".to_owned())),
+        let result = match (&m.body, Message::from_name(kind)) {
+            (Some(body), Some(message @ (Message::Replicate | Message::Pull | Message::Snapshot | Message::Heartbeat))) => {
+                inbound.dispatch(sender, message, body.get().as_bytes()).await
+            }
+            (None, _) => Err((400, "request without a body".to_owned())),
+            _ => Err((400, format!("unknown message kind {kind:?}"))),
         };
         let reply = match result {
             Ok(body) => Msg { id: m.id, kind: None, status: Some(200), body: Some(body), error: None },
@@ -634,46 +622,33 @@ async fn post(shared: &Shared, dst: &Identity, payload: Vec<u8>) -> Result<(), S
 }
 
 impl Transport for MyceliumTransport {
-    fn replicate<'a>(&'a self, peer: &'a str, batch: &'a ReplicateBatch) -> BoxFuture<'a, Result<ReplicateAck, GossipError>> {
-        Box::pin(async move {
-            if self.faults.replication_paused(peer) {
-                return Err(GossipError::Unreachable { peer: peer.to_owned(), reason: "replication paused by fault switch".into() });
-            }
-            self.call(peer, "replicate", batch, PUSH_TIMEOUT).await
-        })
-    }
-
-    fn pull<'a>(&'a self, peer: &'a str, req: &'a PullRequest, timeout: Duration) -> BoxFuture<'a, Result<PullResponse, GossipError>> {
-        Box::pin(self.call(peer, "pull", req, timeout))
-    }
-
-    fn snapshot<'a>(&'a self, peer: &'a str, req: &'a SnapshotRequest) -> BoxFuture<'a, Result<SnapshotPage, GossipError>> {
-        Box::pin(self.call(peer, "snapshot", req, EXCHANGE_TIMEOUT * 5))
-    }
-
-    fn heartbeat<'a>(&'a self, peer: &'a str, msg: &'a Heartbeat) -> BoxFuture<'a, Result<HeartbeatAck, GossipError>> {
-        Box::pin(self.call(peer, "heartbeat", msg, HEARTBEAT_TIMEOUT))
-    }
-
-    /// View-change steps go over HTTP. A change to a view with a node that
-    /// has no Mycelium identity is refused at prepare: its gossip could
-    /// never be delivered.
-    fn view<'a>(
+    /// Gossip goes over Mycelium; view-change steps go over HTTP. A change to
+    /// a view with a node that has no Mycelium identity is refused at
+    /// prepare: its gossip could never be delivered.
+    fn call<'a>(
         &'a self,
         peer: &'a str,
-        step: Step,
-        body: &'a serde_json::Value,
+        kind: Message,
+        body: Box<RawValue>,
         timeout: Duration,
-    ) -> BoxFuture<'a, Result<serde_json::Value, GossipError>> {
+    ) -> BoxFuture<'a, Result<Vec<u8>, GossipError>> {
         Box::pin(async move {
-            if step == Step::Prepare
-                && let Ok(p) = serde_json::from_value::<Proposal>(body.clone())
-                && let Some(node) = p.new.nodes.iter().find(|n| self.cfg.identity_of(n).is_none())
-            {
-                tracing::warn!(%node, "view change refused: the node has no Mycelium identity (add it to MYCELIUM_PEERS on every node)");
-                return Err(GossipError::Unreachable { peer: node.clone(), reason: "no Mycelium identity (MYCELIUM_PEERS)".into() });
+            match kind {
+                Message::View(step) => {
+                    if step == Step::Prepare
+                        && let Ok(p) = serde_json::from_str::<Proposal>(body.get())
+                        && let Some(node) = p.new.nodes.iter().find(|n| self.cfg.identity_of(n).is_none())
+                    {
+                        tracing::warn!(%node, "view change refused: the node has no Mycelium identity (add it to MYCELIUM_PEERS on every node)");
+                        return Err(GossipError::Unreachable {
+                            peer: node.clone(),
+                            reason: "no Mycelium identity (MYCELIUM_PEERS)".into(),
+                        });
+                    }
+                    self.http.call(peer, kind, body, timeout).await
+                }
+                gossip => self.send_request(peer, gossip.name(), body, timeout).await,
             }
-            self.http.view(peer, step, body, timeout).await
         })
     }
 

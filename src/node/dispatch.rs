@@ -14,33 +14,11 @@
 use serde_json::value::RawValue;
 
 use super::Node;
+use crate::gossip::Message;
 use crate::gossip::dispatch::Refusal;
 use crate::store::StoreError;
 use crate::viewchange::participant::ChangeFail;
 use crate::viewchange::{Proposal, Receive, Step};
-
-/// Every internal message kind.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Message {
-    Replicate,
-    Pull,
-    Snapshot,
-    Heartbeat,
-    View(Step),
-}
-
-impl Message {
-    /// The name on the wire (`/internal/<name>` over HTTP).
-    pub fn name(self) -> &'static str {
-        match self {
-            Message::Replicate => "replicate",
-            Message::Pull => "pull",
-            Message::Snapshot => "snapshot",
-            Message::Heartbeat => "heartbeat",
-            Message::View(step) => &step.path()["/internal/".len()..],
-        }
-    }
-}
 
 fn to_json<T: serde::Serialize>(v: &T) -> Result<Box<RawValue>, Refusal> {
     serde_json::value::to_raw_value(v).map_err(|e| (500, e.to_string()))
@@ -66,6 +44,23 @@ fn change_result<T: serde::Serialize>(result: Result<T, ChangeFail>) -> Result<B
 }
 
 impl Node {
+    /// While a change is prepared here, a heartbeat from a node only the
+    /// proposed view contains counts as news of its epoch (the epoch's
+    /// gossip listens to members of the current view only). Such a node
+    /// runs the new view when the change committed there but its commit
+    /// never reached this node (the coordinator died mid-commit): this node
+    /// then commits too, instead of waiting out the pause and aborting.
+    fn note_epoch_of_proposed_member(&self, sender: &str, body: &[u8]) {
+        if !self.change.is_paused() || self.current().map.view.nodes.iter().any(|n| n == sender) {
+            return;
+        }
+        if self.change.proposed_nodes().iter().any(|n| n == sender)
+            && let Ok(hb) = serde_json::from_slice::<crate::gossip::Heartbeat>(body)
+        {
+            self.epoch_hint.saw(hb.epoch, sender);
+        }
+    }
+
     /// Handles one internal message from `sender`, already authenticated
     /// by its transport (and, without a key, checked to be a member except
     /// for heartbeats and prepares).
@@ -75,7 +70,12 @@ impl Node {
         }
         let step = match kind {
             Message::View(step) => step,
-            gossip => return self.current().gossip.dispatch(sender, gossip.name(), body).await,
+            gossip => {
+                if gossip == Message::Heartbeat {
+                    self.note_epoch_of_proposed_member(sender, body);
+                }
+                return self.current().gossip.dispatch(sender, gossip.name(), body).await;
+            }
         };
         if step != Step::Abort && step != Step::Current {
             let name = kind.name().trim_start_matches("view/");

@@ -308,8 +308,13 @@ impl Node {
 }
 
 impl Inbound for Node {
-    fn gossip(&self) -> Arc<Gossip> {
-        self.current().gossip.clone()
+    fn dispatch<'a>(
+        &'a self,
+        sender: &'a str,
+        kind: crate::gossip::Message,
+        body: &'a [u8],
+    ) -> crate::gossip::BoxFuture<'a, Result<Box<serde_json::value::RawValue>, crate::gossip::dispatch::Refusal>> {
+        Box::pin(Node::dispatch(self, sender, kind, body))
     }
 
     fn members(&self) -> Vec<String> {

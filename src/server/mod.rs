@@ -85,13 +85,15 @@ pub async fn start(config: Config) -> Result<NodeHandle, StartError> {
     let metrics = Arc::new(Metrics::default());
     let refusals = Arc::new(PeerRefusals::default());
     warn_if_unauthenticated(&config);
-    let http = HttpTransport::new(client.clone(), config.address.clone(), faults.clone(), auth.clone(), refusals.clone(), metrics.clone());
+    let http = HttpTransport::new(client.clone(), config.address.clone(), auth.clone(), refusals.clone(), metrics.clone());
     let transport: Arc<dyn Transport> = match &config.mycelium {
         Some(m) => {
             Arc::new(MyceliumTransport::new(m.clone(), config.address.clone(), http, faults.clone(), auth.clone(), metrics.clone())?)
         }
         None => Arc::new(http),
     };
+    // The test fault switches (CAUSALKV_FAULTS=1) sit around whichever transport.
+    let transport = crate::gossip::FaultyTransport::wrap(transport, faults.clone());
     let forwarder = crate::api::forward::HttpForwarder::new(client.clone());
     let parts = NodeParts { config, store, transport, forwarder, wall: crate::time::system(), client, faults, auth, metrics, refusals };
     let node = Node::new(parts)?;

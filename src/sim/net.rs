@@ -27,14 +27,9 @@ use rand::{Rng, SeedableRng};
 use serde_json::value::RawValue;
 use tokio::task::AbortHandle;
 
-use crate::gossip::{
-    BoxFuture, EXCHANGE_TIMEOUT, GossipError, HEARTBEAT_TIMEOUT, Heartbeat, HeartbeatAck, PUSH_TIMEOUT, PullRequest, PullResponse,
-    ReplicateAck, ReplicateBatch, SnapshotPage, SnapshotRequest, Transport,
-};
+use crate::gossip::{BoxFuture, GossipError, Message, Transport};
 use crate::node::Node;
-use crate::node::dispatch::Message;
 use crate::node::kv::{Forward, Forwarder, KvAnswer, KvRequest, Unreachable};
-use crate::viewchange::Step;
 
 /// How likely each network fault is, per message.
 #[derive(Clone, Debug, Default)]
@@ -311,46 +306,22 @@ impl SimTransport {
     fn sender(&self) -> Option<Arc<Incarnation>> {
         self.incarnation.lock().clone()
     }
-
-    async fn post<T: serde::Serialize + ?Sized, R: serde::de::DeserializeOwned>(
-        &self,
-        peer: &str,
-        kind: Message,
-        msg: &T,
-        timeout: Duration,
-    ) -> Result<R, GossipError> {
-        let sender = self.sender().ok_or_else(|| GossipError::Unreachable { peer: peer.to_owned(), reason: "not started".into() })?;
-        let body = serde_json::to_vec(msg).map_err(|e| GossipError::Refused(e.to_string()))?;
-        let raw = self.net.call(&sender, &self.me, peer, kind, body, timeout).await?;
-        serde_json::from_str(raw.get()).map_err(|e| GossipError::Unreachable { peer: peer.to_owned(), reason: format!("bad answer: {e}") })
-    }
 }
 
 impl Transport for SimTransport {
-    fn replicate<'a>(&'a self, peer: &'a str, batch: &'a ReplicateBatch) -> BoxFuture<'a, Result<ReplicateAck, GossipError>> {
-        Box::pin(self.post(peer, Message::Replicate, batch, PUSH_TIMEOUT))
-    }
-
-    fn pull<'a>(&'a self, peer: &'a str, req: &'a PullRequest, timeout: Duration) -> BoxFuture<'a, Result<PullResponse, GossipError>> {
-        Box::pin(self.post(peer, Message::Pull, req, timeout))
-    }
-
-    fn snapshot<'a>(&'a self, peer: &'a str, req: &'a SnapshotRequest) -> BoxFuture<'a, Result<SnapshotPage, GossipError>> {
-        Box::pin(self.post(peer, Message::Snapshot, req, EXCHANGE_TIMEOUT * 5))
-    }
-
-    fn heartbeat<'a>(&'a self, peer: &'a str, msg: &'a Heartbeat) -> BoxFuture<'a, Result<HeartbeatAck, GossipError>> {
-        Box::pin(self.post(peer, Message::Heartbeat, msg, HEARTBEAT_TIMEOUT))
-    }
-
-    fn view<'a>(
+    fn call<'a>(
         &'a self,
         peer: &'a str,
-        step: Step,
-        body: &'a serde_json::Value,
+        kind: Message,
+        body: Box<RawValue>,
         timeout: Duration,
-    ) -> BoxFuture<'a, Result<serde_json::Value, GossipError>> {
-        Box::pin(self.post(peer, Message::View(step), body, timeout))
+    ) -> BoxFuture<'a, Result<Vec<u8>, GossipError>> {
+        Box::pin(async move {
+            let sender = self.sender().ok_or_else(|| GossipError::Unreachable { peer: peer.to_owned(), reason: "not started".into() })?;
+            let body = Box::<str>::from(body).into_string().into_bytes();
+            let raw = self.net.call(&sender, &self.me, peer, kind, body, timeout).await?;
+            Ok(Box::<str>::from(raw).into_string().into_bytes())
+        })
     }
 }
 
