@@ -33,12 +33,14 @@ use sha2::{Digest, Sha256};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
+use crate::causal::CausalContext;
 use crate::check::{FinalState, History};
 use crate::config::{Config, NodeArgs};
 use crate::faults::{Bug, Faults};
 use crate::gossip::Auth;
 use crate::gossip::refusals::PeerRefusals;
 use crate::metrics::Metrics;
+use crate::node::kv::{KvAnswer, KvOp, KvRequest};
 use crate::node::{Node, NodeParts};
 use crate::shard::{ShardMap, View};
 use crate::store::{DurabilityMode, MemoryDisk, Store};
@@ -240,6 +242,37 @@ impl SimCluster {
         self.net.incarnation(address)
     }
 
+    /// The live node at `address`, if it is up.
+    pub fn node(&self, address: &str) -> Option<Arc<Node>> {
+        self.incarnation(address).map(|i| i.node.clone())
+    }
+
+    /// One client request through `via` (as a client of the HTTP API sends
+    /// it), run as work of that node; `None` when the node is down or the
+    /// request took longer than a client waits (10 s).
+    pub async fn request(&self, via: &str, op: KvOp, key: &str, value: Option<&str>, context: &CausalContext) -> Option<KvAnswer> {
+        let inc = self.incarnation(via)?;
+        let value = value.and_then(|v| serde_json::value::RawValue::from_string(serde_json::to_string(v).ok()?).ok());
+        let req = KvRequest::client(op, key, value, context.clone(), inc.node.config.causal_wait);
+        let node = inc.node.clone();
+        tokio::time::timeout(Duration::from_secs(10), inc.run(async move { node.serve_key(&req).await })).await.ok().flatten()
+    }
+
+    /// Polls `cond` every 100 ms of virtual time until it holds (true) or
+    /// `limit` passes (false).
+    pub async fn wait_until(&self, limit: Duration, mut cond: impl FnMut() -> bool) -> bool {
+        let deadline = tokio::time::Instant::now() + limit;
+        loop {
+            if cond() {
+                return true;
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
     /// Virtual time since the cluster was made.
     pub fn elapsed(&self) -> Duration {
         self.started.elapsed()
@@ -285,8 +318,36 @@ fn warn_not_reproducible() {
     ONCE.call_once(|| eprintln!("causalkv sim: built without --cfg tokio_unstable: runs are not reproducible (see .cargo/config.toml)"));
 }
 
+/// Runs a scripted scenario on a simulated cluster: `nodes` started (plus
+/// the spare when `config` has the view-change fault), met for 3 s of
+/// virtual time, then `script`. Deterministic like a seed.
+pub fn run_scenario<F, Fut>(config: SimConfig, seed: u64, script: F)
+where
+    F: FnOnce(Arc<SimCluster>) -> Fut,
+    Fut: std::future::Future<Output = ()>,
+{
+    let runtime = deterministic_runtime(seed);
+    runtime.block_on(async move {
+        let cluster = SimCluster::new(config, seed);
+        for a in &cluster.addresses {
+            cluster.start(a);
+        }
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        script(cluster.clone()).await;
+        for a in &cluster.addresses {
+            cluster.crash(a);
+        }
+    });
+}
+
 /// Runs one seed to the end and judges it.
 pub fn run_seed(config: &SimConfig, seed: u64) -> SeedOutcome {
+    deterministic_runtime(seed).block_on(simulate(config.clone(), seed))
+}
+
+/// A current-thread runtime with paused (virtual) time and, with
+/// `--cfg tokio_unstable`, tokio's own random choices seeded by `seed`.
+fn deterministic_runtime(seed: u64) -> tokio::runtime::Runtime {
     let mut builder = tokio::runtime::Builder::new_current_thread();
     builder.enable_time().start_paused(true);
     // tokio's own random choices (which `select!` branch goes first) come
@@ -295,9 +356,11 @@ pub fn run_seed(config: &SimConfig, seed: u64) -> SeedOutcome {
     #[cfg(tokio_unstable)]
     builder.rng_seed(tokio::runtime::RngSeed::from_bytes(&seed.to_le_bytes()));
     #[cfg(not(tokio_unstable))]
-    warn_not_reproducible();
-    let runtime = builder.build().expect("a runtime starts");
-    runtime.block_on(simulate(config.clone(), seed))
+    {
+        let _ = seed;
+        warn_not_reproducible();
+    }
+    builder.build().expect("a runtime starts")
 }
 
 async fn simulate(config: SimConfig, seed: u64) -> SeedOutcome {
