@@ -5,6 +5,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
+use axum::Extension;
 use axum::body::Body;
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{Query, State};
@@ -12,6 +13,7 @@ use axum::http::{HeaderMap, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde_json::{Value, json};
 
+use super::AdminClient;
 use super::error::{ApiError, ErrorReply};
 use super::reply::{Reply, json_response};
 use super::request::{FROM_HEADER, HOP_HEADER, hop, read_body};
@@ -48,7 +50,13 @@ fn unauthorized(node: &Node, operation: &'static str, method: &Method, headers: 
     ErrorReply::of_operation(operation, method, ApiError::Unauthorized, Value::Object(Default::default())).into_response()
 }
 
-pub async fn view_change(State(node): State<Arc<Node>>, method: Method, headers: HeaderMap, body: Body) -> Response {
+pub async fn view_change(
+    State(node): State<Arc<Node>>,
+    Extension(AdminClient(client)): Extension<AdminClient>,
+    method: Method,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
     // Checked before the body is read: an unauthorised caller costs nothing.
     if !admin_allowed(&node, &headers) {
         return unauthorized(&node, "VIEW-CHANGE", &method, &headers);
@@ -70,11 +78,12 @@ pub async fn view_change(State(node): State<Arc<Node>>, method: Method, headers:
         Ok(v) => v,
         Err(e) => return ErrorReply::new(&method, view_error(e), ctx).into_response(),
     };
-    run(&node, &method, &headers, view, ctx, "/kv-store/view-change", &body).await
+    run(&node, &client, &method, &headers, view, ctx, &body).await
 }
 
 pub async fn join(
     State(node): State<Arc<Node>>,
+    Extension(AdminClient(client)): Extension<AdminClient>,
     method: Method,
     headers: HeaderMap,
     query: Result<Query<HashMap<String, String>>, QueryRejection>,
@@ -100,10 +109,21 @@ pub async fn join(
         Err(e) => return ErrorReply::new(&method, view_error(e), empty).into_response(),
     };
     let body = json!({"view": nodes, "repl-factor": current.repl_factor});
-    run(&node, &method, &headers, view, empty, "/kv-store/view-change", &body).await
+    run(&node, &client, &method, &headers, view, empty, &body).await
 }
 
-async fn run(node: &Node, method: &Method, headers: &HeaderMap, view: View, ctx: Value, path: &str, body: &Value) -> Response {
+/// Where a proxy node sends a view change it cannot coordinate.
+const VIEW_CHANGE_PATH: &str = "/kv-store/view-change";
+
+async fn run(
+    node: &Node,
+    client: &reqwest::Client,
+    method: &Method,
+    headers: &HeaderMap,
+    view: View,
+    ctx: Value,
+    body: &Value,
+) -> Response {
     let cur = node.current();
     // Only a node of the current view coordinates (it can reach and is
     // trusted by every other node of that view).
@@ -112,7 +132,7 @@ async fn run(node: &Node, method: &Method, headers: &HeaderMap, view: View, ctx:
             return ErrorReply::new(method, ApiError::Unavailable, ctx).into_response();
         }
         for target in &cur.map.view.nodes {
-            let mut req = node.client.put(format!("{}://{target}{path}", crate::tls::scheme()));
+            let mut req = client.put(format!("{}://{target}{VIEW_CHANGE_PATH}", crate::tls::scheme()));
             // The member coordinating checks the caller's token itself.
             if let Some(auth) = headers.get(header::AUTHORIZATION) {
                 req = req.header(header::AUTHORIZATION, auth.clone());
@@ -137,10 +157,10 @@ async fn run(node: &Node, method: &Method, headers: &HeaderMap, view: View, ctx:
     // The same view again changes nothing, unless a peer runs another view
     // at this epoch: then the change (to a new epoch) is how they agree.
     if view.nodes == cur.map.view.nodes && view.repl_factor == cur.map.view.repl_factor && node.view_conflicts().is_empty() {
-        return shards_reply(node, &cur.map, &[], ctx).await;
+        return shards_reply(node, client, &cur.map, &[], ctx).await;
     }
     match node.change_view(view).await {
-        Ok((map, commits)) => shards_reply(node, &map, &commits, ctx).await,
+        Ok((map, commits)) => shards_reply(node, client, &map, &commits, ctx).await,
         Err(e) => {
             tracing::warn!(error = %e, "view change failed");
             ErrorReply::new(method, ApiError::Unavailable, ctx).into_response()
@@ -151,6 +171,7 @@ async fn run(node: &Node, method: &Method, headers: &HeaderMap, view: View, ctx:
 /// The view-change answer: every shard with its replicas and key count.
 async fn shards_reply(
     node: &Node,
+    client: &reqwest::Client,
     map: &crate::shard::ShardMap,
     commits: &[(String, crate::viewchange::Committed)],
     ctx: Value,
@@ -160,7 +181,8 @@ async fn shards_reply(
         let replicas = map.replicas(id);
         let mut count = replicas.iter().find_map(|r| commits.iter().find(|(n, _)| n == r).map(|(_, c)| c.key_count));
         if count.is_none() {
-            count = if map.is_replica(id) { Some(node.store.live_count()) } else { super::cluster::remote_count(node, replicas).await };
+            count =
+                if map.is_replica(id) { Some(node.store.live_count()) } else { super::cluster::remote_count(node, client, replicas).await };
         }
         shards.push(json!({"shard-id": id, "key-count": count, "replicas": replicas}));
     }

@@ -6,6 +6,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
+use axum::Extension;
 use axum::body::Body as RequestBody;
 use axum::extract::rejection::{PathRejection, QueryRejection};
 use axum::extract::{Path, Query, State};
@@ -13,6 +14,7 @@ use axum::http::{HeaderMap, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde_json::Value;
 
+use super::AdminClient;
 use super::error::{ApiError, ErrorReply};
 use super::reply::Reply;
 use super::request::{FROM_HEADER, HOP_HEADER, hop, parse_body, read_body};
@@ -70,6 +72,7 @@ fn view_conflict(node: &Node) -> Option<String> {
 
 pub async fn shard_info(
     State(node): State<Arc<Node>>,
+    Extension(AdminClient(client)): Extension<AdminClient>,
     method: Method,
     headers: HeaderMap,
     path: Result<Path<String>, PathRejection>,
@@ -91,7 +94,7 @@ pub async fn shard_info(
     } else if hop(&headers) > 0 {
         None
     } else {
-        remote_count(&node, replicas).await
+        remote_count(&node, &client, replicas).await
     };
     let Some(count) = count else {
         return ErrorReply::new(&method, ApiError::Unavailable, ctx).into_response();
@@ -106,13 +109,12 @@ pub async fn shard_info(
 }
 
 /// Asks the replicas of another shard, in order, for their key count.
-pub(super) async fn remote_count(node: &Node, replicas: &[String]) -> Option<u64> {
+pub(super) async fn remote_count(node: &Node, client: &reqwest::Client, replicas: &[String]) -> Option<u64> {
     for replica in replicas {
         if node.faults.is_blocked(replica) {
             continue;
         }
-        let resp = node
-            .client
+        let resp = client
             .get(format!("{}://{replica}/kv-store/key-count", crate::tls::scheme()))
             .header(HOP_HEADER, "1")
             .header(FROM_HEADER, node.me())

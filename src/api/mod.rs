@@ -35,7 +35,13 @@ use error::ErrorReply;
 /// Room for the causal context and JSON framing on top of the value limit.
 pub(crate) const BODY_OVERHEAD: usize = 256 * 1024;
 
-pub fn router(node: Arc<Node>) -> Router {
+/// The HTTP client the admin endpoints use to ask other nodes (key counts
+/// of other shards, a view change passed on by a proxy node): the process's
+/// pooled client, not the node's (the node owns no socket).
+#[derive(Clone)]
+pub struct AdminClient(pub reqwest::Client);
+
+pub fn router(node: Arc<Node>, client: reqwest::Client) -> Router {
     // Public bodies are bounded in their handlers; this bounds internal ones.
     let body_limit = crate::gossip::MAX_BATCH_BYTES + node.config.max_value_bytes + BODY_OVERHEAD;
     let mut router = Router::new()
@@ -70,6 +76,7 @@ pub fn router(node: Arc<Node>) -> Router {
     router
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
+        .layer(axum::Extension(AdminClient(client)))
         .layer(DefaultBodyLimit::max(body_limit))
         .layer(tower_http::catch_panic::CatchPanicLayer::custom(panic_response))
         .with_state(node)

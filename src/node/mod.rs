@@ -79,9 +79,7 @@ pub struct Node {
     pub forwarder: Arc<dyn Forwarder>,
     /// This node's wall clock (HLC, deadlines, view-change ids).
     pub wall: Arc<dyn WallClock>,
-    /// HTTP client for what the admin endpoints pass on (key-count, shards,
-    /// view-change at a proxy).
-    pub client: reqwest::Client,
+
     current: RwLock<Arc<Epoch>>,
     epoch_tx: watch::Sender<u64>,
     epoch_tasks: Mutex<(watch::Sender<bool>, Vec<JoinHandle<()>>)>,
@@ -175,7 +173,7 @@ impl Node {
     /// one on first start). Binds nothing and starts no task: see
     /// [`Node::spawn_tasks`].
     pub fn new(parts: NodeParts) -> Result<Arc<Node>, NodeError> {
-        let NodeParts { config, store, transport, forwarder, wall, client, faults, auth, metrics, refusals } = parts;
+        let NodeParts { config, store, transport, forwarder, wall, faults, auth, metrics, refusals } = parts;
         let view = load_view(&store, &config)?;
         // Staged records of a change that never committed here are void.
         if let Err(e) = store.discard_other_stages(None) {
@@ -213,7 +211,6 @@ impl Node {
             transport,
             forwarder,
             wall,
-            client,
             current: RwLock::new(placeholder),
             epoch_tx: watch::Sender::new(view.epoch),
             epoch_tasks: Mutex::new((epoch_stop, Vec::new())),
@@ -262,8 +259,7 @@ pub struct NodeParts {
     pub transport: Arc<dyn Transport>,
     pub forwarder: Arc<dyn Forwarder>,
     pub wall: Arc<dyn WallClock>,
-    /// HTTP client for what the admin endpoints pass on to other nodes.
-    pub client: reqwest::Client,
+
     pub faults: Arc<Faults>,
     pub auth: Arc<Auth>,
     pub metrics: Arc<Metrics>,

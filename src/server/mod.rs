@@ -95,11 +95,12 @@ pub async fn start(config: Config) -> Result<NodeHandle, StartError> {
     // The test fault switches (CAUSALKV_FAULTS=1) sit around whichever transport.
     let transport = crate::gossip::FaultyTransport::wrap(transport, faults.clone());
     let forwarder = crate::api::forward::HttpForwarder::new(client.clone());
-    let parts = NodeParts { config, store, transport, forwarder, wall: crate::time::system(), client, faults, auth, metrics, refusals };
+    let admin_client = client.clone();
+    let parts = NodeParts { config, store, transport, forwarder, wall: crate::time::system(), faults, auth, metrics, refusals };
     let node = Node::new(parts)?;
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let tasks = node.spawn_tasks(shutdown_rx.clone());
-    let app = crate::api::router(node.clone());
+    let app = crate::api::router(node.clone(), admin_client);
     let server = tokio::spawn(serve(listener, app, node.config.server.clone(), tls.map(|t| t.acceptor), node.metrics.clone(), shutdown_rx));
     let cur = node.current();
     tracing::info!(

@@ -135,8 +135,6 @@ pub struct SimCluster {
     first_view: View,
     running: Mutex<BTreeMap<String, Running>>,
     incarnations: Mutex<u64>,
-    /// The admin endpoints' HTTP client every node needs; never used here.
-    client: reqwest::Client,
     started: tokio::time::Instant,
 }
 
@@ -172,7 +170,6 @@ impl SimCluster {
             first_view,
             running: Mutex::new(BTreeMap::new()),
             incarnations: Mutex::new(0),
-            client: unused_client(),
             started: tokio::time::Instant::now(),
         })
     }
@@ -201,7 +198,6 @@ impl SimCluster {
             transport: transport.clone(),
             forwarder: transport.clone(),
             wall,
-            client: self.client.clone(),
             faults,
             metrics: Arc::new(Metrics::default()),
             refusals: Arc::new(PeerRefusals::default()),
@@ -283,17 +279,6 @@ impl SimCluster {
         let running = self.running.lock();
         running.values().map(|r| r.inc.node.current().map.view.clone()).max_by_key(|v| v.epoch).unwrap_or_else(|| self.first_view.clone())
     }
-}
-
-/// An HTTP client as the process builds one (no request is ever sent).
-fn unused_client() -> reqwest::Client {
-    crate::tls::install_provider();
-    let builder = reqwest::Client::builder();
-    let builder = match crate::tls::plain_client_config() {
-        Ok(tls) => builder.tls_backend_preconfigured(tls),
-        Err(_) => builder,
-    };
-    builder.build().unwrap_or_default()
 }
 
 impl NodeArgs {
