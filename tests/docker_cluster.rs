@@ -505,8 +505,19 @@ async fn s2_partition_then_heal() {
     let at_ops = progress.done.load(Ordering::Relaxed);
 
     // Both sides accept writes; the cut-off side's write stays on its side.
-    let cut = put(&client, &env.nodes[victim], &probe_key, json!("cut-off side"), &json!({})).await;
+    // Until the cut-off replica suspects its master (about 1 s) a write it
+    // passes there gets no answer and is answered 503, never run twice
+    // (docs/decisions.md, "At most one execution per forwarded write"); a
+    // client's retry then lands on the replica itself.
+    let mut cut = put(&client, &env.nodes[victim], &probe_key, json!("cut-off side"), &json!({})).await;
+    let mut ambiguous = 0;
+    while cut.status == StatusCode::SERVICE_UNAVAILABLE && ambiguous < 5 {
+        ambiguous += 1;
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        cut = put(&client, &env.nodes[victim], &probe_key, json!("cut-off side"), &json!({})).await;
+    }
     assert!(cut.status.is_success() && cut.address().is_none(), "the cut-off replica accepts a write itself: {}", cut.body);
+    assert!(cut_at.elapsed() < Duration::from_secs(5), "the cut-off replica took {:?} to accept a write", cut_at.elapsed());
     tokio::time::sleep(Duration::from_millis(500)).await;
     let other = get(&client, &env.nodes[0], &probe_key, &json!({})).await;
     assert_ne!(other.body["value"], json!("cut-off side"), "the write crossed the partition");
