@@ -278,7 +278,7 @@ async fn invalid_view_changes_are_rejected() {
         json!({"view": [a], "repl-factor": 2}),
         json!({"view": [a, a], "repl-factor": 1}),
         json!({"view": ["not an address"], "repl-factor": 1}),
-        json!({"view": [a]}),
+        json!({"view": [a], "repl-factor": "1"}),
         json!({"repl-factor": 1}),
     ];
     for body in cases {
@@ -291,4 +291,15 @@ async fn invalid_view_changes_are_rejected() {
     let missing = send(c.client.post(c.nodes[0].url("/join?nodeid=1"))).await;
     assert_eq!(missing.status, StatusCode::BAD_REQUEST);
     assert_eq!(c.get_json(1, "/kv-store/shards").await.body["shards"], json!([1, 2]), "nothing changed");
+}
+
+// A view change that names no repl-factor keeps the current one (as
+// clients written for the course API send it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_view_change_without_repl_factor_keeps_the_current_one() {
+    let c = Cluster::start_with_view(4, 2, 2, &[]).await;
+    let written = load(&c, "norf", 20).await;
+    let view: Vec<&str> = (0..4).map(|i| c.addr(i)).collect();
+    let answer = send(c.client.put(c.nodes[0].url("/kv-store/view-change")).json(&json!({"view": view}))).await;
+    check_after(&c, &answer, &[0, 1, 2, 3], 2, &written).await;
 }

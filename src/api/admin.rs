@@ -74,7 +74,8 @@ pub async fn view_change(
         Err(e) => return ErrorReply::new(&method, e, empty).into_response(),
     };
     let ctx = body.get("causal-context").cloned().unwrap_or(empty);
-    let view = match requested_view(body.get("view"), body.get("repl-factor"), 0) {
+    let current_rf = node.current().map.view.repl_factor;
+    let view = match requested_view(body.get("view"), body.get("repl-factor"), current_rf, 0) {
         Ok(v) => v,
         Err(e) => return ErrorReply::new(&method, view_error(e), ctx).into_response(),
     };

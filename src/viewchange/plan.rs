@@ -6,8 +6,14 @@ use serde_json::Value;
 use crate::shard::{ShardMap, View, ViewError};
 
 /// Reads `view` given as a JSON array of addresses or one comma-separated
-/// string, and `repl-factor`.
-pub fn requested_view(view: Option<&Value>, repl_factor: Option<&Value>, epoch: u64) -> Result<View, ViewError> {
+/// string, and `repl-factor` (absent: `current_repl_factor`, as clients of
+/// the course API expect).
+pub fn requested_view(
+    view: Option<&Value>,
+    repl_factor: Option<&Value>,
+    current_repl_factor: usize,
+    epoch: u64,
+) -> Result<View, ViewError> {
     let nodes: Vec<String> = match view {
         Some(Value::Array(items)) => {
             let mut nodes = Vec::with_capacity(items.len());
@@ -23,7 +29,7 @@ pub fn requested_view(view: Option<&Value>, repl_factor: Option<&Value>, epoch: 
     };
     let rf = match repl_factor {
         Some(v) => v.as_u64().ok_or(ViewError::ReplFactorZero)? as usize,
-        None => return Err(ViewError::ReplFactorZero),
+        None => current_repl_factor,
     };
     View::new(nodes, rf, epoch)
 }
@@ -47,18 +53,20 @@ mod tests {
 
     #[test]
     fn view_as_array_or_string() {
-        let a = requested_view(Some(&json!(["a:1", "b:1"])), Some(&json!(1)), 3).unwrap();
-        let b = requested_view(Some(&json!("a:1, b:1")), Some(&json!(1)), 3).unwrap();
+        let a = requested_view(Some(&json!(["a:1", "b:1"])), Some(&json!(1)), 1, 3).unwrap();
+        let b = requested_view(Some(&json!("a:1, b:1")), Some(&json!(1)), 1, 3).unwrap();
         assert_eq!(a, b);
         assert_eq!(a.epoch, 3);
-        assert_eq!(requested_view(Some(&json!([])), Some(&json!(1)), 0), Err(ViewError::Empty));
-        assert_eq!(requested_view(Some(&json!("")), Some(&json!(1)), 0), Err(ViewError::Empty));
-        assert_eq!(requested_view(Some(&json!(["a:1"])), Some(&json!(0)), 0), Err(ViewError::ReplFactorZero));
-        assert_eq!(requested_view(Some(&json!(["a:1"])), None, 0), Err(ViewError::ReplFactorZero));
-        assert!(matches!(requested_view(Some(&json!(["a:1"])), Some(&json!(2)), 0), Err(ViewError::ReplFactorTooLarge { .. })));
-        assert!(matches!(requested_view(Some(&json!(["a:1", "a:1"])), Some(&json!(1)), 0), Err(ViewError::Duplicate(_))));
-        assert!(requested_view(Some(&json!([1])), Some(&json!(1)), 0).is_err());
-        assert!(requested_view(Some(&json!(["a:1"])), Some(&json!("1")), 0).is_err());
+        assert_eq!(requested_view(Some(&json!([])), Some(&json!(1)), 1, 0), Err(ViewError::Empty));
+        assert_eq!(requested_view(Some(&json!("")), Some(&json!(1)), 1, 0), Err(ViewError::Empty));
+        assert_eq!(requested_view(Some(&json!(["a:1"])), Some(&json!(0)), 1, 0), Err(ViewError::ReplFactorZero));
+        // Without repl-factor the current one stays.
+        assert_eq!(requested_view(Some(&json!(["a:1", "b:1"])), None, 2, 0).map(|v| v.repl_factor), Ok(2));
+        assert_eq!(requested_view(Some(&json!(["a:1"])), Some(&json!(0)), 1, 0), Err(ViewError::ReplFactorZero));
+        assert!(matches!(requested_view(Some(&json!(["a:1"])), Some(&json!(2)), 1, 0), Err(ViewError::ReplFactorTooLarge { .. })));
+        assert!(matches!(requested_view(Some(&json!(["a:1", "a:1"])), Some(&json!(1)), 1, 0), Err(ViewError::Duplicate(_))));
+        assert!(requested_view(Some(&json!([1])), Some(&json!(1)), 1, 0).is_err());
+        assert!(requested_view(Some(&json!(["a:1"])), Some(&json!("1")), 1, 0).is_err());
     }
 
     #[test]
