@@ -40,6 +40,9 @@ struct Args {
     /// duplicate, partition, crash, skew, viewchange; `none` for none.
     #[arg(long)]
     faults: Option<String>,
+    /// Chance per message of each network fault (drop there, drop back, duplicate).
+    #[arg(long, default_value_t = 0.02)]
+    fault_rate: f64,
     /// Threads running seeds (default: the machine's cores).
     #[arg(long)]
     threads: Option<usize>,
@@ -67,6 +70,10 @@ fn main() -> ExitCode {
         eprintln!("causalkv-sim: unknown fault {bad:?} (known: {})", ALL_FAULTS.join(", "));
         return ExitCode::from(2);
     }
+    if !(0.0..=1.0).contains(&args.fault_rate) {
+        eprintln!("causalkv-sim: --fault-rate must be between 0 and 1");
+        return ExitCode::from(2);
+    }
     if args.nodes == 0 || args.repl_factor == 0 || args.repl_factor > args.nodes || args.sessions == 0 {
         eprintln!("causalkv-sim: need 1 <= --repl-factor <= --nodes and --sessions >= 1");
         return ExitCode::from(2);
@@ -86,6 +93,7 @@ fn main() -> ExitCode {
         sessions: args.sessions,
         faults: faults.clone(),
         bug,
+        fault_rate: args.fault_rate,
         ..SimConfig::default()
     };
     let (first, count) = match args.seed {
@@ -95,11 +103,12 @@ fn main() -> ExitCode {
     let threads = args.threads.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
     let replay = |seed: u64| {
         format!(
-            "causalkv-sim --seed {seed} --nodes {} --repl-factor {} --ops {} --sessions {} --faults {}",
+            "causalkv-sim --seed {seed} --nodes {} --repl-factor {} --ops {} --sessions {} --fault-rate {} --faults {}",
             args.nodes,
             args.repl_factor,
             args.ops,
             args.sessions,
+            args.fault_rate,
             if faults.is_empty() { "none".to_owned() } else { faults.join(",") }
         )
     };

@@ -66,6 +66,9 @@ pub struct SimConfig {
     /// A deliberate defect switched on in every node (to show the checker
     /// catches it).
     pub bug: Option<Bug>,
+    /// Chance per message of each network fault that is on (drop there,
+    /// drop back, duplicate).
+    pub fault_rate: f64,
 }
 
 impl Default for SimConfig {
@@ -78,6 +81,7 @@ impl Default for SimConfig {
             keys: 8,
             faults: ALL_FAULTS.iter().map(|f| f.to_string()).collect(),
             bug: None,
+            fault_rate: 0.02,
         }
     }
 }
@@ -357,9 +361,9 @@ async fn simulate(config: SimConfig, seed: u64) -> SeedOutcome {
     tokio::time::sleep(Duration::from_secs(3)).await;
     if config.has("drop") || config.has("delay") || config.has("duplicate") {
         cluster.net.set_faults(NetFaults {
-            drop_request: if config.has("drop") { 0.02 } else { 0.0 },
-            drop_reply: if config.has("drop") { 0.02 } else { 0.0 },
-            duplicate: if config.has("duplicate") { 0.02 } else { 0.0 },
+            drop_request: if config.has("drop") { config.fault_rate } else { 0.0 },
+            drop_reply: if config.has("drop") { config.fault_rate } else { 0.0 },
+            duplicate: if config.has("duplicate") { config.fault_rate } else { 0.0 },
             max_delay: if config.has("delay") { Duration::from_millis(30) } else { Duration::from_millis(1) },
         });
     }
