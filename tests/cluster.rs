@@ -192,3 +192,19 @@ async fn values_replicate_exactly() {
         assert_eq!(get.value(), Some(v));
     }
 }
+
+// A write sent to a worker is passed to the master and answered once the
+// worker holds it too: reading again at the worker with no context (as a
+// client of the course API does) finds it at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_through_a_worker_is_readable_there_at_once_without_context() {
+    let c = Cluster::start(2, 2).await;
+    for i in 0..20 {
+        let key = format!("ryw-{i}");
+        let put = c.put(1, &key, json!(i), &json!({})).await;
+        assert!(put.status.is_success(), "{}", put.body);
+        assert_eq!(put.address(), Some(c.addr(0)), "the master took the write");
+        let get = c.get(1, &key, &json!({})).await;
+        assert_eq!(get.value(), Some(&json!(i)), "{key} not yet at the worker that passed it on: {}", get.body);
+    }
+}

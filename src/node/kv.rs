@@ -23,6 +23,9 @@
 //!   (`Unreachable::NotSent`); after a timeout the client gets 503 and
 //!   decides (a retry is a new request). A forwarded write that reaches its
 //!   deadline unexecuted is dropped as well.
+//! - A write that reaches a replica which passes it to its master is
+//!   answered once that replica holds it too (bounded by `CAUSAL_WAIT_MS`),
+//!   so reading again at the same node finds it without the context.
 
 use std::borrow::Cow;
 use std::time::Duration;
@@ -170,6 +173,18 @@ impl KvAnswer {
         }
     }
 
+    /// The context a successful write answered with.
+    fn written_context(&self) -> Option<CausalContext> {
+        match self {
+            KvAnswer::Reply(r) => Some(r.context.clone()),
+            KvAnswer::Relayed(r) if r.status == 200 || r.status == 201 => {
+                let body: serde_json::Value = serde_json::from_slice(&r.body).ok()?;
+                CausalContext::from_json(body.get("causal-context")?).ok()
+            }
+            _ => None,
+        }
+    }
+
     fn misrouted_epoch(&self) -> Option<u64> {
         match self {
             KvAnswer::Error(KvError { kind: KvErrorKind::Misrouted { epoch }, .. }) => Some(*epoch),
@@ -282,7 +297,15 @@ impl Node {
                 if req.hop == 0 && master != self.me() {
                     let timeout = self.forward_timeout(req, replicas);
                     match self.forward_first_reachable(req, &[master], 1, None, timeout).await {
-                        Ok(answer) => return answer,
+                        Ok(answer) => {
+                            // This node is a replica too: answer once it holds
+                            // the write, so the client's next read here sees
+                            // it even without the context.
+                            if let Some(ctx) = answer.written_context() {
+                                self.await_applied(cur, &ctx, shard).await;
+                            }
+                            return answer;
+                        }
                         // It may have taken the write: taking it here too
                         // would execute it twice.
                         Err(Unreachable::NoAnswer) => return self.unavailable(req),
@@ -375,6 +398,24 @@ impl Node {
             self.metrics.holdback_unsatisfied.inc();
         }
         ok
+    }
+
+    /// Waits (at most `CAUSAL_WAIT_MS`) until this replica has applied what
+    /// `ctx` names of `shard`, pulling from its peers; never fails: the
+    /// write it waits for is acknowledged already.
+    async fn await_applied(&self, cur: &Epoch, ctx: &CausalContext, shard: ShardId) {
+        let origins = cur.map.replicas(shard);
+        let store = &self.store;
+        let applied = || ctx.epoch != cur.map.epoch() || store.satisfies(&ctx.clock, origins.iter().map(String::as_str));
+        if applied() {
+            return;
+        }
+        let wait = self.config.causal_wait;
+        let gossip = cur.gossip.clone();
+        tokio::spawn(async move { gossip.pull_from_peers(wait).await });
+        if !store.gate.wait_until(Instant::now() + wait, applied).await {
+            tracing::debug!(key_shard = shard, "a write passed to the master was not applied here in time");
+        }
     }
 
     /// After an unsatisfied hold-back: ask another replica of the shard that
