@@ -5,39 +5,30 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use axum::Json;
 use axum::body::{Body, Bytes};
 use axum::extract::rejection::JsonRejection;
 use axum::extract::{ConnectInfo, Request, State};
-use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::http::{HeaderValue, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use axum::{Extension, Json};
 use serde_json::json;
 
-use super::request::sender;
 use crate::faults::FaultSet;
 use crate::gossip::Message;
 use crate::gossip::auth::{AuthError, BODY_DIGEST_HEADER, Incoming, SIGNATURE_HEADER, TIMESTAMP_HEADER, TO_HEADER};
 use crate::metrics::PathLabel;
 use crate::node::Node;
-use crate::viewchange::Step;
 
 fn refuse(status: StatusCode, why: &str) -> Response {
     (status, Json(json!({"error": why}))).into_response()
 }
 
-/// Refuses traffic from peers cut off by the fault switch.
-fn blocked(node: &Node, headers: &HeaderMap) -> bool {
-    sender(headers).is_some_and(|s| node.faults.is_blocked(s))
-}
-
-/// One gossip message over HTTP: `/internal/<kind>`, handled by the same
-/// dispatcher as every other transport's (`gossip::dispatch`).
-async fn gossip_message(node: &Node, peer: &Peer, headers: &HeaderMap, kind: Message, body: &[u8]) -> Response {
-    if blocked(node, headers) {
-        return refuse(StatusCode::SERVICE_UNAVAILABLE, "blocked");
-    }
-    match node.dispatch(&peer.0, kind, body).await {
+/// One internal message over HTTP (`Message::path`), handled by the node's
+/// one dispatcher for every transport (`Node::dispatch`), which also refuses
+/// peers cut off by the fault switches.
+pub async fn message(node: Arc<Node>, peer: Peer, kind: Message, body: Bytes) -> Response {
+    match node.dispatch(&peer.0, kind, &body).await {
         Ok(answer) => super::reply::json_response(StatusCode::OK, String::from(Box::<str>::from(answer)).into_bytes()),
         Err((status, why)) => {
             if status == 403 {
@@ -46,22 +37,6 @@ async fn gossip_message(node: &Node, peer: &Peer, headers: &HeaderMap, kind: Mes
             refuse(StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR), &why)
         }
     }
-}
-
-pub async fn replicate(State(node): State<Arc<Node>>, Extension(peer): Extension<Peer>, headers: HeaderMap, body: Bytes) -> Response {
-    gossip_message(&node, &peer, &headers, Message::Replicate, &body).await
-}
-
-pub async fn pull(State(node): State<Arc<Node>>, Extension(peer): Extension<Peer>, headers: HeaderMap, body: Bytes) -> Response {
-    gossip_message(&node, &peer, &headers, Message::Pull, &body).await
-}
-
-pub async fn snapshot(State(node): State<Arc<Node>>, Extension(peer): Extension<Peer>, headers: HeaderMap, body: Bytes) -> Response {
-    gossip_message(&node, &peer, &headers, Message::Snapshot, &body).await
-}
-
-pub async fn heartbeat(State(node): State<Arc<Node>>, Extension(peer): Extension<Peer>, headers: HeaderMap, body: Bytes) -> Response {
-    gossip_message(&node, &peer, &headers, Message::Heartbeat, &body).await
 }
 
 pub async fn get_faults(State(node): State<Arc<Node>>) -> Response {
@@ -189,40 +164,4 @@ fn rejected(node: &Node, path: &str, peer_ip: Option<std::net::IpAddr>, e: &Auth
         _ => StatusCode::UNAUTHORIZED,
     };
     refuse(status, &e.to_string())
-}
-
-/// One view-change step over HTTP, handled by the node's dispatcher.
-async fn view_step(node: &Node, peer: &Peer, step: Step, body: &[u8]) -> Response {
-    match node.dispatch(&peer.0, Message::View(step), body).await {
-        Ok(answer) => super::reply::json_response(StatusCode::OK, String::from(Box::<str>::from(answer)).into_bytes()),
-        Err((status, why)) => refuse(StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR), &why),
-    }
-}
-
-pub async fn view_prepare(State(node): State<Arc<Node>>, Extension(peer): Extension<Peer>, body: Bytes) -> Response {
-    view_step(&node, &peer, Step::Prepare, &body).await
-}
-
-pub async fn view_sync(State(node): State<Arc<Node>>, Extension(peer): Extension<Peer>, body: Bytes) -> Response {
-    view_step(&node, &peer, Step::Sync, &body).await
-}
-
-pub async fn view_transfer(State(node): State<Arc<Node>>, Extension(peer): Extension<Peer>, body: Bytes) -> Response {
-    view_step(&node, &peer, Step::Transfer, &body).await
-}
-
-pub async fn view_receive(State(node): State<Arc<Node>>, Extension(peer): Extension<Peer>, body: Bytes) -> Response {
-    view_step(&node, &peer, Step::Receive, &body).await
-}
-
-pub async fn view_commit(State(node): State<Arc<Node>>, Extension(peer): Extension<Peer>, body: Bytes) -> Response {
-    view_step(&node, &peer, Step::Commit, &body).await
-}
-
-pub async fn view_abort(State(node): State<Arc<Node>>, Extension(peer): Extension<Peer>, body: Bytes) -> Response {
-    view_step(&node, &peer, Step::Abort, &body).await
-}
-
-pub async fn view_current(State(node): State<Arc<Node>>, Extension(peer): Extension<Peer>, body: Bytes) -> Response {
-    view_step(&node, &peer, Step::Current, &body).await
 }

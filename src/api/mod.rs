@@ -19,8 +19,9 @@ mod request;
 
 use std::sync::Arc;
 
+use axum::Extension;
 use axum::Router;
-use axum::extract::DefaultBodyLimit;
+use axum::extract::{DefaultBodyLimit, State};
 use axum::http::{Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{any, get, post, put};
@@ -56,20 +57,15 @@ pub fn router(node: Arc<Node>, client: reqwest::Client) -> Router {
         .route("/health", get(cluster::health))
         .route("/ready", get(cluster::ready))
         .route("/metrics", get(cluster::metrics));
-    let internal = Router::new()
-        .route("/internal/replicate", post(internal::replicate))
-        .route("/internal/pull", post(internal::pull))
-        .route("/internal/snapshot", post(internal::snapshot))
-        .route("/internal/heartbeat", post(internal::heartbeat))
-        .route("/internal/view/prepare", post(internal::view_prepare))
-        .route("/internal/view/sync", post(internal::view_sync))
-        .route("/internal/view/transfer", post(internal::view_transfer))
-        .route("/internal/view/receive", post(internal::view_receive))
-        .route("/internal/view/commit", post(internal::view_commit))
-        .route("/internal/view/abort", post(internal::view_abort))
-        .route("/internal/view/current", post(internal::view_current))
-        .route_layer(axum::middleware::from_fn_with_state(node.clone(), internal::authenticate));
-    router = router.merge(internal);
+    let mut internal_routes = Router::new();
+    for kind in crate::gossip::Message::ALL {
+        let handler = move |State(node): State<Arc<Node>>, Extension(peer): Extension<internal::Peer>, body: axum::body::Bytes| {
+            internal::message(node, peer, kind, body)
+        };
+        internal_routes = internal_routes.route(kind.path(), post(handler));
+    }
+    // Every internal route is authenticated before its body is read.
+    router = router.merge(internal_routes.route_layer(axum::middleware::from_fn_with_state(node.clone(), internal::authenticate)));
     if node.config.faults {
         router = router.route("/internal/faults", get(internal::get_faults).put(internal::put_faults));
     }

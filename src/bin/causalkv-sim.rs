@@ -74,8 +74,8 @@ fn main() -> ExitCode {
         eprintln!("causalkv-sim: --fault-rate must be between 0 and 1");
         return ExitCode::from(2);
     }
-    if args.nodes == 0 || args.repl_factor == 0 || args.repl_factor > args.nodes || args.sessions == 0 {
-        eprintln!("causalkv-sim: need 1 <= --repl-factor <= --nodes and --sessions >= 1");
+    if args.nodes == 0 || args.nodes > 200 || args.repl_factor == 0 || args.repl_factor > args.nodes || args.sessions == 0 {
+        eprintln!("causalkv-sim: need 1 <= --repl-factor <= --nodes <= 200 and --sessions >= 1");
         return ExitCode::from(2);
     }
     let bug = match args.bug.as_deref() {

@@ -14,14 +14,10 @@
 
 use serde_json::value::RawValue;
 
-use super::{Gossip, GossipError, Heartbeat, PullRequest, ReplicateBatch, SnapshotRequest};
+use super::{Gossip, GossipError, Heartbeat, Message, PullRequest, ReplicateBatch, SnapshotRequest};
 
 /// An HTTP-like status and a reason.
 pub type Refusal = (u16, String);
-
-/// The gossip message kinds, as named on the wire (Mycelium) and in the
-/// `/internal/<kind>` paths (HTTP).
-pub const KINDS: [&str; 4] = ["replicate", "pull", "snapshot", "heartbeat"];
 
 fn parse<'a, T: serde::Deserialize<'a>>(kind: &str, body: &'a [u8]) -> Result<T, Refusal> {
     serde_json::from_slice(body).map_err(|e| (400, format!("bad {kind} body: {e}")))
@@ -58,30 +54,32 @@ impl Gossip {
 
     /// Handles one gossip message from `sender` (already authenticated by
     /// its transport).
-    pub async fn dispatch(&self, sender: &str, kind: &str, body: &[u8]) -> Result<Box<RawValue>, Refusal> {
+    pub async fn dispatch(&self, sender: &str, kind: Message, body: &[u8]) -> Result<Box<RawValue>, Refusal> {
+        let name = kind.name();
         match kind {
-            "replicate" => {
-                let batch: ReplicateBatch = parse(kind, body)?;
+            Message::Replicate => {
+                let batch: ReplicateBatch = parse(name, body)?;
                 same_sender(sender, &batch.from)?;
                 self.check_replica(&batch.from)?;
                 to_json(&self.handle_replicate(batch).await.map_err(refusal)?)
             }
-            "pull" => {
-                let req: PullRequest = parse(kind, body)?;
+            Message::Pull => {
+                let req: PullRequest = parse(name, body)?;
                 same_sender(sender, &req.from)?;
                 to_json(&self.handle_pull(&req).map_err(refusal)?)
             }
-            "snapshot" => {
-                let req: SnapshotRequest = parse(kind, body)?;
+            Message::Snapshot => {
+                let req: SnapshotRequest = parse(name, body)?;
                 same_sender(sender, &req.from)?;
                 to_json(&self.handle_snapshot(&req).map_err(refusal)?)
             }
-            "heartbeat" => {
-                let msg: Heartbeat = parse(kind, body)?;
+            Message::Heartbeat => {
+                let msg: Heartbeat = parse(name, body)?;
                 same_sender(sender, &msg.from)?;
                 to_json(&self.handle_heartbeat(&msg))
             }
-            other => Err((400, format!("unknown message kind {other:?}"))),
+            // View-change steps are the node's (`Node::dispatch`), not gossip's.
+            Message::View(_) => Err((400, format!("{name} is not a gossip message"))),
         }
     }
 }

@@ -40,7 +40,6 @@ impl HttpTransport {
     async fn post(&self, peer: &str, kind: Message, body: Box<RawValue>, timeout: Duration) -> Result<Vec<u8>, GossipError> {
         let unreachable = |reason: String| GossipError::Unreachable { peer: peer.to_owned(), reason };
         let path = kind.path();
-        let path = path.as_str();
         let body = Box::<str>::from(body).into_string().into_bytes();
         let signed = self.auth.sign("POST", path, peer, &body);
         let mut req = self

@@ -113,18 +113,25 @@ impl Message {
     }
 
     /// The HTTP path of this kind.
-    pub fn path(self) -> String {
-        format!("/internal/{}", self.name())
+    pub fn path(self) -> &'static str {
+        match self {
+            Message::Replicate => "/internal/replicate",
+            Message::Pull => "/internal/pull",
+            Message::Snapshot => "/internal/snapshot",
+            Message::Heartbeat => "/internal/heartbeat",
+            Message::View(Step::Prepare) => "/internal/view/prepare",
+            Message::View(Step::Sync) => "/internal/view/sync",
+            Message::View(Step::Transfer) => "/internal/view/transfer",
+            Message::View(Step::Receive) => "/internal/view/receive",
+            Message::View(Step::Commit) => "/internal/view/commit",
+            Message::View(Step::Abort) => "/internal/view/abort",
+            Message::View(Step::Current) => "/internal/view/current",
+        }
     }
 
-    /// The name on the wire (`/internal/<name>` over HTTP).
+    /// The name on the wire: the path without `/internal/` (Mycelium frames
+    /// carry it).
     pub fn name(self) -> &'static str {
-        match self {
-            Message::Replicate => "replicate",
-            Message::Pull => "pull",
-            Message::Snapshot => "snapshot",
-            Message::Heartbeat => "heartbeat",
-            Message::View(step) => &step.path()["/internal/".len()..],
-        }
+        &self.path()["/internal/".len()..]
     }
 }

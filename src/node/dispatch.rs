@@ -74,7 +74,7 @@ impl Node {
                 if gossip == Message::Heartbeat {
                     self.note_epoch_of_proposed_member(sender, body);
                 }
-                return self.current().gossip.dispatch(sender, gossip.name(), body).await;
+                return self.current().gossip.dispatch(sender, gossip, body).await;
             }
         };
         if step != Step::Abort && step != Step::Current {

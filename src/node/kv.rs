@@ -178,8 +178,14 @@ impl KvAnswer {
         match self {
             KvAnswer::Reply(r) => Some(r.context.clone()),
             KvAnswer::Relayed(r) if r.status == 200 || r.status == 201 => {
-                let body: serde_json::Value = serde_json::from_slice(&r.body).ok()?;
-                CausalContext::from_json(body.get("causal-context")?).ok()
+                // Only the context is read: the other fields are skipped, not built.
+                #[derive(serde::Deserialize)]
+                struct WithContext<'a> {
+                    #[serde(rename = "causal-context", borrow)]
+                    context: &'a RawValue,
+                }
+                let body: WithContext = serde_json::from_slice(&r.body).ok()?;
+                CausalContext::parse_json(body.context.get()).ok()
             }
             _ => None,
         }

@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use tokio::sync::{Notify, watch};
 
-use super::Store;
+use super::{EngineError, Store, StoreError};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum DurabilityMode {
@@ -96,24 +96,30 @@ pub async fn run_flusher(store: Arc<Store>, mut shutdown: watch::Receiver<bool>)
             _ = shutdown.wait_for(|s| *s) => break,
         }
         while store.wal_has_unwritten() {
-            let synced = if store.is_in_memory() {
-                Ok(store.sync_wal())
-            } else {
-                let s = store.clone();
-                tokio::task::spawn_blocking(move || s.sync_wal()).await
-            };
-            match synced {
-                Ok(Ok(_)) => {}
-                Ok(Err(e)) => {
-                    tracing::error!(error = %e, "write-ahead log sync failed; retrying");
-                    tokio::time::sleep(FLUSH_RETRY).await;
-                }
-                Err(e) => {
-                    tracing::error!(error = %e, "write-ahead log sync task failed; retrying");
-                    tokio::time::sleep(FLUSH_RETRY).await;
-                }
+            if let Err(e) = store.off_runtime(|s| s.sync_wal()).await {
+                tracing::error!(error = %e, "write-ahead log sync failed; retrying");
+                tokio::time::sleep(FLUSH_RETRY).await;
             }
         }
+    }
+}
+
+impl Store {
+    /// Runs disk work (`fdatasync`, a checkpoint, an epoch commit) where it
+    /// cannot stall the async runtime: on a blocking thread for a
+    /// file-backed store, inline for an in-memory one (cheap there, and a
+    /// simulated run stays deterministic without threads).
+    pub async fn off_runtime<T: Send + 'static>(
+        self: &Arc<Self>,
+        work: impl FnOnce(&Store) -> Result<T, StoreError> + Send + 'static,
+    ) -> Result<T, StoreError> {
+        if self.is_in_memory() {
+            return work(self);
+        }
+        let store = self.clone();
+        tokio::task::spawn_blocking(move || work(&store))
+            .await
+            .map_err(|e| StoreError::Engine(EngineError::Failed(format!("blocking task: {e}"))))?
     }
 }
 
@@ -138,16 +144,9 @@ pub async fn run_checkpointer(store: Arc<Store>, mut shutdown: watch::Receiver<b
         if len < CHECKPOINT_BYTES && (len == 0 || last.elapsed() < CHECKPOINT_EVERY) {
             continue;
         }
-        let done = if store.is_in_memory() {
-            Ok(store.checkpoint())
-        } else {
-            let s = store.clone();
-            tokio::task::spawn_blocking(move || s.checkpoint()).await
-        };
-        match done {
-            Ok(Ok(())) => last = tokio::time::Instant::now(),
-            Ok(Err(e)) => tracing::error!(error = %e, "checkpoint failed; retrying later"),
-            Err(e) => tracing::error!(error = %e, "checkpoint task failed; retrying later"),
+        match store.off_runtime(|s| s.checkpoint()).await {
+            Ok(()) => last = tokio::time::Instant::now(),
+            Err(e) => tracing::error!(error = %e, "checkpoint failed; retrying later"),
         }
     }
 }

@@ -135,18 +135,12 @@ fn change_id(me: &str, epoch: u64) -> String {
 }
 
 impl Node {
-    /// Enters `view`'s epoch in the store. It scans every record and syncs,
-    /// so a file-backed store does it on a blocking thread; an in-memory one
-    /// (the simulator) inline, which keeps a simulated run deterministic.
+    /// Enters `view`'s epoch in the store (it scans every record and syncs:
+    /// off the runtime, see `Store::off_runtime`).
     async fn commit_epoch(&self, change: &str, view: &View, view_json: Vec<u8>) -> Result<u64, StoreError> {
         let (owns, keeps_log) = (self.owns_under(view), has_peers(view, self.me()));
-        if self.store.is_in_memory() {
-            return self.store.commit_epoch(change, view.epoch, &view_json, owns, keeps_log);
-        }
-        let (store, change, epoch) = (self.store.clone(), change.to_owned(), view.epoch);
-        tokio::task::spawn_blocking(move || store.commit_epoch(&change, epoch, &view_json, owns, keeps_log))
-            .await
-            .map_err(|e| StoreError::Engine(crate::store::EngineError::Failed(format!("epoch commit task: {e}"))))?
+        let (change, epoch) = (change.to_owned(), view.epoch);
+        self.store.off_runtime(move |s| s.commit_epoch(&change, epoch, &view_json, owns, keeps_log)).await
     }
 
     fn owns_under(&self, view: &View) -> impl Fn(&str) -> bool + use<> {

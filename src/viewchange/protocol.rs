@@ -57,20 +57,6 @@ pub enum Step {
     Current,
 }
 
-impl Step {
-    pub fn path(self) -> &'static str {
-        match self {
-            Step::Prepare => "/internal/view/prepare",
-            Step::Sync => "/internal/view/sync",
-            Step::Transfer => "/internal/view/transfer",
-            Step::Receive => "/internal/view/receive",
-            Step::Commit => "/internal/view/commit",
-            Step::Abort => "/internal/view/abort",
-            Step::Current => "/internal/view/current",
-        }
-    }
-}
-
 /// A proposed change: `old` at its epoch to `new` (epoch `old.epoch + 1`).
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
 pub struct Proposal {
