@@ -52,6 +52,8 @@ pub struct Metrics {
     common_requests: [[OnceLock<Counter>; COMMON_STATUSES.len()]; COMMON_OPS.len()],
     pub request_seconds: Histogram,
     pub forwarded: Counter,
+    /// The writes among `forwarded` (a client that sends writes to the master needs none).
+    pub forwarded_writes: Counter,
     /// Forwarded writes that got no answer (maybe executed): answered 503, never retried elsewhere.
     pub ambiguous_forwards: Counter,
     pub holdback_waits: Counter,
@@ -120,6 +122,7 @@ impl Default for Metrics {
             common_requests: Default::default(),
             request_seconds: Histogram::new(exponential_buckets(0.0001, 2.0, 18)),
             forwarded: Counter::default(),
+            forwarded_writes: Counter::default(),
             ambiguous_forwards: Counter::default(),
             holdback_waits: Counter::default(),
             holdback_unsatisfied: Counter::default(),
@@ -169,6 +172,7 @@ impl Default for Metrics {
         registry.register("requests", "Client requests by operation and status", m.requests.clone());
         registry.register("request_seconds", "Client request latency", m.request_seconds.clone());
         registry.register("forwarded", "Requests forwarded to another node", m.forwarded.clone());
+        registry.register("forwarded_writes", "Writes (PUT, DELETE) forwarded to another node", m.forwarded_writes.clone());
         registry.register(
             "ambiguous_forwards",
             "Forwarded writes without an answer (maybe executed): answered 503, not retried at another replica",
@@ -287,6 +291,16 @@ impl Default for Metrics {
 
 impl Metrics {
     /// Counts one client request by operation and answer status.
+    /// Key requests answered, by operation (the common statuses: 200, 201,
+    /// 404, 400, 503).
+    pub fn requests_by_op(&self) -> std::collections::BTreeMap<&'static str, u64> {
+        COMMON_OPS
+            .iter()
+            .zip(&self.common_requests)
+            .map(|(op, by_status)| (*op, by_status.iter().filter_map(|c| c.get()).map(Counter::get).sum()))
+            .collect()
+    }
+
     pub fn count_request(&self, op: &'static str, status: u16) {
         let o = COMMON_OPS.iter().position(|c| *c == op);
         let s = COMMON_STATUSES.iter().position(|c| *c == status);

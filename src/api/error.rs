@@ -8,6 +8,9 @@ use super::reply::{Reply, ReplyContext};
 /// Marks a 503 from a node that has moved to a newer view than the sender's;
 /// the value is that epoch.
 pub const MISROUTED_HEADER: &str = "x-causalkv-misrouted";
+/// The node that served a key request (on every key answer): the node asked,
+/// or the replica it passed the request to.
+pub const SERVED_BY_HEADER: &str = "x-causalkv-served-by";
 
 /// Seconds a client is told to wait before retrying a 503.
 const RETRY_AFTER_SECS: &str = "1";

@@ -14,7 +14,7 @@ use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
 use serde::Serialize;
 use serde_json::value::RawValue;
 
-use super::error::MISROUTED_HEADER;
+use super::error::{MISROUTED_HEADER, SERVED_BY_HEADER};
 use super::request::{DEADLINE_HEADER, EPOCH_HEADER, FROM_HEADER, HOP_HEADER, WAIT_HEADER};
 use crate::causal::CausalContext;
 use crate::gossip::BoxFuture;
@@ -73,8 +73,9 @@ impl HttpForwarder {
         let header_text = |name: &str| resp.headers().get(name).and_then(|v| v.to_str().ok()).map(str::to_owned);
         let retry_after = header_text(header::RETRY_AFTER.as_str());
         let misrouted_epoch = header_text(MISROUTED_HEADER).and_then(|v| v.parse().ok());
+        let served_by = header_text(SERVED_BY_HEADER).or_else(|| Some(target.to_owned()));
         let body = resp.bytes().await.map_err(|_| Unreachable::NoAnswer)?;
-        Ok(KvAnswer::Relayed(Relayed { status, misrouted_epoch, retry_after, body: body.to_vec() }))
+        Ok(KvAnswer::Relayed(Relayed { status, served_by, misrouted_epoch, retry_after, body: body.to_vec() }))
     }
 }
 

@@ -10,7 +10,7 @@ use axum::response::{IntoResponse, Response};
 use serde_json::Value;
 use tokio::time::Instant;
 
-use super::error::{ApiError, ErrorReply, MISROUTED_HEADER};
+use super::error::{ApiError, ErrorReply, MISROUTED_HEADER, SERVED_BY_HEADER};
 use super::reply::{Reply, json_response};
 use super::request::{HopHeaders, check_value, hop_headers, parse_body, parse_key, query_context, read_body, sender};
 use crate::node::Node;
@@ -31,7 +31,11 @@ pub async fn handle(State(node): State<Arc<Node>>, req: Request) -> Response {
     let body = read_body(body, node.config.max_value_bytes + super::BODY_OVERHEAD).await;
     let (method, headers) = (&parts.method, &parts.headers);
     let response = match parse(&node, method, op, headers, parts.uri.path(), query.as_deref(), body) {
-        Ok(req) => answer_response(method, node.serve_key(&req).await),
+        Ok(req) => {
+            let shows_address = req.hop == 0 && !node.current().map.is_replica_of_key(&req.key);
+            let answer = node.serve_key(&req).await;
+            answer_response(method, answer, Addressing { me: node.me(), shows_address })
+        }
         Err(rej) => rej.into_response(),
     };
     node.metrics.count_request(op.name(), response.status().as_u16());
@@ -69,12 +73,46 @@ fn parse(
     Ok(KvRequest { op, key, value, context: parsed.context, hop, wait, sender, sender_epoch, deadline_ms: deadline })
 }
 
+/// Which node an answer names, and where.
+pub struct Addressing<'a> {
+    /// The node answering the client.
+    pub me: &'a str,
+    /// The client asked a node outside the key's shard (API.md: `address`
+    /// names the node of another shard that served it). A replica that
+    /// passes a write to its own shard's master answers without it.
+    pub shows_address: bool,
+}
+
+impl Addressing<'_> {
+    /// `served_by` as the body's `address`, when the rule above says so.
+    fn address(&self, served_by: Option<&str>) -> Option<String> {
+        served_by.filter(|s| self.shows_address && *s != self.me).map(str::to_owned)
+    }
+}
+
 /// The HTTP answer to a key request (the one place a key answer gets its
-/// status and body).
-pub fn answer_response(method: &Method, answer: KvAnswer) -> Response {
+/// status and body). Every answer names the node that served it in
+/// [`SERVED_BY_HEADER`].
+pub fn answer_response(method: &Method, answer: KvAnswer, addressing: Addressing<'_>) -> Response {
+    let mut response = answer_body(method, answer, &addressing);
+    if !response.headers().contains_key(SERVED_BY_HEADER)
+        && let Ok(me) = HeaderValue::from_str(addressing.me)
+    {
+        response.headers_mut().insert(SERVED_BY_HEADER, me);
+    }
+    response
+}
+
+fn answer_body(method: &Method, answer: KvAnswer, addressing: &Addressing<'_>) -> Response {
+    let served_by_header = |response: &mut Response, served_by: Option<&str>| {
+        if let Some(v) = served_by.and_then(|s| HeaderValue::from_str(s).ok()) {
+            response.headers_mut().insert(SERVED_BY_HEADER, v);
+        }
+    };
     match answer {
         KvAnswer::Reply(reply) => {
-            let address = reply.served_by;
+            let served_by = reply.served_by;
+            let address = addressing.address(served_by.as_deref());
             let (status, reply) = match reply.outcome {
                 KvOutcome::Created => {
                     (StatusCode::CREATED, Reply { replaced: Some(false), ..Reply::message("Added successfully", reply.context) })
@@ -90,7 +128,9 @@ pub fn answer_response(method: &Method, answer: KvAnswer) -> Response {
                     Reply { value: Some(value), does_exist: Some(true), ..Reply::message("Retrieved successfully", reply.context) },
                 ),
             };
-            Reply { address, ..reply }.into_response_with(status)
+            let mut response = Reply { address, ..reply }.into_response_with(status);
+            served_by_header(&mut response, served_by.as_deref());
+            response
         }
         KvAnswer::Error(e) => {
             let (error, misrouted_epoch) = match e.kind {
@@ -100,11 +140,19 @@ pub fn answer_response(method: &Method, answer: KvAnswer) -> Response {
                 KvErrorKind::ViewConflict(text) => (ApiError::ViewConflict(text), None),
                 KvErrorKind::Internal(text) => (ApiError::internal(std::io::Error::other(text)), None),
             };
-            ErrorReply { address: e.served_by, misrouted_epoch, ..ErrorReply::new(method, error, e.context) }.into_response()
+            let address = addressing.address(e.served_by.as_deref());
+            let mut response = ErrorReply { address, misrouted_epoch, ..ErrorReply::new(method, error, e.context) }.into_response();
+            served_by_header(&mut response, e.served_by.as_deref());
+            response
         }
         KvAnswer::Relayed(r) => {
             let status = StatusCode::from_u16(r.status).unwrap_or(StatusCode::BAD_GATEWAY);
-            let mut out = json_response(status, r.body);
+            let body = match addressing.address(r.served_by.as_deref()) {
+                Some(address) => with_address(r.body, &address),
+                None => r.body,
+            };
+            let mut out = json_response(status, body);
+            served_by_header(&mut out, r.served_by.as_deref());
             if let Some(v) = r.retry_after.and_then(|v| HeaderValue::from_str(&v).ok()) {
                 out.headers_mut().insert(header::RETRY_AFTER, v);
             }
@@ -113,5 +161,46 @@ pub fn answer_response(method: &Method, answer: KvAnswer) -> Response {
             }
             out
         }
+    }
+}
+
+/// A relayed answer body with `"address": <served_by>` put in before its
+/// `causal-context`, the field every answer ends with (written by
+/// `reply::Reply`; a context holds node addresses and numbers only, so the
+/// last `,"causal-context":` in the body is the field itself). The body is
+/// not parsed again; one that does not have the field is left as it is.
+fn with_address(body: Vec<u8>, address: &str) -> Vec<u8> {
+    const FIELD: &[u8] = br#","causal-context":"#;
+    let Some(at) = body.windows(FIELD.len()).rposition(|w| w == FIELD) else {
+        return body;
+    };
+    let Ok(quoted) = serde_json::to_vec(address) else { return body };
+    let mut out = Vec::with_capacity(body.len() + quoted.len() + 12);
+    out.extend_from_slice(&body[..at]);
+    out.extend_from_slice(br#","address":"#);
+    out.extend_from_slice(&quoted);
+    out.extend_from_slice(&body[at..]);
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_address_goes_in_before_the_context() {
+        let body = br#"{"message":"Added successfully","replaced":false,"causal-context":{"clock":{"a:1":1},"epoch":0}}"#.to_vec();
+        let out = with_address(body, "10.0.0.2:13800");
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            r#"{"message":"Added successfully","replaced":false,"address":"10.0.0.2:13800","causal-context":{"clock":{"a:1":1},"epoch":0}}"#
+        );
+        // A value that holds the field name does not fool it: the last one is the field.
+        let body = br#"{"message":"Retrieved successfully","value":{",\"causal-context\":":1},"causal-context":{}}"#.to_vec();
+        let out: serde_json::Value = serde_json::from_slice(&with_address(body, "n:1")).unwrap();
+        assert_eq!(out["address"], "n:1");
+        assert_eq!(out["causal-context"], serde_json::json!({}));
+        // No context field: left alone.
+        assert_eq!(with_address(b"{}".to_vec(), "n:1"), b"{}".to_vec());
     }
 }

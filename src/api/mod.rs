@@ -16,6 +16,7 @@ mod key_requests;
 pub mod limits;
 mod reply;
 mod request;
+mod status;
 
 use std::sync::Arc;
 
@@ -54,6 +55,8 @@ pub fn router(node: Arc<Node>, client: reqwest::Client) -> Router {
         .route("/kv-store/shards/{id}", get(cluster::shard_info))
         .route("/kv-store/view-change", put(admin::view_change))
         .route("/join", post(admin::join))
+        .route("/kv-store/status", get(status::node_status))
+        .route("/kv-store/cluster-status", get(status::cluster_status))
         .route("/health", get(cluster::health))
         .route("/ready", get(cluster::ready))
         .route("/metrics", get(cluster::metrics));
@@ -73,6 +76,7 @@ pub fn router(node: Arc<Node>, client: reqwest::Client) -> Router {
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(axum::Extension(AdminClient(client)))
+        .layer(axum::Extension(status::StatusCache::default()))
         .layer(DefaultBodyLimit::max(body_limit))
         .layer(tower_http::catch_panic::CatchPanicLayer::custom(panic_response))
         .with_state(node)

@@ -287,6 +287,14 @@ pub struct Gossip {
     wall: Arc<dyn crate::time::WallClock>,
 }
 
+/// How far one replica is behind this node (see [`Gossip::replica_lags`]).
+#[derive(Debug, Clone)]
+pub struct ReplicaLag {
+    pub peer: String,
+    pub behind_writes: Option<u64>,
+    pub behind_ms: Option<u64>,
+}
+
 /// What every epoch's gossip shares with the node.
 #[derive(Clone)]
 pub struct GossipDeps {
@@ -348,6 +356,39 @@ impl Gossip {
     fn learned(&self, peer: &str, applied: &Clock) {
         self.detector.heard_from(peer);
         self.peer_clocks.insert(peer.to_owned(), applied.clone());
+    }
+
+    /// How far each other replica of the shard is behind this node: writes
+    /// applied here that it has not acknowledged, and the age of the oldest
+    /// of them (from its HLC; the log may no longer hold it: then unknown).
+    pub fn replica_lags(&self) -> Vec<ReplicaLag> {
+        let mine = self.store.applied();
+        let now_ms = self.wall.now_ms();
+        self.peers()
+            .map(|peer| {
+                let Some(theirs) = self.peer_clocks.get(peer).map(|c| c.value().clone()) else {
+                    return ReplicaLag { peer: peer.clone(), behind_writes: None, behind_ms: None };
+                };
+                let mut writes = 0;
+                let mut oldest_ms: Option<u64> = Some(0);
+                for origin in &self.shard {
+                    let (have, acked) = (mine.get(origin), theirs.get(origin));
+                    if have <= acked {
+                        continue;
+                    }
+                    writes += have - acked;
+                    let age = match self.store.log_after(origin, acked, 1) {
+                        Ok(first) => first.first().map(|r| now_ms.saturating_sub(crate::causal::hlc::physical_ms(r.hlc))),
+                        Err(_) => None,
+                    };
+                    oldest_ms = match (oldest_ms, age) {
+                        (Some(a), Some(b)) => Some(a.max(b)),
+                        _ => None,
+                    };
+                }
+                ReplicaLag { peer: peer.clone(), behind_writes: Some(writes), behind_ms: oldest_ms }
+            })
+            .collect()
     }
 
     /// Applies a pushed batch and answers with the applied clock.

@@ -118,8 +118,7 @@ pub enum KvOutcome {
 pub struct KvReply {
     pub outcome: KvOutcome,
     pub context: CausalContext,
-    /// The node that served it, when that was not the node the client asked
-    /// (set on forwarded requests).
+    /// The node that served it.
     pub served_by: Option<String>,
 }
 
@@ -150,6 +149,8 @@ pub struct KvError {
 #[derive(Debug)]
 pub struct Relayed {
     pub status: u16,
+    /// The node that served it (the target, or the replica the target passed it to).
+    pub served_by: Option<String>,
     /// The target's misroute mark, if any.
     pub misrouted_epoch: Option<u64>,
     pub retry_after: Option<String>,
@@ -370,6 +371,9 @@ impl Node {
                 deadline_ms: self.wall.now_ms() + timeout.as_millis() as u64,
             };
             self.metrics.forwarded.inc();
+            if req.op.is_write() {
+                self.metrics.forwarded_writes.inc();
+            }
             match self.forwarder.forward(self.me(), target, fwd).await {
                 Ok(answer) => return Ok(answer),
                 Err(Unreachable::NoAnswer) if req.op.is_write() => {
@@ -494,12 +498,12 @@ impl Node {
         KvAnswer::Reply(KvReply { outcome, context, served_by })
     }
 
-    /// Names this node in answers to forwarded requests.
-    fn served_by(&self, req: &KvRequest) -> Option<String> {
-        (req.hop > 0).then(|| self.me().to_owned())
+    /// Names this node as the one that served a request.
+    fn served_by(&self, _req: &KvRequest) -> Option<String> {
+        Some(self.me().to_owned())
     }
 
-    /// `Unavailable`; names this node when it was the target of a forward.
+    /// `Unavailable`, from this node.
     fn unavailable(&self, req: &KvRequest) -> KvAnswer {
         KvAnswer::Error(KvError { kind: KvErrorKind::Unavailable, context: req.context.clone(), served_by: self.served_by(req) })
     }

@@ -17,6 +17,7 @@
 
 pub mod dispatch;
 pub mod kv;
+pub mod status;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -86,6 +87,9 @@ pub struct Node {
     pub change: crate::viewchange::participant::ChangeState,
     round_robin: AtomicUsize,
     ready: AtomicBool,
+    /// The views this node installed (shown by the status).
+    pub view_history: status::ViewHistory,
+    started: tokio::time::Instant,
 }
 
 impl Node {
@@ -152,6 +156,12 @@ impl Node {
 
     /// Makes `view` current: swaps the map and restarts the gossip tasks.
     pub(crate) fn install_epoch(&self, view: View) {
+        self.view_history.record(status::ViewChangeRecord {
+            epoch: view.epoch,
+            view: view.nodes.clone(),
+            repl_factor: view.repl_factor,
+            at_ms: self.wall.now_ms(),
+        });
         let epoch = self.make_epoch(view);
         let (stop, handles) = {
             let (tx, _) = watch::channel(false);
@@ -217,6 +227,8 @@ impl Node {
             change: crate::viewchange::participant::ChangeState::default(),
             round_robin: AtomicUsize::new(0),
             ready: AtomicBool::new(false),
+            view_history: status::ViewHistory::default(),
+            started: tokio::time::Instant::now(),
         });
         node.install_epoch(view);
         Ok(node)

@@ -179,6 +179,11 @@ impl ShardMap {
         shard.checked_sub(1).and_then(|i| self.shards.get(i as usize)).map(Vec::as_slice).unwrap_or(&[])
     }
 
+    /// Whether this node is a replica of `key`'s shard.
+    pub fn is_replica_of_key(&self, key: &str) -> bool {
+        self.is_replica(self.shard_of(key))
+    }
+
     pub fn is_replica(&self, shard: ShardId) -> bool {
         self.my_shard == Some(shard)
     }
