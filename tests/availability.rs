@@ -16,7 +16,7 @@ async fn shard1_key(c: &Cluster, prefix: &str) -> (String, serde_json::Value) {
     for k in 0..200 {
         let key = format!("{prefix}-{k}");
         let put = c.put(0, &key, json!("v0"), &json!({})).await;
-        if put.address().is_none() {
+        if put.forwarded_to().is_none() {
             return (key, put.ctx());
         }
     }
@@ -52,7 +52,7 @@ async fn writes_continue_when_the_master_freezes() {
             continue;
         }
         assert!(put.status.is_success(), "write {i} failed while the master is frozen: {}", put.body);
-        assert_eq!(put.address(), Some(c.addr(1)), "the worker took the write");
+        assert_eq!(put.forwarded_to(), Some(c.addr(1)), "the worker took the write");
         ctx = put.ctx();
         slowest = slowest.max(t.elapsed());
         if started.elapsed() > Duration::from_millis(2500) {

@@ -21,7 +21,7 @@ async fn key_mastered_by(c: &Cluster, master: usize, prefix: &str, value: Value)
         let key = format!("{prefix}-{k}");
         let put = c.put(master, &key, value.clone(), &json!({})).await;
         assert!(put.status.is_success(), "{}", put.body);
-        if put.address().is_none() {
+        if put.forwarded_to().is_none() {
             return (key, put.ctx());
         }
     }
@@ -47,12 +47,12 @@ async fn a_lagging_worker_never_answers_older_than_the_context() {
 
     let stale = c.get(1, &key, &json!({})).await;
     assert_eq!(stale.value(), Some(&json!("old")), "without a context the lagging worker serves what it has");
-    assert!(stale.address().is_none());
+    assert!(stale.forwarded_to().is_none());
 
     let fresh = c.get(1, &key, &put.ctx()).await;
     assert_eq!(fresh.status, StatusCode::OK, "{}", fresh.body);
     assert_eq!(fresh.value(), Some(&json!("new")), "with the context: never the old value");
-    if let Some(a) = fresh.address() {
+    if let Some(a) = fresh.forwarded_to() {
         assert_eq!(a, c.addr(0));
     }
     // The same through a non-replica entry node (forwarded to the worker).

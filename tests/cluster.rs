@@ -44,10 +44,10 @@ async fn requests_are_forwarded_to_replicas_of_the_keys_shard() {
         let entry = k % 4;
         let put = c.put(entry, &key, json!(k), &json!({})).await;
         assert_eq!(put.status, StatusCode::CREATED, "{}", put.body);
-        let master = put.address().unwrap_or(c.addr(entry)).to_string();
+        let master = put.forwarded_to().unwrap_or(c.addr(entry)).to_string();
         let shard = *shard_of_master.get(&master).unwrap_or_else(|| panic!("write for {key} served by {master}, not a master"));
         // An entry node that is the master serves it itself.
-        assert_eq!(put.address().is_none(), c.addr(entry) == master, "{key} at {entry}: {}", put.body);
+        assert_eq!(put.forwarded_to().is_none(), c.addr(entry) == master, "{key} at {entry}: {}", put.body);
         key_shard.insert(key.clone(), shard);
         // Reads at every node, with the write's context.
         for i in 0..4 {
@@ -56,7 +56,7 @@ async fn requests_are_forwarded_to_replicas_of_the_keys_shard() {
             assert_eq!(get.value(), Some(&json!(k)));
             let replicas = &shards[&shard];
             let entry_is_replica = replicas.iter().any(|r| r == c.addr(i));
-            match get.address() {
+            match get.forwarded_to() {
                 None => assert!(entry_is_replica, "{key} served locally by a non-replica {}", c.addr(i)),
                 Some(a) => {
                     assert!(!entry_is_replica, "a replica forwarded a satisfiable read of {key}");
@@ -112,7 +112,7 @@ async fn writes_replicate_and_key_counts_add_up() {
         let key = format!("rep-{k}");
         for i in 0..4 {
             let get = c.get(i, &key, &json!({})).await;
-            if get.address().is_none() {
+            if get.forwarded_to().is_none() {
                 let want = if k % 10 == 0 { StatusCode::NOT_FOUND } else { StatusCode::OK };
                 assert_eq!(get.status, want, "{key} at replica {i}: {}", get.body);
             }
@@ -129,7 +129,7 @@ async fn reads_use_workers_and_fall_back_to_the_master() {
     let mut key = None;
     for k in 0..100 {
         let put = c.put(0, &format!("rr-{k}"), json!(k), &json!({})).await;
-        if put.address() == Some(c.addr(2)) {
+        if put.forwarded_to() == Some(c.addr(2)) {
             key = Some((format!("rr-{k}"), put.ctx()));
             break;
         }
@@ -139,13 +139,13 @@ async fn reads_use_workers_and_fall_back_to_the_master() {
     for _ in 0..10 {
         let get = c.get(0, &key, &ctx).await;
         assert_eq!(get.status, StatusCode::OK);
-        *served_by.entry(get.address().unwrap().to_string()).or_insert(0) += 1;
+        *served_by.entry(get.forwarded_to().unwrap().to_string()).or_insert(0) += 1;
     }
     assert_eq!(served_by.get(c.addr(3)), Some(&10), "reads go to the worker: {served_by:?}");
     c.nodes[3].kill();
     let get = c.get(0, &key, &ctx).await;
     assert_eq!(get.status, StatusCode::OK);
-    assert_eq!(get.address(), Some(c.addr(2)), "master serves when the worker is down");
+    assert_eq!(get.forwarded_to(), Some(c.addr(2)), "master serves when the worker is down");
     // Writes still work with the worker down (only the master is needed).
     let put = c.put(1, &key, json!("after"), &ctx).await;
     assert_eq!(put.status, StatusCode::OK, "{}", put.body);
@@ -165,7 +165,7 @@ async fn reads_use_workers_and_fall_back_to_the_master() {
 async fn a_worker_accepts_writes_when_the_master_is_down() {
     let mut c = Cluster::start(2, 2).await;
     let put = c.put(1, "w", json!(1), &json!({})).await;
-    assert_eq!(put.address(), Some(c.addr(0)));
+    assert_eq!(put.forwarded_to(), Some(c.addr(0)));
     // The worker must hold the write the client's context names before the
     // master dies, or it would rightly refuse (503) to build on it.
     let replicated = wait_until(Duration::from_secs(10), || async { c.get(1, "w", &json!({})).await.value() == Some(&json!(1)) }).await;
@@ -173,7 +173,7 @@ async fn a_worker_accepts_writes_when_the_master_is_down() {
     c.nodes[0].kill();
     let put2 = c.put(1, "w", json!(2), &put.ctx()).await;
     assert_eq!(put2.status, StatusCode::OK, "{}", put2.body);
-    assert!(put2.address().is_none(), "served by the worker itself");
+    assert!(put2.forwarded_to().is_none(), "served by the worker itself");
     assert!(put2.seq_of(c.addr(1)) >= 1, "the write is a dot of the worker: {}", put2.body);
     c.restart(0).await;
     let got = c.get(0, "w", &put2.ctx()).await;
@@ -203,7 +203,8 @@ async fn a_write_through_a_worker_is_readable_there_at_once_without_context() {
         let key = format!("ryw-{i}");
         let put = c.put(1, &key, json!(i), &json!({})).await;
         assert!(put.status.is_success(), "{}", put.body);
-        assert_eq!(put.address(), Some(c.addr(0)), "the master took the write");
+        assert_eq!(put.forwarded_to(), Some(c.addr(0)), "the master took the write");
+        assert_eq!(put.address(), None, "a write passed to the node's own shard's master names no address: {}", put.body);
         let get = c.get(1, &key, &json!({})).await;
         assert_eq!(get.value(), Some(&json!(i)), "{key} not yet at the worker that passed it on: {}", get.body);
     }

@@ -268,15 +268,15 @@ async fn judge(name: &str, env: &Env, history: causalkv::check::History, notes: 
     assert!(report.lost_writes.is_empty(), "{name}: lost acknowledged writes: {:#?}", report.lost_writes);
 }
 
-/// A key whose shard node `i` is a replica of: a PUT at `i` is served there
-/// (no `address`).
+/// A key whose writes node `i` serves itself (it is the master of the
+/// key's shard): a PUT at `i` names `i` in the served-by header.
 async fn key_of_shard_of(env: &Env, i: usize, prefix: &str) -> String {
     let client = common::client();
     for n in 0..200 {
         let key = format!("{prefix}-{n}");
         let a = put(&client, &env.nodes[i], &key, json!("probe"), &json!({})).await;
         assert!(a.status.is_success(), "probe write: {}", a.body);
-        if a.address().is_none() {
+        if a.served_by.as_deref() == Some(env.view[i].as_str()) {
             return key;
         }
     }
@@ -516,7 +516,7 @@ async fn s2_partition_then_heal() {
         tokio::time::sleep(Duration::from_millis(200)).await;
         cut = put(&client, &env.nodes[victim], &probe_key, json!("cut-off side"), &json!({})).await;
     }
-    assert!(cut.status.is_success() && cut.address().is_none(), "the cut-off replica accepts a write itself: {}", cut.body);
+    assert!(cut.status.is_success() && cut.served_by.as_deref() == Some(env.view[victim].as_str()), "the cut-off replica accepts a write itself: {}", cut.body);
     assert!(cut_at.elapsed() < Duration::from_secs(5), "the cut-off replica took {:?} to accept a write", cut_at.elapsed());
     tokio::time::sleep(Duration::from_millis(500)).await;
     let other = get(&client, &env.nodes[0], &probe_key, &json!({})).await;

@@ -21,7 +21,7 @@ async fn burst(c: &Arc<Cluster>, node: usize, prefix: &str, writes: usize, concu
                 let key = format!("{prefix}-{k}");
                 let put = c.put(node, &key, json!({"k": k, "pad": "x".repeat(200)}), &json!({})).await;
                 assert!(put.status.is_success(), "{}", put.body);
-                let origin = put.address().unwrap_or(c.addr(node)).to_string();
+                let origin = put.forwarded_to().unwrap_or(c.addr(node)).to_string();
                 acked.push((key, k as u64, put.seq_of(&origin)));
             }
             acked

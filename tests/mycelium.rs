@@ -386,7 +386,7 @@ async fn strangers_impostors_and_bad_signatures_are_dropped_and_big_values_still
     let a = c.get(1, "big", &a.ctx()).await;
     assert_eq!(a.status, StatusCode::OK);
     assert_eq!(a.value(), Some(&json!(big)));
-    assert_eq!(a.address(), None, "served by node 1 itself");
+    assert_eq!(a.forwarded_to(), None, "served by node 1 itself");
     for i in 0..2 {
         for path in GOSSIP_PATHS {
             assert_eq!(internal_http(c, i, path).await, 0);
@@ -424,7 +424,7 @@ async fn gossip_follows_a_view_change_and_nodes_without_an_identity_are_refused(
     assert_eq!(a.status, StatusCode::CREATED, "{:?}", a.body);
     for i in 1..4 {
         let r = c.get(i, "after", &a.ctx()).await;
-        assert_eq!((r.status, r.address()), (StatusCode::OK, None), "node {i} serves the new write itself: {:?}", r.body);
+        assert_eq!((r.status, r.forwarded_to()), (StatusCode::OK, None), "node {i} serves the new write itself: {:?}", r.body);
         let r = c.get(i, "before", &json!({})).await;
         assert_eq!(r.value(), Some(&json!("v1")));
     }
@@ -481,7 +481,7 @@ async fn a_wiped_replica_is_rebuilt_from_a_snapshot_over_mycelium() {
     assert!(wait_until(Duration::from_secs(10), || async { c.metric(1, "causalkv_snapshots_installed").await >= 1 }).await);
     assert!(labelled(c, 0, "mycelium_requests_received", "kind", "snapshot").await >= 1);
     let get = c.get(1, "snap-299", &last).await;
-    assert_eq!((get.status, get.address()), (StatusCode::OK, None));
+    assert_eq!((get.status, get.forwarded_to()), (StatusCode::OK, None));
     for i in 0..2 {
         for path in GOSSIP_PATHS {
             assert_eq!(internal_http(c, i, path).await, 0, "node {i} received HTTP {path}");
@@ -635,7 +635,7 @@ async fn a_burst_of_2000_writes_on_ipv6_view_addresses_reaches_every_replica_wit
     assert!(chunked > 0 && padded > 0, "frames longer than one chunk, some padded, travelled");
     for i in 0..3 {
         let a = c.get(i, "burst-1999", &json!({})).await;
-        assert_eq!((a.status, a.address()), (StatusCode::OK, None));
+        assert_eq!((a.status, a.forwarded_to()), (StatusCode::OK, None));
         for path in GOSSIP_PATHS {
             assert_eq!(internal_http(c, i, path).await, 0, "node {i} received HTTP {path}");
         }

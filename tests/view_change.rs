@@ -127,7 +127,7 @@ async fn shrink_from_four_nodes_to_two() {
         assert_eq!(kc.body["shard-id"], Value::Null);
         let key = written.keys().next().unwrap();
         let get = c.get(removed, key, &json!({})).await;
-        let served_by = get.address().expect("a removed node forwards");
+        let served_by = get.forwarded_to().expect("a removed node forwards");
         assert!(served_by == c.addr(0) || served_by == c.addr(2));
     }
 }

@@ -441,6 +441,10 @@ pub struct Answer {
     pub status: StatusCode,
     pub body: Value,
     pub retry_after: Option<String>,
+    /// The `x-causalkv-served-by` header: the node that served a key request.
+    pub served_by: Option<String>,
+    /// `host:port` of the node the request was sent to.
+    pub asked: String,
 }
 
 impl Answer {
@@ -448,8 +452,15 @@ impl Answer {
         self.body.get("causal-context").cloned().unwrap_or_else(|| panic!("no causal-context in {}", self.body))
     }
 
+    /// The body's `address` (set only when a node of another shard served it).
     pub fn address(&self) -> Option<&str> {
         self.body.get("address").and_then(Value::as_str)
+    }
+
+    /// The node that served the request when it was not the node asked
+    /// (from the served-by header; tests address nodes as their ADDRESS).
+    pub fn forwarded_to(&self) -> Option<&str> {
+        self.served_by.as_deref().filter(|s| *s != self.asked)
     }
 
     pub fn value(&self) -> Option<&Value> {
@@ -466,10 +477,13 @@ pub async fn send(req: reqwest::RequestBuilder) -> Answer {
     let resp = req.send().await.expect("the node answered (no dropped connection)");
     let status = resp.status();
     let retry_after = resp.headers().get("retry-after").and_then(|v| v.to_str().ok()).map(String::from);
+    let served_by = resp.headers().get("x-causalkv-served-by").and_then(|v| v.to_str().ok()).map(String::from);
+    let url = resp.url();
+    let asked = format!("{}:{}", url.host_str().unwrap_or_default(), url.port_or_known_default().unwrap_or_default());
     let text = resp.text().await.expect("a body");
     let body: Value = serde_json::from_str(&text).unwrap_or_else(|_| panic!("non-JSON answer ({status}): {text}"));
     assert!(body.is_object(), "answer is not an object: {body}");
-    Answer { status, body, retry_after }
+    Answer { status, body, retry_after, served_by, asked }
 }
 
 /// Polls `cond` every 20 ms until it holds or `limit` passes.
