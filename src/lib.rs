@@ -1,6 +1,7 @@
 pub mod api;
 pub mod causal;
 pub mod check;
+pub mod client;
 pub mod config;
 pub mod faults;
 pub mod gossip;

@@ -7,6 +7,7 @@ use clap::{Parser, Subcommand};
 
 use causalkv::{Config, NodeArgs};
 
+mod cli;
 mod cluster;
 mod probe;
 
@@ -33,6 +34,8 @@ enum Command {
     /// Health probe for container HEALTHCHECKs (exit 0 when the node answers 2xx).
     #[command(hide = true)]
     Probe(probe::ProbeArgs),
+    #[command(flatten)]
+    Client(cli::ClientCommand),
 }
 
 fn main() -> ExitCode {
@@ -60,6 +63,7 @@ fn main() -> ExitCode {
     match cli.command {
         Some(Command::Cluster(args)) => cluster::run(args),
         Some(Command::Probe(args)) => probe::run(&args),
+        Some(Command::Client(command)) => cli::run(command),
         None => run_node(&cli.node),
     }
 }
