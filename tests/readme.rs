@@ -96,6 +96,94 @@ fn the_readme_cluster_and_curl_session_work_as_shown() {
     }
 }
 
+// The README's command-line session, run as written (ports shifted) against
+// a fresh `causalkv cluster --nodes 4 --repl-factor 2`: same output. `shards`
+// and `status` show replication as it stands, so they are asked again (with
+// a deadline) until the workers have caught up.
+#[test]
+fn the_readme_cli_session_works_as_shown() {
+    let base = common::free_port_run(4);
+    let data = tempfile::tempdir().unwrap();
+    let work = tempfile::tempdir().unwrap();
+    let mut cluster = Command::new(common::BIN)
+        .args(["cluster", "--nodes", "4", "--repl-factor", "2", "--base-port", &base.to_string()])
+        .arg("--data-dir")
+        .arg(data.path())
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start the cluster command");
+    let stdout = cluster.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let started = Instant::now() + Duration::from_secs(60);
+    loop {
+        let left = started.saturating_duration_since(Instant::now());
+        if rx.recv_timeout(left).expect("the cluster command printed its map").starts_with("Ctrl-C") {
+            break;
+        }
+    }
+    let bin_dir = std::path::Path::new(common::BIN).parent().unwrap().to_path_buf();
+    let path = format!("{}:{}", bin_dir.display(), std::env::var("PATH").unwrap_or_default());
+    let session = readme_block("## Command-line client", "console");
+    let mut steps: Vec<(String, String)> = Vec::new();
+    for line in session.lines() {
+        if let Some(cmd) = line.strip_prefix("$ ") {
+            steps.push((cmd.to_string(), String::new()));
+        } else if let Some(last) = steps.last_mut() {
+            last.1.push_str(line);
+            last.1.push('\n');
+        }
+    }
+    assert!(steps.len() >= 10, "the session has its steps");
+    let mut env: Vec<(String, String)> = Vec::new();
+    for (cmd, expected) in &steps {
+        let cmd = shift_ports(cmd, base);
+        if let Some(assignment) = cmd.strip_prefix("export ") {
+            let (name, value) = assignment.split_once('=').expect("NAME=VALUE");
+            env.push((name.to_string(), value.to_string()));
+            continue;
+        }
+        let expected = shift_ports(expected, base);
+        let read_only = cmd.starts_with("causalkv shards") || cmd.starts_with("causalkv status");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let out = Command::new("bash")
+                .arg("-c")
+                .arg(format!("exec 2>&1\n{cmd}"))
+                .current_dir(work.path())
+                .env("PATH", &path)
+                .env("RUST_LOG", "warn")
+                .envs(env.iter().cloned())
+                .output()
+                .expect("run bash");
+            let got = String::from_utf8_lossy(&out.stdout).to_string();
+            if got.trim_end() == expected.trim_end() {
+                break;
+            }
+            assert!(read_only && Instant::now() < deadline, "\n$ {cmd}\nprinted:\n{got}\nREADME says:\n{expected}");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+    unsafe {
+        libc::kill(cluster.id() as i32, libc::SIGINT);
+    }
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let status = loop {
+        if let Some(s) = cluster.try_wait().unwrap() {
+            break s;
+        }
+        assert!(Instant::now() < deadline, "the cluster did not stop on Ctrl-C");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert!(status.success(), "cluster exited with {status}");
+}
+
 // `cargo run --release` (the README's first command) must start a node even
 // though the package has more than one binary.
 #[test]
