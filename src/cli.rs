@@ -230,10 +230,8 @@ async fn execute(command: &ClientCommand) -> Result<u8, Error> {
                     .collect();
                 println!("{}", Value::from(list));
             } else {
-                let rows = shards
-                    .iter()
-                    .map(|s| vec![s.id.to_string(), s.master.clone(), s.replicas.join(","), count(s.key_count)])
-                    .collect();
+                let rows =
+                    shards.iter().map(|s| vec![s.id.to_string(), s.master.clone(), s.replicas.join(","), count(s.key_count)]).collect();
                 print_table(&["SHARD", "MASTER", "REPLICAS", "KEYS"], rows);
             }
             0
@@ -253,7 +251,15 @@ async fn execute(command: &ClientCommand) -> Result<u8, Error> {
                             _ => "?".to_owned(),
                         };
                         let epoch = r.epoch.map(|e| e.to_string()).unwrap_or_else(|| "?".into());
-                        rows.push(vec![r.node.clone(), shard.shard_id.to_string(), r.role.clone(), r.state.clone(), epoch, behind, count(r.key_count)]);
+                        rows.push(vec![
+                            r.node.clone(),
+                            shard.shard_id.to_string(),
+                            r.role.clone(),
+                            r.state.clone(),
+                            epoch,
+                            behind,
+                            count(r.key_count),
+                        ]);
                     }
                 }
                 print_table(&["NODE", "SHARD", "ROLE", "STATE", "EPOCH", "BEHIND", "KEYS"], rows);

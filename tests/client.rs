@@ -191,7 +191,10 @@ async fn status_shows_a_frozen_worker_as_behind_within_3_s() {
     let (code, out, err) = cli(&c, &["status", "--json"]);
     assert_eq!(code, 0, "{err}");
     let parsed: Value = serde_json::from_str(&out).expect("status --json is JSON");
-    assert!(parsed["shards"].as_array().expect("shards").iter().all(|s| s["replicas"].as_array().unwrap().iter().all(|r| r["state"] == "ok")), "{out}");
+    assert!(
+        parsed["shards"].as_array().expect("shards").iter().all(|s| s["replicas"].as_array().unwrap().iter().all(|r| r["state"] == "ok")),
+        "{out}"
+    );
 
     c.nodes[w].signal(libc::SIGSTOP);
     let frozen_at = Instant::now();

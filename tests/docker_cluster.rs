@@ -516,7 +516,11 @@ async fn s2_partition_then_heal() {
         tokio::time::sleep(Duration::from_millis(200)).await;
         cut = put(&client, &env.nodes[victim], &probe_key, json!("cut-off side"), &json!({})).await;
     }
-    assert!(cut.status.is_success() && cut.served_by.as_deref() == Some(env.view[victim].as_str()), "the cut-off replica accepts a write itself: {}", cut.body);
+    assert!(
+        cut.status.is_success() && cut.served_by.as_deref() == Some(env.view[victim].as_str()),
+        "the cut-off replica accepts a write itself: {}",
+        cut.body
+    );
     assert!(cut_at.elapsed() < Duration::from_secs(5), "the cut-off replica took {:?} to accept a write", cut_at.elapsed());
     tokio::time::sleep(Duration::from_millis(500)).await;
     let other = get(&client, &env.nodes[0], &probe_key, &json!({})).await;

@@ -140,3 +140,49 @@ async fn client_certificates_are_required_and_must_chain_to_tls_ca() {
     assert_eq!(a.status, StatusCode::NOT_FOUND, "a refused caller wrote: {}", a.body);
     assert_eq!(c.get_json(0, "/kv-store/key-count").await.body["key-count"], json!(0));
 }
+
+// The Rust client and the CLI against a mutual-TLS cluster with an admin
+// token: key requests work with the CA and a client certificate; a view
+// change needs the token.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_client_and_cli_speak_mutual_tls_and_send_the_admin_token() {
+    use causalkv::client::{Client, ClientTls, Error};
+    let pki = Pki::new("cluster CA");
+    let mut env = pki.node_env("required");
+    env.push(("ADMIN_TOKEN".into(), "let-me-in".into()));
+    let (cert, key) = pki.issue("client", &["client"]);
+    let http = https_client(&pki.ca_path(), Some((cert.clone(), key.clone())));
+    let c = Cluster::start_with_client(2, 2, 2, &refs(&env), http).await;
+    let tls = ClientTls { ca: pki.ca_path(), identity: Some((cert.clone(), key.clone())) };
+    let url = format!("https://{}", c.addr(0));
+    let client = Client::builder([url.as_str()]).tls(tls.clone()).build().expect("client");
+    let session = client.session();
+    assert!(session.put("t", &json!({"over": "tls"})).await.expect("put").created);
+    assert_eq!(session.get::<serde_json::Value>("t").await.expect("get"), Some(json!({"over": "tls"})));
+    let view: Vec<String> = (0..2).map(|i| c.addr(i).to_string()).collect();
+    match client.view_change(&view, Some(1)).await {
+        Err(Error::Unauthorized { status: 401, .. }) => {}
+        other => panic!("a view change without the token: {other:?}"),
+    }
+    let admin = Client::builder([url.as_str()]).tls(tls).admin_token("let-me-in").build().expect("client");
+    admin.view_change(&view, Some(1)).await.expect("a view change with the token");
+    assert_eq!(admin.shards().await.expect("shards").len(), 2);
+
+    let out = std::process::Command::new(common::BIN)
+        .args(["get", "t", "--nodes", &url, "--tls-ca"])
+        .arg(pki.ca_path())
+        .arg("--tls-cert")
+        .arg(&cert)
+        .arg("--tls-key")
+        .arg(&key)
+        .output()
+        .expect("run the CLI");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), r#"{"over":"tls"}"#);
+    let no_cert = std::process::Command::new(common::BIN)
+        .args(["get", "t", "--retry-for", "0.2", "--nodes", &url, "--tls-ca"])
+        .arg(pki.ca_path())
+        .output()
+        .expect("run the CLI");
+    assert_eq!(no_cert.status.code(), Some(3), "without a client certificate no node answers");
+}

@@ -485,7 +485,8 @@ impl Client {
 
     /// `POST /join`: adds one node to the view.
     pub async fn join(&self, node_id: &str, node_addr: &str) -> Result<Value, Error> {
-        let path = format!("/join?nodeid={}&nodeaddr={}", utf8_percent_encode(node_id, KEY_SEGMENT), utf8_percent_encode(node_addr, KEY_SEGMENT));
+        let path =
+            format!("/join?nodeid={}&nodeaddr={}", utf8_percent_encode(node_id, KEY_SEGMENT), utf8_percent_encode(node_addr, KEY_SEGMENT));
         let answer = self.admin(Method::POST, &path, None).await?;
         let _ = self.refresh(None).await;
         Ok(answer)
@@ -550,7 +551,13 @@ impl Client {
 
 /// A transport error with its cause (reqwest's own text names only the URL).
 fn describe(e: &reqwest::Error) -> String {
-    let mut text = if e.is_timeout() { "timed out".to_owned() } else if e.is_connect() { "cannot connect".to_owned() } else { e.to_string() };
+    let mut text = if e.is_timeout() {
+        "timed out".to_owned()
+    } else if e.is_connect() {
+        "cannot connect".to_owned()
+    } else {
+        e.to_string()
+    };
     let mut source = std::error::Error::source(e);
     while let Some(cause) = source {
         text = format!("{text}: {cause}");

@@ -249,10 +249,8 @@ impl ClusterStatus {
             .map(|shard| {
                 // The lag of a replica as the master reports it, else as the
                 // replica that reports it furthest behind.
-                let reporters: Vec<&NodeStatus> = std::iter::once(shard.master.as_str())
-                    .chain(shard.replicas.iter().map(String::as_str))
-                    .filter_map(status_of)
-                    .collect();
+                let reporters: Vec<&NodeStatus> =
+                    std::iter::once(shard.master.as_str()).chain(shard.replicas.iter().map(String::as_str)).filter_map(status_of).collect();
                 let replicas = shard
                     .replicas
                     .iter()
@@ -289,6 +287,13 @@ impl ClusterStatus {
                 ShardReport { shard_id: shard.shard_id, master: shard.master.clone(), replicas }
             })
             .collect();
-        ClusterStatus { asked: asked.node.clone(), epoch: asked.epoch, view: asked.view.clone(), repl_factor: asked.repl_factor, shards, nodes: reports }
+        ClusterStatus {
+            asked: asked.node.clone(),
+            epoch: asked.epoch,
+            view: asked.view.clone(),
+            repl_factor: asked.repl_factor,
+            shards,
+            nodes: reports,
+        }
     }
 }
