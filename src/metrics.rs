@@ -54,6 +54,13 @@ pub struct Metrics {
     pub forwarded: Counter,
     /// The writes among `forwarded` (a client that sends writes to the master needs none).
     pub forwarded_writes: Counter,
+    /// Snapshot reads answered, their second rounds (shards), and the reads refused after retrying.
+    pub snapshot_reads: Counter,
+    pub snapshot_second_rounds: Counter,
+    pub snapshot_reads_failed: Counter,
+    /// Change-feed events sent to watchers, and watchers cut off for being slow.
+    pub watch_events: Counter,
+    pub watchers_cut_off: Counter,
     /// Forwarded writes that got no answer (maybe executed): answered 503, never retried elsewhere.
     pub ambiguous_forwards: Counter,
     pub holdback_waits: Counter,
@@ -123,6 +130,11 @@ impl Default for Metrics {
             request_seconds: Histogram::new(exponential_buckets(0.0001, 2.0, 18)),
             forwarded: Counter::default(),
             forwarded_writes: Counter::default(),
+            snapshot_reads: Counter::default(),
+            snapshot_second_rounds: Counter::default(),
+            snapshot_reads_failed: Counter::default(),
+            watch_events: Counter::default(),
+            watchers_cut_off: Counter::default(),
             ambiguous_forwards: Counter::default(),
             holdback_waits: Counter::default(),
             holdback_unsatisfied: Counter::default(),
@@ -173,6 +185,11 @@ impl Default for Metrics {
         registry.register("request_seconds", "Client request latency", m.request_seconds.clone());
         registry.register("forwarded", "Requests forwarded to another node", m.forwarded.clone());
         registry.register("forwarded_writes", "Writes (PUT, DELETE) forwarded to another node", m.forwarded_writes.clone());
+        registry.register("snapshot_reads", "Snapshot reads answered", m.snapshot_reads.clone());
+        registry.register("snapshot_second_rounds", "Second rounds of snapshot reads (one per shard)", m.snapshot_second_rounds.clone());
+        registry.register("snapshot_reads_failed", "Snapshot reads refused after their retry", m.snapshot_reads_failed.clone());
+        registry.register("watch_events", "Change-feed events sent to watchers", m.watch_events.clone());
+        registry.register("watchers_cut_off", "Watchers cut off because they read too slowly", m.watchers_cut_off.clone());
         registry.register(
             "ambiguous_forwards",
             "Forwarded writes without an answer (maybe executed): answered 503, not retried at another replica",

@@ -58,6 +58,11 @@ pub enum ApiError {
     HeadersTooLarge,
     #[error("Too many connections")]
     TooManyConnections,
+    /// A snapshot read naming more keys than it may (or none).
+    #[error("A read names 1 to {0} keys")]
+    KeyCount(usize),
+    #[error("Too many watchers")]
+    TooManyWatchers,
     #[error("Something went wrong")]
     Internal(#[source] Box<dyn std::error::Error + Send + Sync>),
 }
@@ -70,13 +75,14 @@ impl ApiError {
             | Self::InvalidKey
             | Self::ValueMissing
             | Self::ValueTooDeep(_)
+            | Self::KeyCount(_)
             | Self::BadBody
             | Self::InvalidContext
             | Self::InvalidView(_) => StatusCode::BAD_REQUEST,
             Self::ValueTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             Self::UriTooLong => StatusCode::URI_TOO_LONG,
             Self::HeadersTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
-            Self::Unavailable | Self::ViewConflict(_) | Self::TooManyConnections => StatusCode::SERVICE_UNAVAILABLE,
+            Self::Unavailable | Self::ViewConflict(_) | Self::TooManyConnections | Self::TooManyWatchers => StatusCode::SERVICE_UNAVAILABLE,
             Self::KeyNotFound | Self::ShardNotFound | Self::RouteNotFound => StatusCode::NOT_FOUND,
             Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             Self::Unauthorized => StatusCode::UNAUTHORIZED,

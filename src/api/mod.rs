@@ -14,9 +14,11 @@ pub mod forward;
 mod internal;
 mod key_requests;
 pub mod limits;
+mod read;
 mod reply;
 mod request;
 mod status;
+mod watch;
 
 use std::sync::Arc;
 
@@ -55,6 +57,8 @@ pub fn router(node: Arc<Node>, client: reqwest::Client) -> Router {
         .route("/kv-store/shards/{id}", get(cluster::shard_info))
         .route("/kv-store/view-change", put(admin::view_change))
         .route("/join", post(admin::join))
+        .route("/kv-store/read", post(read::read))
+        .route("/kv-store/watch", get(watch::watch))
         .route("/kv-store/status", get(status::node_status))
         .route("/kv-store/cluster-status", get(status::cluster_status))
         .route("/health", get(cluster::health))

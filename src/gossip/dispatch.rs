@@ -79,7 +79,9 @@ impl Gossip {
                 to_json(&self.handle_heartbeat(&msg))
             }
             // View-change steps are the node's (`Node::dispatch`), not gossip's.
-            Message::View(_) => Err((400, format!("{name} is not a gossip message"))),
+            Message::View(_) | Message::ReadFirst | Message::ReadSecond | Message::Feed => {
+                Err((400, format!("{name} is not a gossip message")))
+            }
         }
     }
 }

@@ -89,11 +89,17 @@ pub enum Message {
     Snapshot,
     Heartbeat,
     View(Step),
+    /// Snapshot reads (`node::snapshot`): values with their deps, then the
+    /// versions at a cut.
+    ReadFirst,
+    ReadSecond,
+    /// Change feeds (`node::feed`): the writes after a clock.
+    Feed,
 }
 
 impl Message {
     /// Every kind, for parsing.
-    pub const ALL: [Message; 11] = [
+    pub const ALL: [Message; 14] = [
         Message::Replicate,
         Message::Pull,
         Message::Snapshot,
@@ -105,6 +111,9 @@ impl Message {
         Message::View(Step::Commit),
         Message::View(Step::Abort),
         Message::View(Step::Current),
+        Message::ReadFirst,
+        Message::ReadSecond,
+        Message::Feed,
     ];
 
     /// The kind a wire name names.
@@ -126,6 +135,9 @@ impl Message {
             Message::View(Step::Commit) => "/internal/view/commit",
             Message::View(Step::Abort) => "/internal/view/abort",
             Message::View(Step::Current) => "/internal/view/current",
+            Message::ReadFirst => "/internal/read/first",
+            Message::ReadSecond => "/internal/read/second",
+            Message::Feed => "/internal/feed",
         }
     }
 
@@ -133,5 +145,11 @@ impl Message {
     /// carry it).
     pub fn name(self) -> &'static str {
         &self.path()["/internal/".len()..]
+    }
+
+    /// Messages of the client path (view-change steps, snapshot reads,
+    /// feeds), as opposed to gossip: over Mycelium they still go over HTTP.
+    pub fn is_client_path(self) -> bool {
+        matches!(self, Message::View(_) | Message::ReadFirst | Message::ReadSecond | Message::Feed)
     }
 }

@@ -622,7 +622,8 @@ async fn post(shared: &Shared, dst: &Identity, payload: Vec<u8>) -> Result<(), S
 }
 
 impl Transport for MyceliumTransport {
-    /// Gossip goes over Mycelium; view-change steps go over HTTP. A change to
+    /// Gossip goes over Mycelium; view-change steps, snapshot reads and
+    /// feeds (the client path) go over HTTP. A change to
     /// a view with a node that has no Mycelium identity is refused at
     /// prepare: its gossip could never be delivered.
     fn call<'a>(
@@ -634,6 +635,7 @@ impl Transport for MyceliumTransport {
     ) -> BoxFuture<'a, Result<Vec<u8>, GossipError>> {
         Box::pin(async move {
             match kind {
+                Message::ReadFirst | Message::ReadSecond | Message::Feed => self.http.call(peer, kind, body, timeout).await,
                 Message::View(step) => {
                     if step == Step::Prepare
                         && let Ok(p) = serde_json::from_str::<Proposal>(body.get())

@@ -70,6 +70,9 @@ impl Node {
         }
         let step = match kind {
             Message::View(step) => step,
+            Message::ReadFirst => return to_json(&self.read_first(parse(body, "read")?).await?),
+            Message::ReadSecond => return to_json(&self.read_second(parse(body, "read")?).await?),
+            Message::Feed => return to_json(&self.feed(parse(body, "feed request")?).await?),
             gossip => {
                 if gossip == Message::Heartbeat {
                     self.note_epoch_of_proposed_member(sender, body);

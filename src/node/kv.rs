@@ -335,7 +335,7 @@ impl Node {
     }
 
     /// Workers in round-robin order, then the master as fallback.
-    fn read_order<'a>(&self, replicas: &'a [String]) -> Vec<&'a String> {
+    pub(super) fn read_order<'a>(&self, replicas: &'a [String]) -> Vec<&'a String> {
         let workers = &replicas[1..];
         let mut order: Vec<&String> = Vec::with_capacity(replicas.len());
         if !workers.is_empty() {
@@ -388,7 +388,7 @@ impl Node {
 
     /// Waits (bounded) until this replica has applied everything `ctx` needs
     /// from the origins of `shard`, pulling the missing records from peers.
-    async fn hold_back(&self, cur: &Epoch, ctx: &CausalContext, shard: ShardId, wait: Duration) -> bool {
+    pub(super) async fn hold_back(&self, cur: &Epoch, ctx: &CausalContext, shard: ShardId, wait: Duration) -> bool {
         if ctx.epoch > cur.map.epoch() {
             return false;
         }

@@ -16,7 +16,9 @@
 //! (`kv::KvAnswer`), and only `api` turns them into statuses and bodies.
 
 pub mod dispatch;
+pub mod feed;
 pub mod kv;
+pub mod snapshot;
 pub mod status;
 
 use std::sync::Arc;
@@ -90,6 +92,8 @@ pub struct Node {
     /// The views this node installed (shown by the status).
     pub view_history: status::ViewHistory,
     started: tokio::time::Instant,
+    /// Watchers served now (`feed::MAX_WATCHERS` at most).
+    watchers: Arc<AtomicUsize>,
 }
 
 impl Node {
@@ -229,6 +233,7 @@ impl Node {
             ready: AtomicBool::new(false),
             view_history: status::ViewHistory::default(),
             started: tokio::time::Instant::now(),
+            watchers: Arc::new(AtomicUsize::new(0)),
         });
         node.install_epoch(view);
         Ok(node)

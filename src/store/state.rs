@@ -107,6 +107,8 @@ pub struct Store {
     /// Whether local writes get a replication log entry: false while this
     /// node's shard has no other replica. Changes only with the epoch.
     pub(super) keeps_log: AtomicBool,
+    /// The writes applied most recently, in apply order (`recent.rs`).
+    pub recent: super::recent::RecentWrites,
 }
 
 /// Write-ahead log counters since start (exported in `/metrics`).
@@ -243,7 +245,10 @@ impl Store {
             syncing: Mutex::new(()),
             stats: WalStats::default(),
             keeps_log: AtomicBool::new(true),
+            recent: Default::default(),
         };
+        // What was applied before this start is not in the history.
+        store.recent.reset(store.epoch(), &store.applied());
         store.stats.replayed_entries.store(replayed as u64, Ordering::Relaxed);
         // What was replayed goes into the engine now, so the old segments can go.
         store.checkpoint()?;
@@ -338,6 +343,7 @@ impl Store {
         st.counter = seq;
         st.applied.set(&self.me, seq);
         st.count_live(was_live, record.is_live());
+        self.recent.push(&record);
         let generation = self.finish_batch(st, batch)?;
         Ok(WriteOutcome { record: Some(record), previous, generation })
     }
@@ -415,6 +421,7 @@ impl Store {
                         st.counter = record.dot.seq;
                         batch.insert(keys::meta(keys::COUNTER), st.counter.to_be_bytes());
                     }
+                    self.recent.push(&record);
                     let wins = current.as_ref().is_none_or(|c| record.wins_over(c));
                     if wins {
                         st.count_live(current.as_ref().is_some_and(Record::is_live), record.is_live());
@@ -591,6 +598,8 @@ impl Store {
                 st.pending_len -= dropped;
             }
         }
+        // The history skips what the snapshot brought.
+        self.recent.reset(self.epoch(), &st.applied);
         self.finish_batch(st, batch)
     }
 
@@ -616,6 +625,13 @@ impl Store {
 
     pub fn applied(&self) -> Clock {
         self.state.lock().applied.clone()
+    }
+
+    /// The applied clock and the history position read together: every
+    /// write not covered by the clock is at this position or after it.
+    pub fn applied_and_position(&self) -> (Clock, u64) {
+        let st = self.state.lock();
+        (st.applied.clone(), self.recent.position())
     }
 
     /// True when `applied` covers `needed` for `origins`.
