@@ -4,6 +4,7 @@ use axum::http::{HeaderValue, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 
 use super::reply::{Reply, ReplyContext};
+use crate::node::kv::KvErrorKind;
 
 /// Marks a 503 from a node that has moved to a newer view than the sender's;
 /// the value is that epoch.
@@ -65,6 +66,20 @@ pub enum ApiError {
     TooManyWatchers,
     #[error("Something went wrong")]
     Internal(#[source] Box<dyn std::error::Error + Send + Sync>),
+    // The routes of the replaced stores (`api::legacy`) refuse these too.
+    #[error("Field \"{0}\" is given more than once")]
+    DuplicateField(&'static str),
+    /// A field the route does not take (its name, shortened; the names it takes).
+    #[error("Unknown field \"{0}\" (the fields are {1})")]
+    UnknownField(String, &'static str),
+    #[error("Unknown action (use \"set\" or \"delete\")")]
+    UnknownAction,
+    #[error("Content-Type must be application/x-www-form-urlencoded or application/json")]
+    UnsupportedMediaType,
+    /// The error another node answered a request passed on to it with, as it
+    /// said it (status and `error` text).
+    #[error("{reason}")]
+    Forwarded { status: StatusCode, reason: String },
 }
 
 impl ApiError {
@@ -87,11 +102,26 @@ impl ApiError {
             Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             Self::Unauthorized => StatusCode::UNAUTHORIZED,
             Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            Self::DuplicateField(_) | Self::UnknownField(..) | Self::UnknownAction => StatusCode::BAD_REQUEST,
+            Self::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            Self::Forwarded { status, .. } => *status,
         }
     }
 
     pub fn internal(e: impl std::error::Error + Send + Sync + 'static) -> Self {
         Self::Internal(Box::new(e))
+    }
+}
+
+/// The key protocol's errors as API errors (a misroute is a 503 for a client).
+impl From<KvErrorKind> for ApiError {
+    fn from(kind: KvErrorKind) -> Self {
+        match kind {
+            KvErrorKind::NotFound => ApiError::KeyNotFound,
+            KvErrorKind::Unavailable | KvErrorKind::Misrouted { .. } => ApiError::Unavailable,
+            KvErrorKind::ViewConflict(text) => ApiError::ViewConflict(text),
+            KvErrorKind::Internal(text) => ApiError::internal(std::io::Error::other(text)),
+        }
     }
 }
 

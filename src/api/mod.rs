@@ -13,6 +13,7 @@ mod error;
 pub mod forward;
 mod internal;
 mod key_requests;
+mod legacy;
 pub mod limits;
 mod read;
 mod reply;
@@ -73,6 +74,7 @@ pub fn router(node: Arc<Node>, client: reqwest::Client) -> Router {
     }
     // Every internal route is authenticated before its body is read.
     router = router.merge(internal_routes.route_layer(axum::middleware::from_fn_with_state(node.clone(), internal::authenticate)));
+    router = router.merge(legacy::routes());
     if node.config.faults {
         router = router.route("/internal/faults", get(internal::get_faults).put(internal::put_faults));
     }
