@@ -30,9 +30,12 @@ pub const CLUSTER_STATUS_TTL: Duration = Duration::from_millis(500);
 /// How long one node's status may take.
 pub const NODE_STATUS_TIMEOUT: Duration = Duration::from_millis(800);
 
+/// A gathered answer and when it was gathered.
+type Gathered = (Instant, Arc<Vec<u8>>);
+
 /// The last gathered cluster status, shared by the callers of the endpoint.
 #[derive(Clone, Default)]
-pub struct StatusCache(Arc<tokio::sync::Mutex<Option<(Instant, Arc<Vec<u8>>)>>>);
+pub struct StatusCache(Arc<tokio::sync::Mutex<Option<Gathered>>>);
 
 #[derive(Serialize)]
 struct Answer<'a, T> {
