@@ -84,6 +84,9 @@ pub struct Op {
     /// The causal context the operation returned (informational only: the
     /// checker never reads it). `Value::Null` when the caller has none.
     pub context: serde_json::Value,
+    /// Reads of one snapshot read share a group ([`Op::in_snapshot`]): each
+    /// of them depends on what all of them returned.
+    pub group: Option<u64>,
 }
 
 /// Marks a write that deletes its key: a DELETE is recorded as a write of
@@ -103,7 +106,13 @@ impl Op {
 
     /// An acknowledged write of `value` (globally unique) to `key`, with no context.
     pub fn write(session: SessionId, key: impl Into<String>, value: impl Into<String>) -> Op {
-        Op { session, kind: OpKind::Write { key: key.into(), value: value.into() }, outcome: Outcome::Ok, context: serde_json::Value::Null }
+        Op {
+            session,
+            kind: OpKind::Write { key: key.into(), value: value.into() },
+            outcome: Outcome::Ok,
+            context: serde_json::Value::Null,
+            group: None,
+        }
     }
 
     /// An acknowledged read of `key` that returned `value` (`None` = absent), with no context.
@@ -113,7 +122,19 @@ impl Op {
             kind: OpKind::Read { key: key.into(), value: value.map(String::from) },
             outcome: Outcome::Ok,
             context: serde_json::Value::Null,
+            group: None,
         }
+    }
+
+    /// The same read, as one key of snapshot read `group` (unique per
+    /// snapshot read). A snapshot read of n keys is recorded as n reads of
+    /// one session, one after another, in one group: the checker makes each
+    /// depend on every write the group read, so a group that returns a
+    /// write together with an older version of something it depends on is a
+    /// violation ([`ViolationKind::SnapshotNotClosed`]).
+    pub fn in_snapshot(mut self, group: u64) -> Op {
+        self.group = Some(group);
+        self
     }
 
     /// The same operation, failed (error or timeout).
@@ -149,7 +170,8 @@ impl Op {
         };
         let mut context = String::new();
         canonical_json(&self.context, &mut context);
-        format!("{}\t{kind}\t{}\t{value}\t{outcome}\t{context}", self.session, q(key))
+        let group = self.group.map(|g| format!("\tsnapshot {g}")).unwrap_or_default();
+        format!("{}\t{kind}\t{}\t{value}\t{outcome}\t{context}{group}", self.session, q(key))
     }
 }
 
@@ -161,6 +183,7 @@ impl std::hash::Hash for Op {
         let mut context = String::new();
         canonical_json(&self.context, &mut context);
         context.hash(state);
+        self.group.hash(state);
     }
 }
 
@@ -257,15 +280,19 @@ pub enum ViolationKind {
     WritesFollowReads,
     CyclicCausality,
     ThinAirRead,
+    /// A snapshot read returned a write and an older version of a key that
+    /// write depends on.
+    SnapshotNotClosed,
 }
 
-const ALL_KINDS: [ViolationKind; 6] = [
+const ALL_KINDS: [ViolationKind; 7] = [
     ViolationKind::ReadYourWrites,
     ViolationKind::MonotonicReads,
     ViolationKind::MonotonicWrites,
     ViolationKind::WritesFollowReads,
     ViolationKind::CyclicCausality,
     ViolationKind::ThinAirRead,
+    ViolationKind::SnapshotNotClosed,
 ];
 
 impl Report {
@@ -375,6 +402,8 @@ struct Graph<'a> {
     thin_air: Vec<usize>,
     /// Session -> its operations in session order (failed reads excluded).
     sessions: HashMap<SessionId, Vec<usize>>,
+    /// Snapshot group -> the writes its reads returned.
+    group_sources: HashMap<u64, Vec<usize>>,
 }
 
 impl<'a> Graph<'a> {
@@ -416,7 +445,25 @@ impl<'a> Graph<'a> {
                 }
             }
         }
-        Graph { ops, preds, read_from, write_of, writes_to, thin_air, sessions }
+        // Every read of a snapshot depends on what each of them returned.
+        let mut group_sources: HashMap<u64, Vec<usize>> = HashMap::new();
+        for (i, op) in ops.iter().enumerate() {
+            if let (Some(g), Some(w)) = (op.group, read_from[i]) {
+                group_sources.entry(g).or_default().push(w);
+            }
+        }
+        for (i, op) in ops.iter().enumerate() {
+            let Some(sources) = op.group.and_then(|g| group_sources.get(&g)) else { continue };
+            if is_failed(op) {
+                continue;
+            }
+            for &w in sources {
+                if read_from[i] != Some(w) && !preds[i].contains(&w) {
+                    preds[i].push(w);
+                }
+            }
+        }
+        Graph { ops, preds, read_from, write_of, writes_to, thin_air, sessions, group_sources }
     }
 
     /// A topological order of all operations, or a cycle (in edge order).
@@ -528,6 +575,24 @@ impl<'a> Graph<'a> {
             Some(w) => format!(", which causally follows the returned {}", describe(ops, w)),
             None => String::new(),
         };
+
+        // Not a cut: another read of the same snapshot returned a write
+        // that depends on a newer version of this key.
+        if let Some(sources) = ops[r].group.and_then(|g| self.group_sources.get(&g)) {
+            for &s in sources.iter().filter(|&&s| Some(s) != w) {
+                if let Some(&w2) = newer.iter().find(|&&w2| w2 == s || hb.hb(w2, s)) {
+                    return Some(Violation {
+                        kind: ViolationKind::SnapshotNotClosed,
+                        description: format!(
+                            "snapshot-not-closed: {read} returned {got}{overwrote}, but the same snapshot read returned {}, \
+                             which depends on {}",
+                            describe(ops, s),
+                            describe(ops, w2)
+                        ),
+                    });
+                }
+            }
+        }
 
         // Read your writes: the session itself wrote w' before r.
         if let Some(&w2) = newer.iter().find(|&&w2| ops[w2].session == session && !is_failed(&ops[w2])) {

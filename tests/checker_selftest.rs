@@ -6,11 +6,11 @@ use std::collections::BTreeMap;
 use std::hash::{DefaultHasher, Hasher};
 use std::time::{Duration, Instant};
 
-use causalkv::check::{FinalState, History, Op, OpKind, Outcome, Report, ViolationKind};
+use causalkv::check::{FinalState, History, Op, Outcome, Report, ViolationKind};
 use serde_json::json;
 
 fn write(session: usize, key: &str, value: &str) -> Op {
-    Op { session, kind: OpKind::Write { key: key.into(), value: value.into() }, outcome: Outcome::Ok, context: json!({}) }
+    Op::write(session, key, value).with_context(json!({}))
 }
 
 fn read(session: usize, key: &str, value: Option<&str>) -> Op {
@@ -445,4 +445,36 @@ fn deletes_explain_absent_reads_and_absent_final_values() {
     // Absent everywhere at the end although the last write followed the delete: lost.
     let report = h.check(&FinalState::converged(2, [("z", None)]));
     assert_eq!(report.lost_writes.len(), 1, "{:?}", report.lost_writes);
+}
+
+// A snapshot read is a cut: returning a write together with an older version
+// of a key that write depends on is a violation — in either order of the
+// recorded reads — while the same two reads taken one at a time (older key
+// first) are fine, and a snapshot that returns both new versions is clean.
+#[test]
+fn a_snapshot_read_must_be_closed_under_dependencies() {
+    let writes = || vec![write(0, "profile", "p1"), write(0, "photos", "f1"), write(0, "photos", "f2"), write(0, "profile", "p2")];
+    let final_state = converged(2, &[("profile", Some("p2")), ("photos", Some("f2"))]);
+    // profile=p2 depends on photos=f2 (session order of session 0).
+    for (first, second) in [(("photos", "f1"), ("profile", "p2")), (("profile", "p2"), ("photos", "f1"))] {
+        let mut ops = writes();
+        ops.push(read(1, first.0, Some(first.1)).in_snapshot(7));
+        ops.push(read(1, second.0, Some(second.1)).in_snapshot(7));
+        let report = history(ops).check(&final_state);
+        let text = only(&report, ViolationKind::SnapshotNotClosed);
+        assert!(text.contains("f2"), "names the missing dependency: {text}");
+    }
+    // Not a snapshot: photos read first (old), then profile (new) — each
+    // read on its own is causally fine.
+    let mut ops = writes();
+    ops.push(read(1, "photos", Some("f1")));
+    ops.push(read(1, "profile", Some("p2")));
+    assert!(history(ops).check(&final_state).is_clean());
+    // A closed cut.
+    let mut ops = writes();
+    ops.push(read(1, "photos", Some("f2")).in_snapshot(8));
+    ops.push(read(1, "profile", Some("p2")).in_snapshot(8));
+    ops.push(read(2, "photos", Some("f1")).in_snapshot(9));
+    ops.push(read(2, "profile", Some("p1")).in_snapshot(9));
+    assert!(history(ops).check(&final_state).is_clean());
 }

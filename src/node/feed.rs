@@ -32,11 +32,11 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
-use super::{Epoch, Node};
+use super::Node;
 use crate::causal::{CausalContext, Clock};
 use crate::gossip::Message;
 use crate::gossip::dispatch::Refusal;
-use crate::shard::ShardId;
+use crate::shard::{ShardId, ShardMap};
 use crate::store::Record;
 
 /// Watchers one node serves at once.
@@ -183,17 +183,37 @@ impl Node {
     }
 
     async fn run_watch(self: Arc<Self>, prefix: String, from: Option<CausalContext>, tx: mpsc::Sender<WatchEvent>) {
-        let mut cur = self.current();
-        // A context of an older epoch resumes at the start of this one.
-        let mut start: Option<Clock> = from.map(|c| if c.epoch == cur.map.epoch() { c.clock } else { Clock::new() });
+        let current = self.epoch();
+        // A context of an older epoch resumes in that epoch (its view is in
+        // this node's history), then goes on with the next ones.
+        let (mut epoch, mut start) = match from {
+            Some(c) if c.epoch < current && self.view_of(c.epoch).is_some() => (c.epoch, Some(c.clock)),
+            Some(c) if c.epoch == current => (current, Some(c.clock)),
+            // An epoch unknown here: from the start of the current one.
+            Some(_) => (current, Some(Clock::new())),
+            None => (current, None),
+        };
         loop {
-            match self.watch_epoch(&cur, &prefix, start.take(), &tx).await {
-                EpochOutcome::Over(context) => {
+            let Some(map) = self.view_of(epoch) else {
+                let _ = tx.send(WatchEvent::End { reason: EndReason::HistoryGone, context: CausalContext { epoch, clock: Clock::new() } }).await;
+                return;
+            };
+            match self.watch_epoch(&map, &prefix, start.take(), &tx).await {
+                EpochOutcome::Over => {
                     // Everything of this epoch was sent: the next one, from its start.
-                    if !self.wait_for_epoch(context.epoch + 1, Duration::from_secs(3600)).await {
-                        return;
-                    }
-                    cur = self.current();
+                    let next = self.view_history.list().into_iter().map(|v| v.epoch).filter(|e| *e > epoch).min();
+                    let next = match next {
+                        Some(e) => e,
+                        None => {
+                            tokio::select! {
+                                biased;
+                                _ = tx.closed() => return,
+                                _ = self.wait_for_epoch(epoch + 1, Duration::from_secs(3600)) => {}
+                            }
+                            self.epoch()
+                        }
+                    };
+                    epoch = next;
                     start = Some(Clock::new());
                 }
                 EpochOutcome::Stopped => return,
@@ -201,30 +221,39 @@ impl Node {
         }
     }
 
-    /// Follows every shard of `cur` until its epoch is over at every shard
+    /// The shard map of `epoch`: the current one, or one this node installed before.
+    fn view_of(&self, epoch: u64) -> Option<ShardMap> {
+        let cur = self.current();
+        if cur.map.epoch() == epoch {
+            return Some(ShardMap::new(cur.map.view.clone(), self.me()));
+        }
+        let record = self.view_history.list().into_iter().rev().find(|v| v.epoch == epoch)?;
+        let view = crate::shard::View::new(record.view, record.repl_factor, record.epoch).ok()?;
+        Some(ShardMap::new(view, self.me()))
+    }
+
+    /// Follows every shard of `map` until its epoch is over at every shard
     /// (then its last context), or the watch stops.
-    async fn watch_epoch(
-        self: &Arc<Self>,
-        cur: &Arc<Epoch>,
-        prefix: &str,
-        start: Option<Clock>,
-        tx: &mpsc::Sender<WatchEvent>,
-    ) -> EpochOutcome {
-        let epoch = cur.map.epoch();
-        let shard_ids = cur.map.shard_ids();
+    async fn watch_epoch(self: &Arc<Self>, map: &ShardMap, prefix: &str, start: Option<Clock>, tx: &mpsc::Sender<WatchEvent>) -> EpochOutcome {
+        let epoch = map.epoch();
+        let shard_ids = map.shard_ids();
         let (items_tx, mut items) = mpsc::channel::<FeedItem>(shard_ids.len() * 2);
         let mut tasks = tokio::task::JoinSet::new();
         for shard in &shard_ids {
-            let replicas = cur.map.replicas(*shard).to_vec();
-            let after =
-                start.as_ref().map(|s| s.iter().filter(|(o, _)| replicas.iter().any(|r| r == o)).map(|(o, s)| (o.to_owned(), s)).collect());
+            let replicas = map.replicas(*shard).to_vec();
+            let after = start.as_ref().map(|s| s.iter().filter(|(o, _)| replicas.iter().any(|r| r == o)).map(|(o, s)| (o.to_owned(), s)).collect());
             let feed = ShardFeed { shard: *shard, epoch, replicas, prefix: prefix.to_owned(), after, items: items_tx.clone() };
             tasks.spawn(feed.run(self.feed_caller()));
         }
         drop(items_tx);
-        let mut merger = Merger::new(cur, &shard_ids, start);
+        let mut merger = Merger::new(map, &shard_ids, start);
         loop {
-            let Some(item) = items.recv().await else { return EpochOutcome::Stopped };
+            let item = tokio::select! {
+                biased;
+                _ = tx.closed() => return EpochOutcome::Stopped,
+                item = items.recv() => item,
+            };
+            let Some(item) = item else { return EpochOutcome::Stopped };
             match item {
                 FeedItem::Failed(reason) => {
                     let _ = tx.send(WatchEvent::End { reason, context: merger.context(epoch) }).await;
@@ -238,9 +267,6 @@ impl Node {
                 return EpochOutcome::Stopped;
             }
             while let Some((record, context)) = merger.next_ready(epoch) {
-                if tx.is_closed() {
-                    return EpochOutcome::Stopped;
-                }
                 if tx.capacity() <= 1 {
                     // The last slot carries the reason.
                     self.metrics.watchers_cut_off.inc();
@@ -253,7 +279,7 @@ impl Node {
                 }
             }
             if merger.all_ended() {
-                return EpochOutcome::Over(merger.context(epoch));
+                return EpochOutcome::Over;
             }
         }
     }
@@ -264,8 +290,8 @@ impl Node {
 }
 
 enum EpochOutcome {
-    /// Every shard's feed of the epoch ended; the context after it.
-    Over(CausalContext),
+    /// Every shard's feed of the epoch ended.
+    Over,
     Stopped,
 }
 
@@ -373,11 +399,11 @@ enum Pending {
 }
 
 impl Merger {
-    fn new(cur: &Epoch, shard_ids: &[ShardId], start: Option<Clock>) -> Self {
+    fn new(map: &ShardMap, shard_ids: &[ShardId], start: Option<Clock>) -> Self {
         let shards = shard_ids
             .iter()
             .map(|id| {
-                let origins = cur.map.replicas(*id).to_vec();
+                let origins = map.replicas(*id).to_vec();
                 let delivered = start
                     .as_ref()
                     .map(|s| s.iter().filter(|(o, _)| origins.iter().any(|r| r == o)).map(|(o, s)| (o.to_owned(), s)).collect());

@@ -83,7 +83,7 @@ async fn session(cluster: Arc<SimCluster>, id: usize, ops: usize, keys: usize, h
         if let Some(next) = next {
             context = next;
         }
-        history.lock().record(Op { session: id, kind, outcome, context: serde_json::Value::Null });
+        history.lock().record(Op { session: id, kind, outcome, context: serde_json::Value::Null, group: None });
     }
 }
 

@@ -42,6 +42,8 @@ struct Ring {
     bytes: usize,
     /// Per epoch and origin: the highest seq no longer in the ring.
     dropped: BTreeMap<u64, Clock>,
+    /// Epochs before this one were never in the ring (it started in this one).
+    first_epoch: u64,
 }
 
 #[derive(Default)]
@@ -78,6 +80,12 @@ impl RecentWrites {
         }
     }
 
+    /// At start-up: the history begins in `epoch`, after `applied`.
+    pub fn start(&self, epoch: u64, applied: &Clock) {
+        self.reset(epoch, applied);
+        self.ring.lock().first_epoch = epoch;
+    }
+
     /// Forgets everything: writes of `epoch` up to `applied` count as dropped.
     pub fn reset(&self, epoch: u64, applied: &Clock) {
         let mut ring = self.ring.lock();
@@ -106,6 +114,9 @@ impl RecentWrites {
         wanted: impl Fn(&Record) -> bool,
     ) -> Result<Found, HistoryGone> {
         let ring = self.ring.lock();
+        if epoch < ring.first_epoch {
+            return Err(HistoryGone);
+        }
         if ring.dropped.get(&epoch).is_some_and(|d| d.iter().any(|(origin, seq)| seq > after.get(origin))) {
             return Err(HistoryGone);
         }

@@ -109,7 +109,7 @@ impl Workload {
                         (Outcome::Failed, None)
                     }
                 };
-                ops.push(Op { session: s, kind: OpKind::Read { key, value }, outcome, context: ctx.clone() });
+                ops.push(Op { session: s, kind: OpKind::Read { key, value }, outcome, context: ctx.clone(), group: None });
             } else {
                 let value = format!("s{s}-w{n}");
                 let acked = match client.put(&url).json(&json!({"value": value, "causal-context": ctx})).send().await {
@@ -130,7 +130,7 @@ impl Workload {
                     }
                     None => Outcome::Failed,
                 };
-                ops.push(Op { session: s, kind: OpKind::Write { key, value }, outcome, context: ctx.clone() });
+                ops.push(Op { session: s, kind: OpKind::Write { key, value }, outcome, context: ctx.clone(), group: None });
             }
             progress.done.fetch_add(1, Ordering::Relaxed);
         }
