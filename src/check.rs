@@ -584,8 +584,8 @@ impl<'a> Graph<'a> {
                     return Some(Violation {
                         kind: ViolationKind::SnapshotNotClosed,
                         description: format!(
-                            "snapshot-not-closed: {read} returned {got}{overwrote}, but the same snapshot read returned {}, \
-                             which depends on {}",
+                            "snapshot-not-closed: {read} returned {got}, but the same snapshot read returned {}, which \
+                             depends on {}, a later write of that key",
                             describe(ops, s),
                             describe(ops, w2)
                         ),

@@ -36,6 +36,8 @@ pub enum Bug {
     /// Reads and writes skip the hold-back gate: a replica answers before it
     /// has the writes the client's context depends on.
     SkipHoldBack,
+    /// Snapshot reads stop after their first round (the cut may not be closed).
+    SnapshotOneRound,
 }
 
 #[derive(Debug, Default)]

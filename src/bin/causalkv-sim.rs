@@ -47,7 +47,8 @@ struct Args {
     #[arg(long)]
     threads: Option<usize>,
     /// Switch on a deliberate protocol bug in every node (shows the checker
-    /// catches it): `skip-hold-back` answers before the causal gate.
+    /// catches it): `skip-hold-back` answers before the causal gate,
+    /// `snapshot-one-round` answers snapshot reads after their first round.
     #[arg(long)]
     bug: Option<String>,
     /// Print every seed's summary, not only failures.
@@ -81,8 +82,9 @@ fn main() -> ExitCode {
     let bug = match args.bug.as_deref() {
         None => None,
         Some("skip-hold-back") => Some(causalkv::faults::Bug::SkipHoldBack),
+        Some("snapshot-one-round") => Some(causalkv::faults::Bug::SnapshotOneRound),
         Some(other) => {
-            eprintln!("causalkv-sim: unknown bug {other:?} (known: skip-hold-back)");
+            eprintln!("causalkv-sim: unknown bug {other:?} (known: skip-hold-back, snapshot-one-round)");
             return ExitCode::from(2);
         }
     };

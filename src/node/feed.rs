@@ -333,8 +333,14 @@ impl ShardFeed {
     async fn run(mut self, caller: FeedCaller) {
         let mut hint = 0;
         let mut turn = 0usize;
+        // Replicas whose history lacks what this feed needs next.
+        let mut gone: Vec<String> = Vec::new();
         loop {
-            let order = caller.node.detector.alive_first(&self.replicas);
+            let order: Vec<&String> = caller.node.detector.alive_first(&self.replicas).into_iter().filter(|r| !gone.contains(r)).collect();
+            if order.is_empty() {
+                let _ = self.items.send(FeedItem::Failed(EndReason::HistoryGone)).await;
+                return;
+            }
             // This node first when it is a replica; else the next replica after each failure.
             let replica = match order.iter().find(|r| r.as_str() == caller.me()) {
                 Some(me) => (*me).clone(),
@@ -351,6 +357,7 @@ impl ShardFeed {
             };
             match caller.call(&replica, req).await {
                 Ok(answer) => {
+                    gone.clear();
                     hint = answer.next;
                     self.after = Some(answer.position.clone());
                     let ended = answer.ended;
@@ -360,8 +367,9 @@ impl ShardFeed {
                     }
                 }
                 Err((410, _)) => {
-                    let _ = self.items.send(FeedItem::Failed(EndReason::HistoryGone)).await;
-                    return;
+                    // Another replica may still have it (this one restarted, say).
+                    gone.push(replica);
+                    hint = 0;
                 }
                 Err(_) => {
                     if self.items.is_closed() {

@@ -41,19 +41,28 @@ pub async fn run_sessions(cluster: Arc<SimCluster>, config: &SimConfig, history:
 async fn session(cluster: Arc<SimCluster>, id: usize, ops: usize, keys: usize, history: Arc<Mutex<History>>) {
     let mut context = CausalContext::default();
     for n in 0..ops {
-        let (pause, key, target, op) = cluster.net.with_rng(|r| {
-            let op = match r.random_range(0..10) {
-                0..=4 => KvOp::Put,
-                5..=8 => KvOp::Get,
-                _ => KvOp::Delete,
-            };
+        let (pause, key, target, choice, others) = cluster.net.with_rng(|r| {
+            let others: Vec<String> = (0..r.random_range(1..4)).map(|_| format!("k{}", r.random_range(0..keys))).collect();
             (
                 Duration::from_millis(r.random_range(0..40)),
                 format!("k{}", r.random_range(0..keys)),
                 r.random_range(0..cluster.addresses.len()),
-                op,
+                r.random_range(0..12),
+                others,
             )
         });
+        let op = match choice {
+            0..=4 => KvOp::Put,
+            5..=8 => KvOp::Get,
+            9 => KvOp::Delete,
+            _ => {
+                tokio::time::sleep(pause).await;
+                let mut read_keys = vec![key];
+                read_keys.extend(others);
+                snapshot_read(&cluster, id, n, target, read_keys, &mut context, &history).await;
+                continue;
+            }
+        };
         tokio::time::sleep(pause).await;
         let written = format!("s{id}-{n}");
         let value = match op {
@@ -84,6 +93,39 @@ async fn session(cluster: Arc<SimCluster>, id: usize, ops: usize, keys: usize, h
             context = next;
         }
         history.lock().record(Op { session: id, kind, outcome, context: serde_json::Value::Null, group: None });
+    }
+}
+
+/// A snapshot read of `keys` (duplicates allowed: the node answers each
+/// once), recorded as one group of reads.
+async fn snapshot_read(
+    cluster: &SimCluster,
+    id: usize,
+    n: usize,
+    target: usize,
+    keys: Vec<String>,
+    context: &mut CausalContext,
+    history: &Mutex<History>,
+) {
+    let group = (id as u64) << 32 | n as u64;
+    let answer = match cluster.incarnation(&cluster.addresses[target]) {
+        Some(inc) => {
+            let node = inc.node.clone();
+            let (ks, ctx) = (keys.clone(), context.clone());
+            tokio::time::timeout(CLIENT_TIMEOUT, inc.run(async move { node.snapshot_read(&ks, &ctx).await })).await.ok().flatten()
+        }
+        None => None,
+    };
+    tracing::debug!(at = ?cluster.elapsed(), session = id, n, ?keys, ok = matches!(answer, Some(Ok(_))), "sim snapshot read");
+    let Some(Ok(read)) = answer else {
+        // A failed read says nothing.
+        return;
+    };
+    *context = read.context;
+    let mut h = history.lock();
+    for (key, value) in read.values {
+        let value = value.map(|v| serde_json::from_str::<String>(v.get()).unwrap_or_else(|_| v.get().to_owned()));
+        h.record(Op::read(id, key, value.as_deref()).in_snapshot(group));
     }
 }
 
