@@ -9,6 +9,7 @@
 
 mod admin;
 mod cluster;
+mod dashboard;
 mod error;
 pub mod forward;
 mod internal;
@@ -57,6 +58,7 @@ pub fn router(node: Arc<Node>, client: reqwest::Client) -> Router {
         .route("/join", post(admin::join))
         .route("/kv-store/status", get(status::node_status))
         .route("/kv-store/cluster-status", get(status::cluster_status))
+        .route("/dashboard", get(dashboard::page))
         .route("/health", get(cluster::health))
         .route("/ready", get(cluster::ready))
         .route("/metrics", get(cluster::metrics));
