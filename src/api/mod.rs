@@ -9,6 +9,7 @@
 
 mod admin;
 mod cluster;
+mod dashboard;
 mod error;
 pub mod forward;
 mod internal;
@@ -62,6 +63,7 @@ pub fn router(node: Arc<Node>, client: reqwest::Client) -> Router {
         .route("/kv-store/watch", get(watch::watch))
         .route("/kv-store/status", get(status::node_status))
         .route("/kv-store/cluster-status", get(status::cluster_status))
+        .route("/dashboard", get(dashboard::page))
         .route("/health", get(cluster::health))
         .route("/ready", get(cluster::ready))
         .route("/metrics", get(cluster::metrics));
