@@ -38,6 +38,8 @@ pub enum Bug {
     SkipHoldBack,
     /// Snapshot reads stop after their first round (the cut may not be closed).
     SnapshotOneRound,
+    /// Change feeds send a write without waiting for its dependencies in other shards.
+    FeedIgnoresDeps,
 }
 
 #[derive(Debug, Default)]

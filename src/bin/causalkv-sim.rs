@@ -3,7 +3,8 @@
 //! loses an acknowledged write, or leaves replicas apart.
 //!
 //! The last line is always
-//! `sim: <N> seeds, <V> violations, <L> lost, <D> divergent, digest <hex>`;
+//! `sim: <N> seeds, <V> violations, <L> lost, <D> divergent, <W> watch problems
+//! (<E> events, <G> announced gaps), digest <hex>`;
 //! the same arguments print the same digest. Exit status 1 when any seed
 //! failed, 2 on bad arguments.
 
@@ -43,12 +44,17 @@ struct Args {
     /// Chance per message of each network fault (drop there, drop back, duplicate).
     #[arg(long, default_value_t = 0.02)]
     fault_rate: f64,
+    /// Change-feed watchers that follow every key during the run (their
+    /// events are checked: none missed, duplicated or out of causal order).
+    #[arg(long, default_value_t = 2)]
+    watchers: usize,
     /// Threads running seeds (default: the machine's cores).
     #[arg(long)]
     threads: Option<usize>,
     /// Switch on a deliberate protocol bug in every node (shows the checker
     /// catches it): `skip-hold-back` answers before the causal gate,
-    /// `snapshot-one-round` answers snapshot reads after their first round.
+    /// `snapshot-one-round` answers snapshot reads after their first round,
+    /// `feed-ignores-deps` sends feed events without their cross-shard deps.
     #[arg(long)]
     bug: Option<String>,
     /// Print every seed's summary, not only failures.
@@ -83,8 +89,9 @@ fn main() -> ExitCode {
         None => None,
         Some("skip-hold-back") => Some(causalkv::faults::Bug::SkipHoldBack),
         Some("snapshot-one-round") => Some(causalkv::faults::Bug::SnapshotOneRound),
+        Some("feed-ignores-deps") => Some(causalkv::faults::Bug::FeedIgnoresDeps),
         Some(other) => {
-            eprintln!("causalkv-sim: unknown bug {other:?} (known: skip-hold-back, snapshot-one-round)");
+            eprintln!("causalkv-sim: unknown bug {other:?} (known: skip-hold-back, snapshot-one-round, feed-ignores-deps)");
             return ExitCode::from(2);
         }
     };
@@ -96,6 +103,7 @@ fn main() -> ExitCode {
         faults: faults.clone(),
         bug,
         fault_rate: args.fault_rate,
+        watchers: args.watchers.min(16),
         ..SimConfig::default()
     };
     let (first, count) = match args.seed {
@@ -105,11 +113,12 @@ fn main() -> ExitCode {
     let threads = args.threads.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
     let replay = |seed: u64| {
         format!(
-            "causalkv-sim --seed {seed} --nodes {} --repl-factor {} --ops {} --sessions {} --fault-rate {} --faults {}",
+            "causalkv-sim --seed {seed} --nodes {} --repl-factor {} --ops {} --sessions {} --watchers {} --fault-rate {} --faults {}",
             args.nodes,
             args.repl_factor,
             args.ops,
             args.sessions,
+            args.watchers,
             args.fault_rate,
             if faults.is_empty() { "none".to_owned() } else { faults.join(",") }
         )
@@ -127,8 +136,12 @@ fn main() -> ExitCode {
     let violations: usize = outcomes.iter().map(|o| o.violations).sum();
     let lost: usize = outcomes.iter().map(|o| o.lost).sum();
     let divergent: usize = outcomes.iter().map(|o| o.divergent).sum();
+    let watch_problems: usize = outcomes.iter().map(|o| o.watch_problems).sum();
+    let watch_events: usize = outcomes.iter().map(|o| o.watch_events).sum();
+    let watch_gaps: usize = outcomes.iter().map(|o| o.watch_gaps).sum();
     println!(
-        "sim: {} seeds, {violations} violations, {lost} lost, {divergent} divergent, digest {}",
+        "sim: {} seeds, {violations} violations, {lost} lost, {divergent} divergent, {watch_problems} watch problems \
+         ({watch_events} events, {watch_gaps} announced gaps), digest {}",
         outcomes.len(),
         combined_digest(&outcomes)
     );

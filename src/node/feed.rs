@@ -49,6 +49,8 @@ pub const MAX_HELD: usize = 10_000;
 const FEED_BATCH: usize = 1000;
 /// How long a feed request waits for a write before answering without one.
 const FEED_WAIT: Duration = Duration::from_secs(5);
+/// Failed requests after which a replica counts as done at an epoch's end.
+const ENDING_TRIES: usize = 3;
 /// Pause before asking another replica after a failed feed request.
 const FEED_RETRY: Duration = Duration::from_millis(200);
 
@@ -67,7 +69,8 @@ pub struct FeedRequest {
 
 #[derive(Debug, Serialize, Deserialize)]
 pub struct FeedAnswer {
-    /// Matching writes, in the replica's apply order.
+    /// Every write after `after`, in the replica's apply order; writes to
+    /// keys without the prefix without their value.
     pub records: Vec<Record>,
     /// Covers every write looked at (matching or not): the next `after`.
     pub position: Clock,
@@ -152,7 +155,19 @@ impl Node {
                 for r in &found.records {
                     position.observe(&r.dot.origin, r.dot.seq);
                 }
-                let records = found.records.into_iter().filter(|r| r.key.starts_with(&req.prefix)).map(|r| (*r).clone()).collect();
+                // Every write goes back (the watcher orders by all of them);
+                // values only of the keys it watches.
+                let records = found
+                    .records
+                    .iter()
+                    .map(|r| {
+                        let mut r = (**r).clone();
+                        if !r.key.starts_with(&req.prefix) {
+                            r.value = None;
+                        }
+                        r
+                    })
+                    .collect();
                 return Ok(FeedAnswer { records, position, next: found.next, ended });
             }
             let seen = found.next;
@@ -184,13 +199,16 @@ impl Node {
 
     async fn run_watch(self: Arc<Self>, prefix: String, from: Option<CausalContext>, tx: mpsc::Sender<WatchEvent>) {
         let current = self.epoch();
-        // A context of an older epoch resumes in that epoch (its view is in
-        // this node's history), then goes on with the next ones.
+        // A context of an epoch this node never ran (or no longer knows the
+        // view of) cannot be resumed here: `view_of` below says so.
         let (mut epoch, mut start) = match from {
-            Some(c) if c.epoch < current && self.view_of(c.epoch).is_some() => (c.epoch, Some(c.clock)),
-            Some(c) if c.epoch == current => (current, Some(c.clock)),
-            // An epoch unknown here: from the start of the current one.
-            Some(_) => (current, Some(Clock::new())),
+            Some(c) => {
+                if c.epoch > current {
+                    // A node that already runs a newer view sent this context.
+                    self.wait_for_epoch(c.epoch, self.config.causal_wait).await;
+                }
+                (c.epoch, Some(c.clock))
+            }
             None => (current, None),
         };
         loop {
@@ -237,6 +255,7 @@ impl Node {
     async fn watch_epoch(self: &Arc<Self>, map: &ShardMap, prefix: &str, start: Option<Clock>, tx: &mpsc::Sender<WatchEvent>) -> EpochOutcome {
         let epoch = map.epoch();
         let shard_ids = map.shard_ids();
+        tracing::debug!(epoch, ?start, "watch: following an epoch");
         let (items_tx, mut items) = mpsc::channel::<FeedItem>(shard_ids.len() * 2);
         let mut tasks = tokio::task::JoinSet::new();
         for shard in &shard_ids {
@@ -246,20 +265,30 @@ impl Node {
             tasks.spawn(feed.run(self.feed_caller()));
         }
         drop(items_tx);
-        let mut merger = Merger::new(map, &shard_ids, start);
+        let mut merger = Merger::new(map, &shard_ids, start, prefix);
+        merger.ignore_deps = self.faults.has_bug(crate::faults::Bug::FeedIgnoresDeps);
         loop {
             let item = tokio::select! {
                 biased;
                 _ = tx.closed() => return EpochOutcome::Stopped,
                 item = items.recv() => item,
             };
-            let Some(item) = item else { return EpochOutcome::Stopped };
+            let Some(item) = item else {
+                // Every shard's epoch ended, yet writes wait for dependencies
+                // no replica had: the watcher would never see them.
+                tracing::debug!(epoch, held = merger.held(), "watch: every shard feed ended with writes held back");
+                let _ = tx.send(WatchEvent::End { reason: EndReason::HistoryGone, context: merger.context(epoch) }).await;
+                return EpochOutcome::Stopped;
+            };
             match item {
                 FeedItem::Failed(reason) => {
                     let _ = tx.send(WatchEvent::End { reason, context: merger.context(epoch) }).await;
                     return EpochOutcome::Stopped;
                 }
-                FeedItem::Batch { shard, records, position, ended } => merger.take(shard, records, position, ended),
+                FeedItem::Batch { shard, records, position, ended } => {
+                    tracing::trace!(epoch, shard, records = records.len(), ?position, ended, "watch: feed batch");
+                    merger.take(shard, records, position, ended)
+                }
             }
             if merger.held() > MAX_HELD {
                 self.metrics.watchers_cut_off.inc();
@@ -281,6 +310,7 @@ impl Node {
             if merger.all_ended() {
                 return EpochOutcome::Over;
             }
+
         }
     }
 
@@ -314,8 +344,17 @@ impl FeedCaller {
         }
         let body = serde_json::value::to_raw_value(&req).map_err(|e| (500, e.to_string()))?;
         let timeout = Duration::from_millis(req.wait_ms) + Duration::from_secs(2);
-        let bytes = self.node.transport.call(replica, Message::Feed, body, timeout).await.map_err(|e| (503, e.to_string()))?;
+        let bytes = self.node.transport.call(replica, Message::Feed, body, timeout).await.map_err(refusal)?;
         serde_json::from_slice(&bytes).map_err(|e| (502, e.to_string()))
+    }
+}
+
+/// A transport error as the refusal it carries (its status when the peer
+/// answered one, else 503).
+pub(super) fn refusal(e: crate::gossip::GossipError) -> Refusal {
+    match e {
+        crate::gossip::GossipError::Rejected { status, .. } => (status, e.to_string()),
+        e => (503, e.to_string()),
     }
 }
 
@@ -331,14 +370,36 @@ struct ShardFeed {
 
 impl ShardFeed {
     async fn run(mut self, caller: FeedCaller) {
-        let mut hint = 0;
+        // A history position means something only at the replica that gave it.
+        let mut hint: (String, u64) = (String::new(), 0);
         let mut turn = 0usize;
         // Replicas whose history lacks what this feed needs next.
         let mut gone: Vec<String> = Vec::new();
+        // Once the epoch is over, every replica is asked for its end of it
+        // (one may have applied writes another lacks); these have answered,
+        // or stayed unreachable `ENDING_TRIES` times.
+        let mut done: Vec<String> = Vec::new();
+        let mut failures: std::collections::HashMap<String, usize> = Default::default();
+        let mut unreachable: Vec<String> = Vec::new();
         loop {
-            let order: Vec<&String> = caller.node.detector.alive_first(&self.replicas).into_iter().filter(|r| !gone.contains(r)).collect();
+            let ending = !done.is_empty();
+            let order: Vec<&String> = caller
+                .node
+                .detector
+                .alive_first(&self.replicas)
+                .into_iter()
+                .filter(|r| !gone.contains(r) && !done.contains(r))
+                .collect();
             if order.is_empty() {
-                let _ = self.items.send(FeedItem::Failed(EndReason::HistoryGone)).await;
+                // The epoch's end is known only when every replica gave its
+                // own: one that could not may have had writes the others lack.
+                let complete = ending && done.iter().all(|r| !unreachable.contains(r)) && gone.is_empty();
+                let item = if complete {
+                    FeedItem::Batch { shard: self.shard, records: Vec::new(), position: self.after.clone().unwrap_or_default(), ended: true }
+                } else {
+                    FeedItem::Failed(EndReason::HistoryGone)
+                };
+                let _ = self.items.send(item).await;
                 return;
             }
             // This node first when it is a replica; else the next replica after each failure.
@@ -350,32 +411,43 @@ impl ShardFeed {
                 epoch: self.epoch,
                 shard: self.shard,
                 after: self.after.clone(),
-                from: hint,
+                from: if hint.0 == replica { hint.1 } else { 0 },
                 prefix: self.prefix.clone(),
                 limit: FEED_BATCH,
                 wait_ms: FEED_WAIT.as_millis() as u64,
             };
             match caller.call(&replica, req).await {
                 Ok(answer) => {
-                    gone.clear();
-                    hint = answer.next;
+                    if !ending {
+                        gone.clear();
+                    }
+                    hint = (replica.clone(), answer.next);
                     self.after = Some(answer.position.clone());
-                    let ended = answer.ended;
-                    let item = FeedItem::Batch { shard: self.shard, records: answer.records, position: answer.position, ended };
-                    if self.items.send(item).await.is_err() || ended {
+                    if answer.ended {
+                        tracing::debug!(epoch = self.epoch, shard = self.shard, %replica, position = ?answer.position, "feed: the epoch ended there");
+                        done.push(replica);
+                    }
+                    let item = FeedItem::Batch { shard: self.shard, records: answer.records, position: answer.position, ended: false };
+                    if self.items.send(item).await.is_err() {
                         return;
                     }
                 }
                 Err((410, _)) => {
                     // Another replica may still have it (this one restarted, say).
+                    tracing::debug!(shard = self.shard, %replica, "feed: history gone there");
                     gone.push(replica);
-                    hint = 0;
                 }
-                Err(_) => {
+                Err((status, reason)) => {
+                    tracing::debug!(shard = self.shard, %replica, status, %reason, "feed request failed");
                     if self.items.is_closed() {
                         return;
                     }
-                    hint = 0;
+                    let tries = failures.entry(replica.clone()).or_default();
+                    *tries += 1;
+                    if ending && *tries >= ENDING_TRIES {
+                        unreachable.push(replica.clone());
+                        done.push(replica);
+                    }
                     turn += 1;
                     tokio::time::sleep(FEED_RETRY).await;
                 }
@@ -385,102 +457,93 @@ impl ShardFeed {
 }
 
 /// Puts the shards' feeds into one causal order.
+///
+/// A write may go once every write it depends on went (or was skipped, not
+/// matching the prefix): the writes of its own origin before it, and for
+/// every other origin what its deps name. The feeds' apply orders are not
+/// enough: a replica applies a write once its deps *on its shard* are
+/// applied, so another shard's write it depends on through a third write
+/// may come later in that feed; the merger waits across feeds instead.
 struct Merger {
-    /// Per shard: its replicas (the origins of its writes), what waits, what
-    /// was sent or skipped, whether its epoch ended.
+    prefix: String,
+    /// `Bug::FeedIgnoresDeps` (tests of the checker only).
+    ignore_deps: bool,
+    /// Per shard: its origins, and whether its start is known.
     shards: Vec<MergeShard>,
+    /// Per origin: writes received, not sent yet, in seq order.
+    waiting: std::collections::BTreeMap<String, VecDeque<Record>>,
+    /// Every write sent or skipped, per origin.
+    delivered: Clock,
 }
 
 struct MergeShard {
     id: ShardId,
     origins: Vec<String>,
-    queue: VecDeque<Pending>,
-    /// `None` until the feed said where "now" is.
-    delivered: Option<Clock>,
+    /// Its start position arrived (or was given).
+    started: bool,
     ended: bool,
 }
 
-enum Pending {
-    Write(Record),
-    /// Everything up to this clock was sent or is not wanted.
-    Position(Clock),
-}
-
 impl Merger {
-    fn new(map: &ShardMap, shard_ids: &[ShardId], start: Option<Clock>) -> Self {
+    fn new(map: &ShardMap, shard_ids: &[ShardId], start: Option<Clock>, prefix: &str) -> Self {
         let shards = shard_ids
             .iter()
-            .map(|id| {
-                let origins = map.replicas(*id).to_vec();
-                let delivered = start
-                    .as_ref()
-                    .map(|s| s.iter().filter(|(o, _)| origins.iter().any(|r| r == o)).map(|(o, s)| (o.to_owned(), s)).collect());
-                MergeShard { id: *id, origins, queue: VecDeque::new(), delivered, ended: false }
-            })
+            .map(|id| MergeShard { id: *id, origins: map.replicas(*id).to_vec(), started: start.is_some(), ended: false })
             .collect();
-        Self { shards }
+        Self { prefix: prefix.to_owned(), ignore_deps: false, shards, waiting: Default::default(), delivered: start.unwrap_or_default() }
     }
 
     fn take(&mut self, shard: ShardId, records: Vec<Record>, position: Clock, ended: bool) {
         let Some(s) = self.shards.iter_mut().find(|s| s.id == shard) else { return };
-        s.queue.extend(records.into_iter().map(Pending::Write));
-        s.queue.push_back(Pending::Position(position));
+        if !s.started {
+            // "From now on": where this shard's feed starts.
+            s.started = true;
+            for (origin, seq) in position.iter().filter(|(o, _)| s.origins.iter().any(|r| r == o)) {
+                self.delivered.observe(origin, seq);
+            }
+        }
         s.ended |= ended;
+        for r in records {
+            if r.dot.seq > self.delivered.get(&r.dot.origin) {
+                let queue = self.waiting.entry(r.dot.origin.clone()).or_default();
+                // Feeds of one shard may overlap after a move to another replica.
+                if queue.back().is_none_or(|last| last.dot.seq < r.dot.seq) {
+                    queue.push_back(r);
+                }
+            }
+        }
     }
 
     fn held(&self) -> usize {
-        self.shards.iter().map(|s| s.queue.len()).sum()
+        self.waiting.values().map(VecDeque::len).sum()
     }
 
     fn all_ended(&self) -> bool {
-        self.shards.iter().all(|s| s.ended && s.queue.is_empty())
+        self.shards.iter().all(|s| s.ended) && self.waiting.values().all(VecDeque::is_empty)
     }
 
-    /// The resume context: every shard's delivered clock.
+    /// The resume context: everything sent or skipped.
     fn context(&self, epoch: u64) -> CausalContext {
-        let mut clock = Clock::new();
-        for s in &self.shards {
-            if let Some(d) = &s.delivered {
-                clock.merge(d);
-            }
-        }
-        CausalContext { epoch, clock }
+        CausalContext { epoch, clock: self.delivered.clone() }
     }
 
-    /// Whether every dependency of `record` outside its shard was delivered.
-    fn deps_delivered(&self, shard: ShardId, record: &Record) -> bool {
-        self.shards.iter().filter(|s| s.id != shard).all(|s| {
-            let needs = s.origins.iter().any(|o| record.deps.get(o) > 0);
-            !needs || s.delivered.as_ref().is_some_and(|d| d.covers_for(&record.deps, s.origins.iter().map(String::as_str)))
-        })
+    fn ready(&self, r: &Record) -> bool {
+        self.delivered.get(&r.dot.origin) + 1 == r.dot.seq
+            && (self.ignore_deps || r.deps.iter().all(|(origin, seq)| origin == r.dot.origin || self.delivered.get(origin) >= seq))
     }
 
-    /// The next write that may be sent, with the context after it; advances
-    /// past positions on the way.
+    /// The next matching write that may be sent, with the context after it;
+    /// skips the writes that do not match on the way.
     fn next_ready(&mut self, epoch: u64) -> Option<(Record, CausalContext)> {
+        if !self.shards.iter().all(|s| s.started) {
+            return None;
+        }
         loop {
-            let mut progressed = false;
-            for i in 0..self.shards.len() {
-                let id = self.shards[i].id;
-                match self.shards[i].queue.front() {
-                    Some(Pending::Position(_)) => {
-                        if let Some(Pending::Position(p)) = self.shards[i].queue.pop_front() {
-                            self.shards[i].delivered.get_or_insert_with(Clock::new).merge(&p);
-                        }
-                        progressed = true;
-                    }
-                    Some(Pending::Write(record)) if self.shards[i].delivered.is_some() && self.deps_delivered(id, record) => {
-                        let Some(Pending::Write(record)) = self.shards[i].queue.pop_front() else { continue };
-                        if let Some(d) = self.shards[i].delivered.as_mut() {
-                            d.observe(&record.dot.origin, record.dot.seq);
-                        }
-                        return Some((record, self.context(epoch)));
-                    }
-                    _ => {}
-                }
-            }
-            if !progressed {
-                return None;
+            let origin = self.waiting.iter().find(|(_, q)| q.front().is_some_and(|r| self.ready(r))).map(|(o, _)| o.clone())?;
+            let record = self.waiting.get_mut(&origin)?.pop_front()?;
+            self.delivered.observe(&record.dot.origin, record.dot.seq);
+            if record.key.starts_with(&self.prefix) {
+                return Some((record, self.context(epoch)));
             }
         }
     }

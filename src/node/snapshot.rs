@@ -237,7 +237,7 @@ impl Node {
             return serde_json::from_str(answer.get()).map_err(|e| (500, e.to_string()));
         }
         let timeout = self.config.causal_wait + ROUND_SLACK;
-        let bytes = self.transport.call(replica, kind, body, timeout).await.map_err(|e| (503, e.to_string()))?;
+        let bytes = self.transport.call(replica, kind, body, timeout).await.map_err(super::feed::refusal)?;
         serde_json::from_slice(&bytes).map_err(|e| (502, e.to_string()))
     }
 

@@ -69,6 +69,8 @@ pub struct SimConfig {
     /// Chance per message of each network fault that is on (drop there,
     /// drop back, duplicate).
     pub fault_rate: f64,
+    /// Change-feed watchers following every key while the sessions run.
+    pub watchers: usize,
 }
 
 impl Default for SimConfig {
@@ -82,6 +84,7 @@ impl Default for SimConfig {
             faults: ALL_FAULTS.iter().map(|f| f.to_string()).collect(),
             bug: None,
             fault_rate: 0.02,
+            watchers: 2,
         }
     }
 }
@@ -99,6 +102,11 @@ pub struct SeedOutcome {
     pub violations: usize,
     pub lost: usize,
     pub divergent: usize,
+    /// Watch events duplicated, out of causal order, or missed.
+    pub watch_problems: usize,
+    /// Watch events received, and feeds that ended saying writes were gone.
+    pub watch_events: usize,
+    pub watch_gaps: usize,
     /// SHA-256 of the history and final state (hex).
     pub digest: String,
     /// Client operations recorded, and how many of them failed.
@@ -114,7 +122,7 @@ pub struct SeedOutcome {
 
 impl SeedOutcome {
     pub fn is_clean(&self) -> bool {
-        self.violations == 0 && self.lost == 0 && self.divergent == 0
+        self.violations == 0 && self.lost == 0 && self.divergent == 0 && self.watch_problems == 0
     }
 }
 
@@ -124,6 +132,8 @@ const BASE_MS: u64 = 1_767_225_600_000;
 /// final state is read (anti-entropy runs every 200 ms; a node that missed
 /// a view change adopts it within a second or two).
 const SETTLE: Duration = Duration::from_secs(20);
+/// How long watchers may catch up after the cluster settled.
+const WATCH_DRAIN: Duration = Duration::from_secs(8);
 /// Hold-back bound of the simulated nodes (`CAUSAL_WAIT_MS`).
 const CAUSAL_WAIT_MS: u64 = 1000;
 
@@ -369,6 +379,8 @@ async fn simulate(config: SimConfig, seed: u64) -> SeedOutcome {
     }
     let history = Arc::new(Mutex::new(History::new()));
     let done = Arc::new(tokio::sync::Notify::new());
+    let stop_watching = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let watchers: Vec<_> = (0..config.watchers).map(|i| tokio::spawn(workload::watcher(cluster.clone(), i, stop_watching.clone()))).collect();
     let nemesis = tokio::spawn(workload::nemesis(cluster.clone(), config.clone(), done.clone()));
     workload::run_sessions(cluster.clone(), &config, history.clone()).await;
     done.notify_one();
@@ -383,6 +395,15 @@ async fn simulate(config: SimConfig, seed: u64) -> SeedOutcome {
     }
     let recorded = std::mem::take(&mut *history.lock());
     settle(&cluster, &recorded).await;
+    // The watchers get a while after the cluster settled to catch up, then stop.
+    tokio::time::sleep(WATCH_DRAIN).await;
+    stop_watching.store(true, std::sync::atomic::Ordering::Relaxed);
+    let mut logs = Vec::new();
+    for w in watchers {
+        if let Ok(log) = w.await {
+            logs.push(log);
+        }
+    }
     *history.lock() = recorded;
     let view = cluster.current_view();
     let (final_state, divergent, mut problems) = read_final_state(&cluster, &view, &history.lock());
@@ -397,7 +418,15 @@ async fn simulate(config: SimConfig, seed: u64) -> SeedOutcome {
     for (key, values) in &final_state.values {
         hasher.update(format!("{key}={values:?}\n").as_bytes());
     }
+    let mut watch_issues = Vec::new();
+    for log in &logs {
+        watch_issues.extend(workload::watch_problems(log, &history));
+        hasher.update(format!("watch {} {} {}\n", log.events.len(), log.reconnects, log.gaps).as_bytes());
+    }
+    let watch_events: usize = logs.iter().map(|l| l.events.len()).sum();
+    let watch_gaps: usize = logs.iter().map(|l| l.gaps).sum();
     let digest = hex::encode(hasher.finalize());
+    problems.extend(watch_issues.iter().take(5).cloned());
     problems.extend(report.violations.iter().take(5).map(|v| v.description.clone()));
     problems.extend(report.lost_writes.iter().take(5).cloned());
     for a in &cluster.addresses {
@@ -412,7 +441,15 @@ async fn simulate(config: SimConfig, seed: u64) -> SeedOutcome {
         operations: report.operations,
         failed: report.failed,
         final_epoch: view.epoch,
-        summary: format!("{} divergent={divergent} epoch={}", report.summary(), view.epoch),
+        watch_problems: watch_issues.len(),
+        watch_events,
+        watch_gaps,
+        summary: format!(
+            "{} divergent={divergent} epoch={} watch: events={watch_events} problems={} gaps={watch_gaps}",
+            report.summary(),
+            view.epoch,
+            watch_issues.len()
+        ),
         problems,
     }
 }

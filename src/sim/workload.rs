@@ -226,3 +226,133 @@ async fn change_view(cluster: &SimCluster) {
         tracing::debug!(error = %e, "simulated view change failed");
     }
 }
+
+/// What a simulated watcher received.
+#[derive(Debug, Default)]
+pub struct WatchLog {
+    pub events: Vec<Seen>,
+    /// Times it connected again (after its node died, a feed ended, or on purpose).
+    pub reconnects: usize,
+    /// Feeds that ended with `history-gone` (the watcher was told it missed writes).
+    pub gaps: usize,
+}
+
+/// One write event.
+#[derive(Debug, Clone)]
+pub struct Seen {
+    pub key: String,
+    pub value: Option<String>,
+    pub epoch: u64,
+    pub origin: String,
+    pub seq: u64,
+    pub deps: crate::causal::Clock,
+}
+
+/// Watches every key (`k…`) from the start of the first epoch, through a
+/// random node; moves to another node when its node dies or a feed ends,
+/// and now and then on purpose, resuming from the last context it received.
+pub async fn watcher(cluster: Arc<SimCluster>, id: usize, stop: Arc<std::sync::atomic::AtomicBool>) -> WatchLog {
+    use crate::node::feed::{EndReason, WatchEvent};
+    use std::sync::atomic::Ordering;
+    let mut log = WatchLog::default();
+    let mut from = Some(CausalContext { epoch: cluster.current_view().epoch, clock: Default::default() });
+    while !stop.load(Ordering::Relaxed) {
+        let (target, leave_after) = cluster.net.with_rng(|r| (r.random_range(0..cluster.addresses.len()), r.random_range(5..60)));
+        let address = cluster.addresses[target].clone();
+        let Some(inc) = cluster.incarnation(&address) else {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            continue;
+        };
+        // The watch runs as work of that node: its crash ends it.
+        let (pipe_tx, mut events) = tokio::sync::mpsc::channel::<WatchEvent>(crate::node::feed::EVENT_BUFFER);
+        let node = inc.node.clone();
+        let start = from.clone();
+        let pipe = tokio::spawn(async move {
+            inc.run(async move {
+                let mut rx = node.watch("k".into(), start);
+                while let Some(event) = rx.recv().await {
+                    if pipe_tx.send(event).await.is_err() {
+                        return;
+                    }
+                }
+            })
+            .await
+        });
+        let mut received = 0;
+        loop {
+            if stop.load(Ordering::Relaxed) || received >= leave_after {
+                break;
+            }
+            match tokio::time::timeout(Duration::from_millis(500), events.recv()).await {
+                Err(_) => continue,
+                Ok(None) => break,
+                Ok(Some(WatchEvent::Write { record, context })) => {
+                    received += 1;
+                    let value = record.value.as_ref().map(|v| serde_json::from_str::<String>(v.get()).unwrap_or_else(|_| v.get().to_owned()));
+                    log.events.push(Seen {
+                        key: record.key.clone(),
+                        value,
+                        epoch: record.dot.epoch,
+                        origin: record.dot.origin.clone(),
+                        seq: record.dot.seq,
+                        deps: record.deps.clone(),
+                    });
+                    from = Some(context);
+                }
+                Ok(Some(WatchEvent::End { reason, context })) => {
+                    tracing::debug!(at = ?cluster.elapsed(), watcher = id, ?reason, "sim: feed ended");
+                    if reason == EndReason::HistoryGone {
+                        log.gaps += 1;
+                        from = None;
+                    } else {
+                        from = Some(context);
+                    }
+                    break;
+                }
+            }
+        }
+        pipe.abort();
+        log.reconnects += 1;
+        tracing::debug!(at = ?cluster.elapsed(), watcher = id, %address, received, "sim: watcher reconnects");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    log
+}
+
+/// What is wrong with what a watcher received, given the acknowledged
+/// writes: the same write twice, a write after one that depends on it, and
+/// acknowledged puts never received (unless a feed said it had a gap).
+pub fn watch_problems(log: &WatchLog, history: &History) -> Vec<String> {
+    let mut problems = Vec::new();
+    let mut seen = std::collections::BTreeSet::new();
+    for e in &log.events {
+        if !seen.insert((e.epoch, e.origin.clone(), e.seq)) {
+            problems.push(format!("duplicated event: {} = {:?} ({}:{}@{})", e.key, e.value, e.origin, e.seq, e.epoch));
+        }
+    }
+    for (j, later) in log.events.iter().enumerate() {
+        for earlier in &log.events[..j] {
+            let cause_after_effect = later.epoch < earlier.epoch || (later.epoch == earlier.epoch && earlier.deps.get(&later.origin) >= later.seq);
+            if cause_after_effect {
+                problems.push(format!(
+                    "out of order: {} = {:?} ({}:{}) came after {} = {:?}, which depends on it",
+                    later.key, later.value, later.origin, later.seq, earlier.key, earlier.value
+                ));
+                break;
+            }
+        }
+    }
+    if log.gaps == 0 {
+        let received: std::collections::HashSet<&str> = log.events.iter().filter_map(|e| e.value.as_deref()).collect();
+        for op in history.ops() {
+            if let (OpKind::Write { key, value }, Outcome::Ok) = (&op.kind, op.outcome)
+                && !value.starts_with(crate::check::TOMBSTONE_PREFIX)
+                && key.starts_with('k')
+                && !received.contains(value.as_str())
+            {
+                problems.push(format!("missed event: acknowledged write {key} = {value:?}"));
+            }
+        }
+    }
+    problems
+}

@@ -80,10 +80,15 @@ impl RecentWrites {
         }
     }
 
-    /// At start-up: the history begins in `epoch`, after `applied`.
-    pub fn start(&self, epoch: u64, applied: &Clock) {
+    /// At start-up: the history begins in `epoch`, after `applied`, at
+    /// position `first` — the wall clock in ns, so that positions keep
+    /// growing across restarts and a position from before one (a feed's
+    /// hint) is below every position of the new history, never inside it.
+    pub fn start(&self, epoch: u64, applied: &Clock, first: u64) {
         self.reset(epoch, applied);
-        self.ring.lock().first_epoch = epoch;
+        let mut ring = self.ring.lock();
+        ring.first_epoch = epoch;
+        ring.first = first;
     }
 
     /// Forgets everything: writes of `epoch` up to `applied` count as dropped.

@@ -248,7 +248,7 @@ impl Store {
             recent: Default::default(),
         };
         // What was applied before this start is not in the history.
-        store.recent.start(store.epoch(), &store.applied());
+        store.recent.start(store.epoch(), &store.applied(), store.clock.now_ms().saturating_mul(1_000_000));
         store.stats.replayed_entries.store(replayed as u64, Ordering::Relaxed);
         // What was replayed goes into the engine now, so the old segments can go.
         store.checkpoint()?;
