@@ -213,7 +213,9 @@ impl Node {
         };
         loop {
             let Some(map) = self.view_of(epoch) else {
-                let _ = tx.send(WatchEvent::End { reason: EndReason::HistoryGone, context: CausalContext { epoch, clock: Clock::new() } }).await;
+                let _ = tx
+                    .send(WatchEvent::End { reason: EndReason::HistoryGone, context: CausalContext { epoch, clock: Clock::new() } })
+                    .await;
                 return;
             };
             match self.watch_epoch(&map, &prefix, start.take(), &tx).await {
@@ -252,7 +254,13 @@ impl Node {
 
     /// Follows every shard of `map` until its epoch is over at every shard
     /// (then its last context), or the watch stops.
-    async fn watch_epoch(self: &Arc<Self>, map: &ShardMap, prefix: &str, start: Option<Clock>, tx: &mpsc::Sender<WatchEvent>) -> EpochOutcome {
+    async fn watch_epoch(
+        self: &Arc<Self>,
+        map: &ShardMap,
+        prefix: &str,
+        start: Option<Clock>,
+        tx: &mpsc::Sender<WatchEvent>,
+    ) -> EpochOutcome {
         let epoch = map.epoch();
         let shard_ids = map.shard_ids();
         tracing::debug!(epoch, ?start, "watch: following an epoch");
@@ -260,7 +268,8 @@ impl Node {
         let mut tasks = tokio::task::JoinSet::new();
         for shard in &shard_ids {
             let replicas = map.replicas(*shard).to_vec();
-            let after = start.as_ref().map(|s| s.iter().filter(|(o, _)| replicas.iter().any(|r| r == o)).map(|(o, s)| (o.to_owned(), s)).collect());
+            let after =
+                start.as_ref().map(|s| s.iter().filter(|(o, _)| replicas.iter().any(|r| r == o)).map(|(o, s)| (o.to_owned(), s)).collect());
             let feed = ShardFeed { shard: *shard, epoch, replicas, prefix: prefix.to_owned(), after, items: items_tx.clone() };
             tasks.spawn(feed.run(self.feed_caller()));
         }
@@ -310,7 +319,6 @@ impl Node {
             if merger.all_ended() {
                 return EpochOutcome::Over;
             }
-
         }
     }
 
@@ -383,19 +391,19 @@ impl ShardFeed {
         let mut unreachable: Vec<String> = Vec::new();
         loop {
             let ending = !done.is_empty();
-            let order: Vec<&String> = caller
-                .node
-                .detector
-                .alive_first(&self.replicas)
-                .into_iter()
-                .filter(|r| !gone.contains(r) && !done.contains(r))
-                .collect();
+            let order: Vec<&String> =
+                caller.node.detector.alive_first(&self.replicas).into_iter().filter(|r| !gone.contains(r) && !done.contains(r)).collect();
             if order.is_empty() {
                 // The epoch's end is known only when every replica gave its
                 // own: one that could not may have had writes the others lack.
                 let complete = ending && done.iter().all(|r| !unreachable.contains(r)) && gone.is_empty();
                 let item = if complete {
-                    FeedItem::Batch { shard: self.shard, records: Vec::new(), position: self.after.clone().unwrap_or_default(), ended: true }
+                    FeedItem::Batch {
+                        shard: self.shard,
+                        records: Vec::new(),
+                        position: self.after.clone().unwrap_or_default(),
+                        ended: true,
+                    }
                 } else {
                     FeedItem::Failed(EndReason::HistoryGone)
                 };

@@ -380,7 +380,12 @@ async fn simulate(config: SimConfig, seed: u64) -> SeedOutcome {
     let history = Arc::new(Mutex::new(History::new()));
     let done = Arc::new(tokio::sync::Notify::new());
     let stop_watching = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let watchers: Vec<_> = (0..config.watchers).map(|i| tokio::spawn(workload::watcher(cluster.clone(), i, stop_watching.clone()))).collect();
+    let logs: Vec<Arc<Mutex<workload::WatchLog>>> = (0..config.watchers).map(|_| Arc::default()).collect();
+    let watchers: Vec<_> = logs
+        .iter()
+        .enumerate()
+        .map(|(i, log)| tokio::spawn(workload::watcher(cluster.clone(), i, stop_watching.clone(), log.clone())))
+        .collect();
     let nemesis = tokio::spawn(workload::nemesis(cluster.clone(), config.clone(), done.clone()));
     workload::run_sessions(cluster.clone(), &config, history.clone()).await;
     done.notify_one();
@@ -396,14 +401,12 @@ async fn simulate(config: SimConfig, seed: u64) -> SeedOutcome {
     let recorded = std::mem::take(&mut *history.lock());
     settle(&cluster, &recorded).await;
     // The watchers get a while after the cluster settled to catch up, then stop.
-    tokio::time::sleep(WATCH_DRAIN).await;
+    cluster.wait_until(WATCH_DRAIN, || logs.iter().all(|l| workload::caught_up(&l.lock(), &recorded))).await;
     stop_watching.store(true, std::sync::atomic::Ordering::Relaxed);
-    let mut logs = Vec::new();
     for w in watchers {
-        if let Ok(log) = w.await {
-            logs.push(log);
-        }
+        let _ = w.await;
     }
+    let logs: Vec<workload::WatchLog> = logs.iter().map(|l| std::mem::take(&mut *l.lock())).collect();
     *history.lock() = recorded;
     let view = cluster.current_view();
     let (final_state, divergent, mut problems) = read_final_state(&cluster, &view, &history.lock());

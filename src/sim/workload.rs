@@ -251,10 +251,9 @@ pub struct Seen {
 /// Watches every key (`k…`) from the start of the first epoch, through a
 /// random node; moves to another node when its node dies or a feed ends,
 /// and now and then on purpose, resuming from the last context it received.
-pub async fn watcher(cluster: Arc<SimCluster>, id: usize, stop: Arc<std::sync::atomic::AtomicBool>) -> WatchLog {
+pub async fn watcher(cluster: Arc<SimCluster>, id: usize, stop: Arc<std::sync::atomic::AtomicBool>, log: Arc<Mutex<WatchLog>>) {
     use crate::node::feed::{EndReason, WatchEvent};
     use std::sync::atomic::Ordering;
-    let mut log = WatchLog::default();
     let mut from = Some(CausalContext { epoch: cluster.current_view().epoch, clock: Default::default() });
     while !stop.load(Ordering::Relaxed) {
         let (target, leave_after) = cluster.net.with_rng(|r| (r.random_range(0..cluster.addresses.len()), r.random_range(5..60)));
@@ -288,8 +287,9 @@ pub async fn watcher(cluster: Arc<SimCluster>, id: usize, stop: Arc<std::sync::a
                 Ok(None) => break,
                 Ok(Some(WatchEvent::Write { record, context })) => {
                     received += 1;
-                    let value = record.value.as_ref().map(|v| serde_json::from_str::<String>(v.get()).unwrap_or_else(|_| v.get().to_owned()));
-                    log.events.push(Seen {
+                    let value =
+                        record.value.as_ref().map(|v| serde_json::from_str::<String>(v.get()).unwrap_or_else(|_| v.get().to_owned()));
+                    log.lock().events.push(Seen {
                         key: record.key.clone(),
                         value,
                         epoch: record.dot.epoch,
@@ -302,7 +302,7 @@ pub async fn watcher(cluster: Arc<SimCluster>, id: usize, stop: Arc<std::sync::a
                 Ok(Some(WatchEvent::End { reason, context })) => {
                     tracing::debug!(at = ?cluster.elapsed(), watcher = id, ?reason, "sim: feed ended");
                     if reason == EndReason::HistoryGone {
-                        log.gaps += 1;
+                        log.lock().gaps += 1;
                         from = None;
                     } else {
                         from = Some(context);
@@ -312,11 +312,16 @@ pub async fn watcher(cluster: Arc<SimCluster>, id: usize, stop: Arc<std::sync::a
             }
         }
         pipe.abort();
-        log.reconnects += 1;
+        log.lock().reconnects += 1;
         tracing::debug!(at = ?cluster.elapsed(), watcher = id, %address, received, "sim: watcher reconnects");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    log
+}
+
+/// Whether a watcher has every acknowledged put of the history (or said it
+/// has a gap: then it cannot).
+pub fn caught_up(log: &WatchLog, history: &History) -> bool {
+    log.gaps > 0 || watch_problems(log, history).iter().all(|p| !p.starts_with("missed"))
 }
 
 /// What is wrong with what a watcher received, given the acknowledged
@@ -332,7 +337,8 @@ pub fn watch_problems(log: &WatchLog, history: &History) -> Vec<String> {
     }
     for (j, later) in log.events.iter().enumerate() {
         for earlier in &log.events[..j] {
-            let cause_after_effect = later.epoch < earlier.epoch || (later.epoch == earlier.epoch && earlier.deps.get(&later.origin) >= later.seq);
+            let cause_after_effect =
+                later.epoch < earlier.epoch || (later.epoch == earlier.epoch && earlier.deps.get(&later.origin) >= later.seq);
             if cause_after_effect {
                 problems.push(format!(
                     "out of order: {} = {:?} ({}:{}) came after {} = {:?}, which depends on it",
