@@ -50,9 +50,11 @@ pub struct ClientArgs {
 
 #[derive(Subcommand, Debug)]
 pub enum ClientCommand {
-    /// Prints a key's value (JSON).
+    /// Prints a key's value (JSON); several keys are read from one causally
+    /// consistent cut (`key: value` lines, absent keys as `key: (absent)`).
     Get {
-        key: String,
+        #[arg(required = true, num_args = 1..)]
+        keys: Vec<String>,
         #[command(flatten)]
         client: ClientArgs,
     },
@@ -179,9 +181,29 @@ async fn execute(command: &ClientCommand) -> Result<u8, Error> {
     let session_file = args.session.as_deref();
     let session = load_session(&client, session_file)?;
     let code = match command {
-        ClientCommand::Get { key, .. } => match session.get_raw(key).await? {
+        ClientCommand::Get { keys, .. } if keys.len() > 1 => {
+            let refs: Vec<&str> = keys.iter().map(String::as_str).collect();
+            let values = session.get_many(&refs).await?;
+            if args.json {
+                let mut map = serde_json::Map::new();
+                for (key, value) in &values {
+                    let v = match value {
+                        Some(raw) => serde_json::from_str::<Value>(raw.get())?,
+                        None => Value::Null,
+                    };
+                    map.insert(key.clone(), v);
+                }
+                println!("{}", json!({"values": map}));
+            } else {
+                for (key, value) in &values {
+                    println!("{key}: {}", value.as_ref().map_or("(absent)", |v| v.get()));
+                }
+            }
+            0
+        }
+        ClientCommand::Get { keys, .. } => match session.get_raw(&keys[0]).await? {
             Some(v) if args.json => {
-                println!("{}", json!({"key": key, "found": true, "value": serde_json::from_str::<Value>(v.get())?}));
+                println!("{}", json!({"key": keys[0], "found": true, "value": serde_json::from_str::<Value>(v.get())?}));
                 0
             }
             Some(v) => {
@@ -189,11 +211,11 @@ async fn execute(command: &ClientCommand) -> Result<u8, Error> {
                 0
             }
             None if args.json => {
-                println!("{}", json!({"key": key, "found": false}));
+                println!("{}", json!({"key": keys[0], "found": false}));
                 NOT_FOUND
             }
             None => {
-                eprintln!("not found: {key}");
+                eprintln!("not found: {}", keys[0]);
                 NOT_FOUND
             }
         },

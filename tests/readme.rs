@@ -96,19 +96,15 @@ fn the_readme_cluster_and_curl_session_work_as_shown() {
     }
 }
 
-// The README's command-line session, run as written (ports shifted) against
-// a fresh `causalkv cluster --nodes 4 --repl-factor 2`: same output. `shards`
-// and `status` show replication as it stands, so they are asked again (with
-// a deadline) until the workers have caught up.
-#[test]
-fn the_readme_cli_session_works_as_shown() {
-    let base = common::free_port_run(4);
-    let data = tempfile::tempdir().unwrap();
-    let work = tempfile::tempdir().unwrap();
+/// `causalkv cluster --nodes 4 --repl-factor 2` on ports from `base`, once
+/// it printed its map (the channel keeps reading its output). The caller
+/// stops it with [`stop_cluster`], which waits for it.
+#[allow(clippy::zombie_processes)]
+fn start_cluster(base: u16, data: &std::path::Path) -> std::process::Child {
     let mut cluster = Command::new(common::BIN)
         .args(["cluster", "--nodes", "4", "--repl-factor", "2", "--base-port", &base.to_string()])
         .arg("--data-dir")
-        .arg(data.path())
+        .arg(data)
         .env("RUST_LOG", "warn")
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
@@ -121,16 +117,40 @@ fn the_readme_cli_session_works_as_shown() {
             let _ = tx.send(line);
         }
     });
-    let started = Instant::now() + Duration::from_secs(60);
+    let deadline = Instant::now() + Duration::from_secs(60);
     loop {
-        let left = started.saturating_duration_since(Instant::now());
+        let left = deadline.saturating_duration_since(Instant::now());
         if rx.recv_timeout(left).expect("the cluster command printed its map").starts_with("Ctrl-C") {
-            break;
+            return cluster;
         }
     }
+}
+
+fn stop_cluster(mut cluster: std::process::Child) {
+    unsafe {
+        libc::kill(cluster.id() as i32, libc::SIGINT);
+    }
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let status = loop {
+        if let Some(s) = cluster.try_wait().unwrap() {
+            break s;
+        }
+        assert!(Instant::now() < deadline, "the cluster did not stop on Ctrl-C");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert!(status.success(), "cluster exited with {status}");
+}
+
+/// Runs the README console block after `heading` line by line (ports
+/// shifted, `causalkv` on the PATH, `export` lines kept for the next ones)
+/// and compares what each prints (stdout and stderr) with the README.
+/// `shards` and `status` show replication as it stands, so they are asked
+/// again (with a deadline) until the workers have caught up.
+fn run_console_block(heading: &str, base: u16, min_steps: usize) {
+    let work = tempfile::tempdir().unwrap();
     let bin_dir = std::path::Path::new(common::BIN).parent().unwrap().to_path_buf();
     let path = format!("{}:{}", bin_dir.display(), std::env::var("PATH").unwrap_or_default());
-    let session = readme_block("## Command-line client", "console");
+    let session = readme_block(heading, "console");
     let mut steps: Vec<(String, String)> = Vec::new();
     for line in session.lines() {
         if let Some(cmd) = line.strip_prefix("$ ") {
@@ -140,7 +160,7 @@ fn the_readme_cli_session_works_as_shown() {
             last.1.push('\n');
         }
     }
-    assert!(steps.len() >= 10, "the session has its steps");
+    assert!(steps.len() >= min_steps, "the session has its steps");
     let mut env: Vec<(String, String)> = Vec::new();
     for (cmd, expected) in &steps {
         let cmd = shift_ports(cmd, base);
@@ -170,18 +190,28 @@ fn the_readme_cli_session_works_as_shown() {
             std::thread::sleep(Duration::from_millis(100));
         }
     }
-    unsafe {
-        libc::kill(cluster.id() as i32, libc::SIGINT);
-    }
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let status = loop {
-        if let Some(s) = cluster.try_wait().unwrap() {
-            break s;
-        }
-        assert!(Instant::now() < deadline, "the cluster did not stop on Ctrl-C");
-        std::thread::sleep(Duration::from_millis(20));
-    };
-    assert!(status.success(), "cluster exited with {status}");
+}
+
+// The README's command-line session, run as written (ports shifted) against
+// a fresh `causalkv cluster --nodes 4 --repl-factor 2`: same output.
+#[test]
+fn the_readme_cli_session_works_as_shown() {
+    let base = common::free_port_run(4);
+    let data = tempfile::tempdir().unwrap();
+    let cluster = start_cluster(base, data.path());
+    run_console_block("## Command-line client", base, 10);
+    stop_cluster(cluster);
+}
+
+// The README's snapshot read and change feed, with curl and the CLI, against
+// a fresh cluster: same output.
+#[test]
+fn the_readme_snapshot_read_and_watch_work_as_shown() {
+    let base = common::free_port_run(4);
+    let data = tempfile::tempdir().unwrap();
+    let cluster = start_cluster(base, data.path());
+    run_console_block("## Snapshot reads and change feeds", base, 5);
+    stop_cluster(cluster);
 }
 
 // `cargo run --release` (the README's first command) must start a node even

@@ -71,6 +71,15 @@ pub async fn watch(
     let Some(slot) = node.watcher_slot() else {
         return ErrorReply::new(&method, ApiError::TooManyWatchers, empty()).into_response();
     };
+    // "From now on" is fixed before the answer starts: every write made
+    // after the client has the 200 is sent.
+    let from = match from {
+        Some(from) => from,
+        None => match node.watch_position().await {
+            Some(now) => now,
+            None => return ErrorReply::new(&method, ApiError::Unavailable, empty()).into_response(),
+        },
+    };
     let events = node.watch(prefix, from);
     Sse::new(stream(events, slot)).keep_alive(KeepAlive::new().interval(Duration::from_secs(15))).into_response()
 }

@@ -539,6 +539,49 @@ impl Client {
         Err(Error::Unreachable(problems.join("; ")))
     }
 
+    /// A read-only POST at the first node that answers, with 503s retried
+    /// within the budget (a snapshot read, which may be repeated freely).
+    async fn any_node_post(&self, path: &str, body: Vec<u8>) -> Result<KeyAnswer, Error> {
+        let deadline = Instant::now() + self.inner.retry_budget;
+        let mut problem = String::new();
+        loop {
+            for node in self.candidates().await {
+                let sent = self
+                    .inner
+                    .http
+                    .post(self.url(&node, path))
+                    .header(reqwest::header::CONTENT_TYPE, "application/json")
+                    .body(body.clone())
+                    .send()
+                    .await;
+                let resp = match sent {
+                    Ok(r) => r,
+                    Err(e) => {
+                        self.mark_failing(&node);
+                        problem = format!("{node}: {}", describe(&e));
+                        continue;
+                    }
+                };
+                let status = resp.status();
+                let served_by = resp.headers().get(SERVED_BY).and_then(|v| v.to_str().ok()).map(str::to_owned);
+                let bytes = resp.bytes().await.map_err(|e| Error::Unreachable(describe(&e)))?;
+                let value: Value = serde_json::from_slice(&bytes).map_err(|e| Error::Protocol(format!("{node}: {e}")))?;
+                if status == StatusCode::SERVICE_UNAVAILABLE {
+                    problem = format!("{node}: {}", error_text(&value));
+                    break;
+                }
+                if !status.is_success() {
+                    return Err(rejection(status, &value));
+                }
+                return Ok(KeyAnswer { status, body: value, bytes, served_by });
+            }
+            if Instant::now() >= deadline {
+                return Err(Error::Unavailable(problem));
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
     /// Seeds, then the rest of the known view, healthy ones first.
     async fn candidates(&self) -> Vec<String> {
         let mut nodes = self.inner.seeds.clone();
@@ -653,6 +696,34 @@ impl Session {
             }
             status => Err(rejection(status, &answer.body)),
         }
+    }
+
+    /// Several keys read from one causally consistent cut (`POST
+    /// /kv-store/read`): every key once, in the order given, with its value
+    /// as JSON text or `None`. If the answer holds a write that depends on
+    /// a write of another key asked for, it holds that write or a later one.
+    pub async fn get_many(&self, keys: &[&str]) -> Result<Vec<(String, Option<Box<RawValue>>)>, Error> {
+        #[derive(Serialize)]
+        struct ReadBody<'a> {
+            keys: &'a [&'a str],
+            #[serde(rename = "causal-context")]
+            context: &'a CausalContext,
+        }
+        #[derive(serde::Deserialize)]
+        struct KeyValue {
+            key: String,
+            value: Option<Box<RawValue>>,
+        }
+        #[derive(serde::Deserialize)]
+        struct ReadAnswer {
+            values: Vec<KeyValue>,
+        }
+        let ctx = self.context();
+        let body = serde_json::to_vec(&ReadBody { keys, context: &ctx })?;
+        let answer = self.client.any_node_post("/kv-store/read", body).await?;
+        self.learn(&answer.body)?;
+        let read: ReadAnswer = serde_json::from_slice(&answer.bytes).map_err(|e| Error::Protocol(format!("a snapshot read: {e}")))?;
+        Ok(read.values.into_iter().map(|kv| (kv.key, kv.value)).collect())
     }
 
     /// Deletes the key; false when it did not exist.

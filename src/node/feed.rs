@@ -188,13 +188,41 @@ impl Node {
     }
 
     /// Starts following every write to keys starting with `prefix` after
-    /// `from` (`None`: from now on). Events arrive on the receiver until it
-    /// is dropped or an `End` event.
-    pub fn watch(self: &Arc<Self>, prefix: String, from: Option<CausalContext>) -> mpsc::Receiver<WatchEvent> {
+    /// `from`. Events arrive on the receiver until it is dropped or an `End`
+    /// event.
+    pub fn watch(self: &Arc<Self>, prefix: String, from: CausalContext) -> mpsc::Receiver<WatchEvent> {
         let (tx, rx) = mpsc::channel(EVENT_BUFFER);
         let node = self.clone();
-        tokio::spawn(async move { node.run_watch(prefix, from, tx).await });
+        tokio::spawn(async move { node.run_watch(prefix, Some(from), tx).await });
         rx
+    }
+
+    /// "Now" for a watch: every shard's position at one of its replicas, so
+    /// that a watch from it sends every write made after this returns.
+    /// `None` when some shard does not answer in time.
+    pub async fn watch_position(self: &Arc<Self>) -> Option<CausalContext> {
+        let cur = self.current();
+        let epoch = cur.map.epoch();
+        let caller = self.feed_caller();
+        let mut clock = Clock::new();
+        for shard in cur.map.shard_ids() {
+            let replicas = cur.map.replicas(shard);
+            let mut order: Vec<&String> = self.detector.alive_first(replicas);
+            if let Some(i) = order.iter().position(|r| r.as_str() == self.me()) {
+                let me = order.remove(i);
+                order.insert(0, me);
+            }
+            let mut found = None;
+            for replica in order {
+                let req = FeedRequest { epoch, shard, after: None, from: 0, prefix: String::new(), limit: 1, wait_ms: 0 };
+                if let Ok(answer) = caller.call(replica, req).await {
+                    found = Some(answer.position);
+                    break;
+                }
+            }
+            clock.merge(&found?);
+        }
+        Some(CausalContext { epoch, clock })
     }
 
     async fn run_watch(self: Arc<Self>, prefix: String, from: Option<CausalContext>, tx: mpsc::Sender<WatchEvent>) {

@@ -268,6 +268,13 @@ pub async fn watcher(cluster: Arc<SimCluster>, id: usize, stop: Arc<std::sync::a
         let start = from.clone();
         let pipe = tokio::spawn(async move {
             inc.run(async move {
+                let start = match start {
+                    Some(s) => s,
+                    None => match node.watch_position().await {
+                        Some(now) => now,
+                        None => return,
+                    },
+                };
                 let mut rx = node.watch("k".into(), start);
                 while let Some(event) = rx.recv().await {
                     if pipe_tx.send(event).await.is_err() {

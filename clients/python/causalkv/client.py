@@ -350,6 +350,21 @@ class Session:
             return default
         return body.get("value")
 
+    def get_many(self, keys: list[str]) -> dict[str, Any]:
+        """Several keys read from one causally consistent cut (a snapshot read).
+
+        Returns every key asked for, JSON-decoded, with ``None`` for a key
+        that does not exist. If the answer holds a write that depends on a
+        write of another key asked for, it holds that write or a later one.
+        At most 1 000 keys.
+        """
+        body = self._call("POST", "/kv-store/read", {"keys": list(keys)}, key_operation=False)
+        values: dict[str, Any] = {}
+        for entry in body.get("values", []):
+            if isinstance(entry, dict) and isinstance(entry.get("key"), str):
+                values[entry["key"]] = entry.get("value") if entry.get("doesExist") else None
+        return values
+
     def delete(self, key: str) -> None:
         """Deletes ``key``; raises ``KeyNotFound`` when it does not exist."""
         self._call("DELETE", _key_path(key), {})

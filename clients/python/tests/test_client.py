@@ -153,6 +153,14 @@ class RealNodeTest(unittest.TestCase):
             self.assertEqual(caught.exception.body["error"], "Value is missing")
         self.assertIsNone(self.session.get("refused", default=None))
 
+    def test_get_many_reads_a_snapshot(self) -> None:
+        self.session.put("profile", {"name": "Ada"})
+        self.session.put("photos", [1, 2])
+        values = self.session.get_many(["profile", "photos", "nothing", "profile"])
+        self.assertEqual(values, {"profile": {"name": "Ada"}, "photos": [1, 2], "nothing": None})
+        with self.assertRaises(BadRequest):
+            self.session.get_many([])
+
     def test_put_tells_created_from_replaced(self) -> None:
         self.assertIs(self.session.put("k", "one"), True)
         self.assertIs(self.session.put("k", "two"), False)
