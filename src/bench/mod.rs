@@ -3,6 +3,7 @@
 
 pub mod buf;
 pub mod ceiling;
+pub mod features;
 pub mod http;
 pub mod keyspace;
 pub mod load;

@@ -46,6 +46,24 @@ enum Command {
     },
     /// Visibility latency: PUT ack at the master → readable without context at each worker.
     Visibility(VisArgs),
+    /// Snapshot reads against sequential GETs of the same keys, and the
+    /// delay of change-feed events (a running cluster; JSON report).
+    Features {
+        /// The cluster's nodes (the last one serves the watch).
+        #[arg(long, value_delimiter = ',', required = true)]
+        nodes: Vec<String>,
+        #[arg(short, long, default_value_t = 16)]
+        connections: usize,
+        #[arg(short, long, default_value_t = 10.0)]
+        duration: f64,
+        #[arg(long, default_value_t = 10)]
+        keys_per_read: usize,
+        #[arg(long, default_value_t = 2000)]
+        watch_writes: usize,
+        /// Writes per second during the watch measurement.
+        #[arg(long, default_value_t = 500.0)]
+        watch_rate: f64,
+    },
     /// Latency of a small write + fdatasync in a directory.
     FsyncProbe {
         #[arg(long, default_value = ".")]
@@ -191,6 +209,23 @@ fn main() -> ExitCode {
             }
             Err(e) => fail(&format!("fsync probe in {}: {e}", dir.display())),
         },
+        Some(Command::Features { nodes, connections, duration, keys_per_read, watch_writes, watch_rate }) => {
+            let args = bench::features::FeatureArgs {
+                nodes,
+                connections: connections.max(1),
+                seconds: duration.max(0.5),
+                keys_per_read: keys_per_read.clamp(1, 1000),
+                watch_writes: watch_writes.max(1),
+                watch_rate,
+            };
+            match runtime(None).block_on(bench::features::run(args)) {
+                Ok(report) => {
+                    println!("{}", serde_json::to_string_pretty(&report).expect("serialisable report"));
+                    ExitCode::SUCCESS
+                }
+                Err(e) => fail(&e),
+            }
+        }
         Some(Command::Visibility(a)) => {
             let cfg = VisConfig {
                 master: a.master,
