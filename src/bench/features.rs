@@ -92,11 +92,8 @@ async fn watch_delay(client: &Client, args: &FeatureArgs) -> Result<(u64, Histog
     let watcher_node = args.nodes.last().cloned().unwrap_or_default();
     let http = reqwest::Client::builder().build().map_err(|e| e.to_string())?;
     let prefix = format!("wd{}-", std::process::id());
-    let mut resp = http
-        .get(format!("http://{watcher_node}/kv-store/watch?prefix={prefix}"))
-        .send()
-        .await
-        .map_err(|e| format!("watch: {e}"))?;
+    let mut resp =
+        http.get(format!("http://{watcher_node}/kv-store/watch?prefix={prefix}")).send().await.map_err(|e| format!("watch: {e}"))?;
     if !resp.status().is_success() {
         return Err(format!("watch answered {}", resp.status()));
     }
