@@ -142,6 +142,16 @@ async fn the_client_follows_a_view_change_and_a_failover() {
         }
     }
     let shard1_key = shard1_key.expect("a key of shard 1");
+    // The worker must hold what the session's context names before the
+    // master dies, or it rightly refuses (503) to build on writes it lacks.
+    let worker = shards[0].replicas.iter().find(|r| **r != shards[0].master).expect("a worker").clone();
+    let ctx = session.context().to_json();
+    let replicated = wait_until(Duration::from_secs(10), || async {
+        let a = c.get(c.index_of(&worker), &shard1_key, &ctx).await;
+        a.status.is_success() && a.served_by.as_deref() == Some(worker.as_str())
+    })
+    .await;
+    assert!(replicated, "the worker never caught up with the session");
     c.nodes[victim].kill();
     let started = Instant::now();
     let mut done = false;

@@ -9,6 +9,9 @@ use crate::node::kv::KvErrorKind;
 /// Marks a 503 from a node that has moved to a newer view than the sender's;
 /// the value is that epoch.
 pub const MISROUTED_HEADER: &str = "x-causalkv-misrouted";
+/// On a 503 to a write that was passed to another node and got no answer
+/// there: it may have been applied (the client decides whether to retry).
+pub const MAYBE_APPLIED_HEADER: &str = "x-causalkv-maybe-applied";
 /// The node that served a key request (on every key answer): the node asked,
 /// or the replica it passed the request to.
 pub const SERVED_BY_HEADER: &str = "x-causalkv-served-by";
@@ -118,7 +121,7 @@ impl From<KvErrorKind> for ApiError {
     fn from(kind: KvErrorKind) -> Self {
         match kind {
             KvErrorKind::NotFound => ApiError::KeyNotFound,
-            KvErrorKind::Unavailable | KvErrorKind::Misrouted { .. } => ApiError::Unavailable,
+            KvErrorKind::Unavailable | KvErrorKind::MaybeApplied | KvErrorKind::Misrouted { .. } => ApiError::Unavailable,
             KvErrorKind::ViewConflict(text) => ApiError::ViewConflict(text),
             KvErrorKind::Internal(text) => ApiError::internal(std::io::Error::other(text)),
         }

@@ -14,7 +14,7 @@ use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
 use serde::Serialize;
 use serde_json::value::RawValue;
 
-use super::error::{MISROUTED_HEADER, SERVED_BY_HEADER};
+use super::error::{MAYBE_APPLIED_HEADER, MISROUTED_HEADER, SERVED_BY_HEADER};
 use super::request::{DEADLINE_HEADER, EPOCH_HEADER, FROM_HEADER, HOP_HEADER, WAIT_HEADER};
 use crate::causal::CausalContext;
 use crate::gossip::BoxFuture;
@@ -74,8 +74,9 @@ impl HttpForwarder {
         let retry_after = header_text(header::RETRY_AFTER.as_str());
         let misrouted_epoch = header_text(MISROUTED_HEADER).and_then(|v| v.parse().ok());
         let served_by = header_text(SERVED_BY_HEADER).or_else(|| Some(target.to_owned()));
+        let maybe_applied = header_text(MAYBE_APPLIED_HEADER).is_some();
         let body = resp.bytes().await.map_err(|_| Unreachable::NoAnswer)?;
-        Ok(KvAnswer::Relayed(Relayed { status, served_by, misrouted_epoch, retry_after, body: body.to_vec() }))
+        Ok(KvAnswer::Relayed(Relayed { status, served_by, misrouted_epoch, maybe_applied, retry_after, body: body.to_vec() }))
     }
 }
 

@@ -10,7 +10,7 @@ use axum::response::{IntoResponse, Response};
 use serde_json::Value;
 use tokio::time::Instant;
 
-use super::error::{ApiError, ErrorReply, MISROUTED_HEADER, SERVED_BY_HEADER};
+use super::error::{ApiError, ErrorReply, MAYBE_APPLIED_HEADER, MISROUTED_HEADER, SERVED_BY_HEADER};
 use super::reply::{Reply, json_response};
 use super::request::{HopHeaders, check_value, hop_headers, parse_body, parse_key, query_context, read_body, sender};
 use crate::node::Node;
@@ -133,9 +133,10 @@ fn answer_body(method: &Method, answer: KvAnswer, addressing: &Addressing<'_>) -
             response
         }
         KvAnswer::Error(e) => {
+            let maybe_applied = matches!(e.kind, KvErrorKind::MaybeApplied);
             let (error, misrouted_epoch) = match e.kind {
                 KvErrorKind::NotFound => (ApiError::KeyNotFound, None),
-                KvErrorKind::Unavailable => (ApiError::Unavailable, None),
+                KvErrorKind::Unavailable | KvErrorKind::MaybeApplied => (ApiError::Unavailable, None),
                 KvErrorKind::Misrouted { epoch } => (ApiError::Unavailable, Some(epoch)),
                 KvErrorKind::ViewConflict(text) => (ApiError::ViewConflict(text), None),
                 KvErrorKind::Internal(text) => (ApiError::internal(std::io::Error::other(text)), None),
@@ -143,6 +144,9 @@ fn answer_body(method: &Method, answer: KvAnswer, addressing: &Addressing<'_>) -
             let address = addressing.address(e.served_by.as_deref());
             let mut response = ErrorReply { address, misrouted_epoch, ..ErrorReply::new(method, error, e.context) }.into_response();
             served_by_header(&mut response, e.served_by.as_deref());
+            if maybe_applied {
+                response.headers_mut().insert(MAYBE_APPLIED_HEADER, HeaderValue::from_static("true"));
+            }
             response
         }
         KvAnswer::Relayed(r) => {
@@ -155,6 +159,9 @@ fn answer_body(method: &Method, answer: KvAnswer, addressing: &Addressing<'_>) -
             served_by_header(&mut out, r.served_by.as_deref());
             if let Some(v) = r.retry_after.and_then(|v| HeaderValue::from_str(&v).ok()) {
                 out.headers_mut().insert(header::RETRY_AFTER, v);
+            }
+            if r.maybe_applied {
+                out.headers_mut().insert(MAYBE_APPLIED_HEADER, HeaderValue::from_static("true"));
             }
             if let Some(v) = r.misrouted_epoch.and_then(|e| HeaderValue::from_str(&e.to_string()).ok()) {
                 out.headers_mut().insert(MISROUTED_HEADER, v);

@@ -687,6 +687,7 @@ mod tests {
             status,
             served_by: None,
             misrouted_epoch: None,
+            maybe_applied: false,
             retry_after: None,
             body: body.as_bytes().to_vec(),
         };

@@ -56,6 +56,8 @@ use crate::shard::ShardId;
 const KEY_SEGMENT: &AsciiSet = &NON_ALPHANUMERIC.remove(b'-').remove(b'_').remove(b'.').remove(b'~');
 /// The header every key answer names its serving node in.
 const SERVED_BY: &str = "x-causalkv-served-by";
+/// The header of a 503 to a write that may have been applied all the same.
+const MAYBE_APPLIED: &str = "x-causalkv-maybe-applied";
 /// The header of an answer from a node at a newer view than the request's.
 const MISROUTED: &str = "x-causalkv-misrouted";
 /// Least time between two refreshes of the cluster picture.
@@ -398,6 +400,7 @@ impl Client {
                 let header = |name: &str| resp.headers().get(name).and_then(|v| v.to_str().ok()).map(str::to_owned);
                 let served_by = header(SERVED_BY);
                 let misrouted = header(MISROUTED).is_some();
+                let maybe_applied = header(MAYBE_APPLIED).is_some();
                 let wait = header(reqwest::header::RETRY_AFTER.as_str()).and_then(|v| v.parse::<u64>().ok()).map(Duration::from_secs);
                 let bytes = match resp.bytes().await {
                     Ok(b) => b,
@@ -416,12 +419,17 @@ impl Client {
                     // Refreshed for the next request; this answer stands.
                     let _ = self.refresh(Some(topology.epoch())).await;
                 }
+                if status == StatusCode::SERVICE_UNAVAILABLE && maybe_applied {
+                    // The node passed the write on and got no answer: it may
+                    // have been applied; sending it again could apply it twice.
+                    return Err(Error::Ambiguous(format!("{target}: {}", error_text(&body))));
+                }
                 if status == StatusCode::SERVICE_UNAVAILABLE {
                     last_problem = format!("{target}: {}", error_text(&body));
                     retry_after = retry_after.max(wait.unwrap_or(Duration::from_millis(100)));
                     if write {
-                        // The master answered: it did not take the write.
-                        // Wait and ask it (or the next master) again.
+                        // Refused without taking it (hold-back, view change
+                        // under way): wait and ask the master again.
                         break;
                     }
                     continue;

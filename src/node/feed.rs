@@ -147,9 +147,13 @@ impl Node {
         };
         let deadline = Instant::now() + Duration::from_millis(req.wait_ms).min(FEED_WAIT);
         let limit = req.limit.clamp(1, FEED_BATCH);
+        let mut from = req.from;
         loop {
-            let found = self.store.recent.after(&after, req.epoch, req.from, limit, |_| true).map_err(|e| (410, e.to_string()))?;
-            let ended = req.epoch < self.epoch() && found.complete;
+            // Read before the history: a write of the old epoch applied
+            // after this read is still in what `after` finds.
+            let over = req.epoch < self.epoch();
+            let found = self.store.recent.after(&after, req.epoch, from, limit, |_| true).map_err(|e| (410, e.to_string()))?;
+            let ended = over && found.complete;
             if !found.records.is_empty() || ended || Instant::now() >= deadline {
                 let mut position = after.clone();
                 for r in &found.records {
@@ -171,6 +175,7 @@ impl Node {
                 return Ok(FeedAnswer { records, position, next: found.next, ended });
             }
             let seen = found.next;
+            from = seen;
             let recent = &self.store.recent;
             let epoch_now = self.epoch();
             self.store.gate.wait_until(deadline, || recent.position() > seen || self.epoch() != epoch_now).await;
@@ -249,19 +254,23 @@ impl Node {
             match self.watch_epoch(&map, &prefix, start.take(), &tx).await {
                 EpochOutcome::Over => {
                     // Everything of this epoch was sent: the next one, from its start.
-                    let next = self.view_history.list().into_iter().map(|v| v.epoch).filter(|e| *e > epoch).min();
-                    let next = match next {
-                        Some(e) => e,
-                        None => {
-                            tokio::select! {
-                                biased;
-                                _ = tx.closed() => return,
-                                _ = self.wait_for_epoch(epoch + 1, Duration::from_secs(3600)) => {}
-                            }
-                            self.epoch()
+                    let known = |e: u64| self.view_history.list().iter().any(|v| v.epoch == e);
+                    if !known(epoch + 1) {
+                        tokio::select! {
+                            biased;
+                            _ = tx.closed() => return,
+                            _ = self.wait_for_epoch(epoch + 1, Duration::from_secs(3600)) => {}
                         }
-                    };
-                    epoch = next;
+                    }
+                    // The very next epoch, or the feed cannot go on: a node
+                    // that skipped one (it adopted a later view) never had its writes.
+                    if !known(epoch + 1) {
+                        let _ = tx
+                            .send(WatchEvent::End { reason: EndReason::HistoryGone, context: CausalContext { epoch, clock: Clock::new() } })
+                            .await;
+                        return;
+                    }
+                    epoch += 1;
                     start = Some(Clock::new());
                 }
                 EpochOutcome::Stopped => return,

@@ -128,6 +128,9 @@ pub enum KvErrorKind {
     NotFound,
     /// The request could not be served within its bounds; retry later.
     Unavailable,
+    /// A write passed to another node got no answer: it may have been
+    /// applied there (it is not tried elsewhere). The client decides.
+    MaybeApplied,
     /// This node is at a newer view than the one the request was routed by.
     Misrouted { epoch: u64 },
     /// Two views at one epoch are known here (the text says which).
@@ -153,6 +156,8 @@ pub struct Relayed {
     pub served_by: Option<String>,
     /// The target's misroute mark, if any.
     pub misrouted_epoch: Option<u64>,
+    /// The target said a write it passed on may have been applied.
+    pub maybe_applied: bool,
     pub retry_after: Option<String>,
     pub body: Vec<u8>,
 }
@@ -169,7 +174,10 @@ impl KvAnswer {
     fn is_unavailable(&self) -> bool {
         match self {
             KvAnswer::Reply(_) => false,
-            KvAnswer::Error(e) => matches!(e.kind, KvErrorKind::Unavailable | KvErrorKind::Misrouted { .. } | KvErrorKind::ViewConflict(_)),
+            KvAnswer::Error(e) => matches!(
+                e.kind,
+                KvErrorKind::Unavailable | KvErrorKind::MaybeApplied | KvErrorKind::Misrouted { .. } | KvErrorKind::ViewConflict(_)
+            ),
             KvAnswer::Relayed(r) => r.status == 503,
         }
     }
@@ -294,6 +302,7 @@ impl Node {
             };
             return match self.forward_first_reachable(req, &order, 1, None, self.forward_timeout(req, replicas)).await {
                 Ok(answer) => answer,
+                Err(Unreachable::NoAnswer) if req.op.is_write() => self.maybe_applied(req),
                 Err(_) => self.unavailable(req),
             };
         }
@@ -315,7 +324,7 @@ impl Node {
                         }
                         // It may have taken the write: taking it here too
                         // would execute it twice.
-                        Err(Unreachable::NoAnswer) => return self.unavailable(req),
+                        Err(Unreachable::NoAnswer) => return self.maybe_applied(req),
                         Err(Unreachable::NotSent) => {}
                     }
                     tracing::warn!(%master, key = %req.key, "master unreachable: accepting the write here");
@@ -506,6 +515,11 @@ impl Node {
     /// `Unavailable`, from this node.
     fn unavailable(&self, req: &KvRequest) -> KvAnswer {
         KvAnswer::Error(KvError { kind: KvErrorKind::Unavailable, context: req.context.clone(), served_by: self.served_by(req) })
+    }
+
+    /// `MaybeApplied`: a write that got no answer from the node it was passed to.
+    fn maybe_applied(&self, req: &KvRequest) -> KvAnswer {
+        KvAnswer::Error(KvError { kind: KvErrorKind::MaybeApplied, context: req.context.clone(), served_by: self.served_by(req) })
     }
 
     /// `Misrouted`: the entry node routes again once it has caught up with

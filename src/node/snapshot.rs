@@ -15,14 +15,19 @@
 //!    found in its history of recent writes (`store::recent`) — and the
 //!    coordinator keeps it if it wins over the first round's.
 //!
-//! Every version returned is covered by `N`, and `N` is causally closed, so no
-//! version depends on a write `N` lacks; and for every shard the version
+//! Every version returned is covered by `N`, and its deps are too (round-1
+//! records' by construction, round-2 ones checked), so no version depends on
+//! a write `N` lacks; and for every shard the version
 //! returned is the latest of those `N` covers, so a write *u* of a requested key
 //! that another returned version depends on (u ∈ N) is returned or beaten by a
 //! later one. Writers are never blocked: replicas only wait to apply writes.
-//! A replica whose history no longer holds the writes after `A1`, or an epoch
-//! change between the rounds, restarts the read once; then it is refused
-//! (503, retry).
+//! A version chosen in round 2 is covered by `N`, but `N` names writes by
+//! per-origin prefixes, so that version's own deps may reach beyond `N` (its
+//! writer saw less than the writer of a later write of the same origin that
+//! `N` names); then the read starts again from `N` plus those deps, whose
+//! round 1 waits for them. A replica whose history no longer holds the
+//! writes after `A1`, or an epoch change between the rounds, restarts the
+//! read as well; after three attempts it is refused (503, retry).
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::time::Duration;
@@ -40,7 +45,7 @@ use crate::store::Record;
 /// Most keys one snapshot read may name.
 pub const MAX_SNAPSHOT_KEYS: usize = 1000;
 /// How many times a read is started again after its second round failed.
-const ATTEMPTS: usize = 2;
+const ATTEMPTS: usize = 3;
 /// Network time on top of a replica's hold-back bound.
 const ROUND_SLACK: Duration = Duration::from_secs(2);
 
@@ -109,6 +114,8 @@ struct FirstRound {
 enum Retry {
     /// Start the read again (history gone, epoch changed, replica lost).
     Again,
+    /// Start again from this larger context.
+    From(CausalContext),
     Fail(SnapshotError),
 }
 
@@ -128,10 +135,12 @@ impl Node {
                 unique.push(key.clone());
             }
         }
+        let mut context = context.clone();
         for _ in 0..ATTEMPTS {
-            match self.snapshot_attempt(&unique, context).await {
+            match self.snapshot_attempt(&unique, &context).await {
                 Ok(read) => return Ok(read),
                 Err(Retry::Again) => continue,
+                Err(Retry::From(wider)) => context = wider,
                 Err(Retry::Fail(e)) => return Err(e),
             }
         }
@@ -185,13 +194,23 @@ impl Node {
                 latest.insert(r.key.clone(), r.clone());
             }
         }
+        // A version chosen in round 2 is covered by the cut, but its own
+        // deps may not be: the cut covers a write through a later write of
+        // the same origin (a clock names prefixes), whose writer saw less.
+        // Such deps may name writes the other shards' states lack: start
+        // again from the larger cut (its round 1 waits for them).
+        let mut wider = cut.clone();
         for second in seconds {
             let answer = second.map_err(|_| Retry::Again)?;
             for r in answer.records {
                 if latest.get(&r.key).is_none_or(|old| r.wins_over(old)) {
+                    wider.merge(&r.deps);
                     latest.insert(r.key.clone(), r);
                 }
             }
+        }
+        if wider != cut {
+            return Err(Retry::From(CausalContext { epoch, clock: wider }));
         }
         self.metrics.snapshot_reads.inc();
         self.metrics.snapshot_second_rounds.inc_by(behind.len() as u64);

@@ -95,7 +95,10 @@ impl RecentWrites {
     pub fn reset(&self, epoch: u64, applied: &Clock) {
         let mut ring = self.ring.lock();
         ring.first += ring.entries.len() as u64;
-        ring.entries.clear();
+        // Entries of other epochs (kept for feeds) go too: say so.
+        for old in std::mem::take(&mut ring.entries) {
+            ring.dropped.entry(old.dot.epoch).or_default().observe(&old.dot.origin, old.dot.seq);
+        }
         ring.bytes = 0;
         ring.dropped.entry(epoch).or_default().merge(applied);
     }
@@ -125,7 +128,10 @@ impl RecentWrites {
         if ring.dropped.get(&epoch).is_some_and(|d| d.iter().any(|(origin, seq)| seq > after.get(origin))) {
             return Err(HistoryGone);
         }
-        let start = from.saturating_sub(ring.first) as usize;
+        // A position past the end is not one of this history's (a clock
+        // that went back across a restart): look at everything.
+        let end = ring.first + ring.entries.len() as u64;
+        let start = if from > end { 0 } else { from.saturating_sub(ring.first) as usize };
         let mut found = Found { records: Vec::new(), next: ring.first + start as u64, complete: true };
         for entry in ring.entries.iter().skip(start) {
             if found.records.len() >= limit {
