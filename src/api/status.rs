@@ -30,8 +30,8 @@ pub const CLUSTER_STATUS_TTL: Duration = Duration::from_millis(500);
 /// How long one node's status may take.
 pub const NODE_STATUS_TIMEOUT: Duration = Duration::from_millis(800);
 
-/// A gathered answer and when it was gathered.
-type Gathered = (Instant, Arc<Vec<u8>>);
+/// A gathered answer, when it was gathered, and at which epoch of the node.
+type Gathered = (Instant, u64, Arc<Vec<u8>>);
 
 /// The last gathered cluster status, shared by the callers of the endpoint.
 #[derive(Clone, Default)]
@@ -61,14 +61,16 @@ pub async fn cluster_status(
     Extension(cache): Extension<StatusCache>,
 ) -> Response {
     let mut slot = cache.0.lock().await;
-    if let Some((at, body)) = slot.as_ref()
+    // Not across a view change: the answer would show the old view.
+    if let Some((at, epoch, body)) = slot.as_ref()
         && at.elapsed() < CLUSTER_STATUS_TTL
+        && *epoch == node.epoch()
     {
         return json_response(StatusCode::OK, body.to_vec());
     }
     let gathered = gather(&node, &client).await;
     let body = Arc::new(answer("Cluster status retrieved successfully", &gathered));
-    *slot = Some((Instant::now(), body.clone()));
+    *slot = Some((Instant::now(), gathered.epoch, body.clone()));
     drop(slot);
     json_response(StatusCode::OK, body.to_vec())
 }
