@@ -41,6 +41,9 @@ use crate::store::Record;
 
 /// Watchers one node serves at once.
 pub const MAX_WATCHERS: usize = 256;
+/// Feed requests (long polls from watching nodes) one replica answers at
+/// once; more are refused (503) and their feeds try again.
+pub const MAX_FEED_REQUESTS: usize = 1024;
 /// Events queued for one watcher; a consumer this far behind is cut off.
 pub const EVENT_BUFFER: usize = 1024;
 /// Writes one watcher may hold while they wait for their dependencies.
@@ -133,6 +136,9 @@ enum FeedItem {
 impl Node {
     /// Answers a feed request from this replica's history.
     pub async fn feed(&self, req: FeedRequest) -> Result<FeedAnswer, Refusal> {
+        let Ok(_slot) = self.feed_slots.clone().try_acquire_owned() else {
+            return Err((503, "too many feed requests".into()));
+        };
         let cur = self.current();
         let epoch = cur.map.epoch();
         if req.epoch > epoch || (req.epoch == epoch && cur.map.my_shard() != Some(req.shard)) {

@@ -94,6 +94,10 @@ pub struct Node {
     started: tokio::time::Instant,
     /// Watchers served now (`feed::MAX_WATCHERS` at most).
     watchers: Arc<AtomicUsize>,
+    /// Snapshot reads coordinated here at once, and feed requests answered
+    /// here at once (long polls): bounded, whoever sends them.
+    pub snapshot_slots: Arc<tokio::sync::Semaphore>,
+    pub feed_slots: Arc<tokio::sync::Semaphore>,
 }
 
 impl Node {
@@ -234,6 +238,8 @@ impl Node {
             view_history: status::ViewHistory::default(),
             started: tokio::time::Instant::now(),
             watchers: Arc::new(AtomicUsize::new(0)),
+            snapshot_slots: Arc::new(tokio::sync::Semaphore::new(snapshot::MAX_SNAPSHOT_READS)),
+            feed_slots: Arc::new(tokio::sync::Semaphore::new(feed::MAX_FEED_REQUESTS)),
         });
         node.install_epoch(view);
         Ok(node)

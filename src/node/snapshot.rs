@@ -44,6 +44,8 @@ use crate::store::Record;
 
 /// Most keys one snapshot read may name.
 pub const MAX_SNAPSHOT_KEYS: usize = 1000;
+/// Snapshot reads one node coordinates at once; more are refused (503).
+pub const MAX_SNAPSHOT_READS: usize = 256;
 /// How many times a read is started again after its second round failed.
 const ATTEMPTS: usize = 3;
 /// Network time on top of a replica's hold-back bound.
@@ -122,6 +124,9 @@ enum Retry {
 impl Node {
     /// Reads `keys` from one causally consistent cut that covers `context`.
     pub async fn snapshot_read(&self, keys: &[String], context: &CausalContext) -> Result<SnapshotRead, SnapshotError> {
+        let Ok(_slot) = self.snapshot_slots.clone().try_acquire_owned() else {
+            return Err(SnapshotError::Unavailable);
+        };
         if let Some(conflict) = self.view_conflicts().into_iter().next() {
             return Err(SnapshotError::ViewConflict(conflict.to_string()));
         }
