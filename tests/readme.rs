@@ -33,10 +33,35 @@ fn the_readme_cluster_and_curl_session_work_as_shown() {
     assert!(Command::new("curl").arg("--version").output().is_ok(), "curl is needed to run the README session");
     let base = common::free_port_run(4);
     let data = tempfile::tempdir().unwrap();
+    let (cluster, printed) = start_cluster(base, data.path());
+    let command = readme_block("## A local cluster in one command", "sh");
+    assert_eq!(command.trim(), "cargo run --release -- cluster --nodes 4 --repl-factor 2", "the README command is the one tested");
+    let map_block = shift_ports(&readme_block("spawns 4 node processes", ""), base);
+    assert_eq!(printed.join("\n").trim(), map_block.trim());
+
+    let steps = console_steps(&readme_block("### A curl session", "console"));
+    assert!(steps.len() >= 8, "the session has its steps");
+    for (cmd, expected) in &steps {
+        let cmd = shift_ports(cmd, base);
+        let out = Command::new("bash").arg("-c").arg(&cmd).output().expect("run curl");
+        let got = String::from_utf8_lossy(&out.stdout).to_string();
+        let got_json: Value = serde_json::from_str(&got).unwrap_or_else(|_| panic!("{cmd}\nanswered non-JSON: {got}"));
+        let want_json: Value = serde_json::from_str(&shift_ports(expected, base)).expect("README output is JSON");
+        assert_eq!(got_json, want_json, "\n$ {cmd}");
+    }
+
+    stop_cluster(cluster, base);
+}
+
+/// `causalkv cluster --nodes 4 --repl-factor 2` on ports from `base`, once
+/// it printed its map (the channel keeps reading its output). The caller
+/// stops it with [`stop_cluster`], which waits for it.
+#[allow(clippy::zombie_processes)]
+fn start_cluster(base: u16, data: &std::path::Path) -> (std::process::Child, Vec<String>) {
     let mut cluster = Command::new(common::BIN)
         .args(["cluster", "--nodes", "4", "--repl-factor", "2", "--base-port", &base.to_string()])
         .arg("--data-dir")
-        .arg(data.path())
+        .arg(data)
         .env("RUST_LOG", "warn")
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
@@ -49,36 +74,17 @@ fn the_readme_cluster_and_curl_session_work_as_shown() {
             let _ = tx.send(line);
         }
     });
-    let mut printed = Vec::new();
+    let mut printed: Vec<String> = Vec::new();
     let deadline = Instant::now() + Duration::from_secs(60);
-    while !printed.last().is_some_and(|l: &String| l.starts_with("Ctrl-C")) {
+    while !printed.last().is_some_and(|l| l.starts_with("Ctrl-C")) {
         let left = deadline.saturating_duration_since(Instant::now());
         printed.push(rx.recv_timeout(left).expect("the cluster command printed its map"));
     }
-    let command = readme_block("## A local cluster in one command", "sh");
-    assert_eq!(command.trim(), "cargo run --release -- cluster --nodes 4 --repl-factor 2", "the README command is the one tested");
-    let map_block = shift_ports(&readme_block("spawns 4 node processes", ""), base);
-    assert_eq!(printed.join("\n").trim(), map_block.trim());
+    (cluster, printed)
+}
 
-    let session = readme_block("### A curl session", "console");
-    let mut steps: Vec<(String, String)> = Vec::new();
-    for line in session.lines() {
-        if let Some(cmd) = line.strip_prefix("$ ") {
-            steps.push((cmd.to_string(), String::new()));
-        } else if let Some(last) = steps.last_mut() {
-            last.1.push_str(line);
-        }
-    }
-    assert!(steps.len() >= 8, "the session has its steps");
-    for (cmd, expected) in &steps {
-        let cmd = shift_ports(cmd, base);
-        let out = Command::new("bash").arg("-c").arg(&cmd).output().expect("run curl");
-        let got = String::from_utf8_lossy(&out.stdout).to_string();
-        let got_json: Value = serde_json::from_str(&got).unwrap_or_else(|_| panic!("{cmd}\nanswered non-JSON: {got}"));
-        let want_json: Value = serde_json::from_str(&shift_ports(expected, base)).expect("README output is JSON");
-        assert_eq!(got_json, want_json, "\n$ {cmd}");
-    }
-
+/// Ctrl-C: every node stops gracefully and no port is left listening.
+fn stop_cluster(mut cluster: std::process::Child, base: u16) {
     unsafe {
         libc::kill(cluster.id() as i32, libc::SIGINT);
     }
@@ -96,49 +102,18 @@ fn the_readme_cluster_and_curl_session_work_as_shown() {
     }
 }
 
-/// `causalkv cluster --nodes 4 --repl-factor 2` on ports from `base`, once
-/// it printed its map (the channel keeps reading its output). The caller
-/// stops it with [`stop_cluster`], which waits for it.
-#[allow(clippy::zombie_processes)]
-fn start_cluster(base: u16, data: &std::path::Path) -> std::process::Child {
-    let mut cluster = Command::new(common::BIN)
-        .args(["cluster", "--nodes", "4", "--repl-factor", "2", "--base-port", &base.to_string()])
-        .arg("--data-dir")
-        .arg(data)
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("start the cluster command");
-    let stdout = cluster.stdout.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            let _ = tx.send(line);
-        }
-    });
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let left = deadline.saturating_duration_since(Instant::now());
-        if rx.recv_timeout(left).expect("the cluster command printed its map").starts_with("Ctrl-C") {
-            return cluster;
+/// The `$ command` lines of a console block, each with the lines it printed.
+fn console_steps(block: &str) -> Vec<(String, String)> {
+    let mut steps: Vec<(String, String)> = Vec::new();
+    for line in block.lines() {
+        if let Some(cmd) = line.strip_prefix("$ ") {
+            steps.push((cmd.to_string(), String::new()));
+        } else if let Some(last) = steps.last_mut() {
+            last.1.push_str(line);
+            last.1.push('\n');
         }
     }
-}
-
-fn stop_cluster(mut cluster: std::process::Child) {
-    unsafe {
-        libc::kill(cluster.id() as i32, libc::SIGINT);
-    }
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let status = loop {
-        if let Some(s) = cluster.try_wait().unwrap() {
-            break s;
-        }
-        assert!(Instant::now() < deadline, "the cluster did not stop on Ctrl-C");
-        std::thread::sleep(Duration::from_millis(20));
-    };
-    assert!(status.success(), "cluster exited with {status}");
+    steps
 }
 
 /// Runs the README console block after `heading` line by line (ports
@@ -150,16 +125,7 @@ fn run_console_block(heading: &str, base: u16, min_steps: usize) {
     let work = tempfile::tempdir().unwrap();
     let bin_dir = std::path::Path::new(common::BIN).parent().unwrap().to_path_buf();
     let path = format!("{}:{}", bin_dir.display(), std::env::var("PATH").unwrap_or_default());
-    let session = readme_block(heading, "console");
-    let mut steps: Vec<(String, String)> = Vec::new();
-    for line in session.lines() {
-        if let Some(cmd) = line.strip_prefix("$ ") {
-            steps.push((cmd.to_string(), String::new()));
-        } else if let Some(last) = steps.last_mut() {
-            last.1.push_str(line);
-            last.1.push('\n');
-        }
-    }
+    let steps = console_steps(&readme_block(heading, "console"));
     assert!(steps.len() >= min_steps, "the session has its steps");
     let mut env: Vec<(String, String)> = Vec::new();
     for (cmd, expected) in &steps {
@@ -198,9 +164,9 @@ fn run_console_block(heading: &str, base: u16, min_steps: usize) {
 fn the_readme_cli_session_works_as_shown() {
     let base = common::free_port_run(4);
     let data = tempfile::tempdir().unwrap();
-    let cluster = start_cluster(base, data.path());
+    let (cluster, _) = start_cluster(base, data.path());
     run_console_block("## Command-line client", base, 10);
-    stop_cluster(cluster);
+    stop_cluster(cluster, base);
 }
 
 // The README's snapshot read and change feed, with curl and the CLI, against
@@ -209,9 +175,9 @@ fn the_readme_cli_session_works_as_shown() {
 fn the_readme_snapshot_read_and_watch_work_as_shown() {
     let base = common::free_port_run(4);
     let data = tempfile::tempdir().unwrap();
-    let cluster = start_cluster(base, data.path());
+    let (cluster, _) = start_cluster(base, data.path());
     run_console_block("## Snapshot reads and change feeds", base, 5);
-    stop_cluster(cluster);
+    stop_cluster(cluster, base);
 }
 
 // `cargo run --release` (the README's first command) must start a node even

@@ -32,9 +32,9 @@ pub async fn handle(State(node): State<Arc<Node>>, req: Request) -> Response {
     let (method, headers) = (&parts.method, &parts.headers);
     let response = match parse(&node, method, op, headers, parts.uri.path(), query.as_deref(), body) {
         Ok(req) => {
-            let shows_address = req.hop == 0 && !node.current().map.is_replica_of_key(&req.key);
             let answer = node.serve_key(&req).await;
-            answer_response(method, answer, Addressing { me: node.me(), shows_address })
+            let other_shard = || req.hop == 0 && !node.current().map.is_replica_of_key(&req.key);
+            answer_response(method, answer, Addressing { me: node.me(), other_shard: &other_shard })
         }
         Err(rej) => rej.into_response(),
     };
@@ -77,16 +77,35 @@ fn parse(
 pub struct Addressing<'a> {
     /// The node answering the client.
     pub me: &'a str,
-    /// The client asked a node outside the key's shard (API.md: `address`
-    /// names the node of another shard that served it). A replica that
-    /// passes a write to its own shard's master answers without it.
-    pub shows_address: bool,
+    /// Whether the client asked a node outside the key's shard (API.md:
+    /// `address` names the node of another shard that served it; a replica
+    /// that passes a write to its own shard's master answers without it).
+    /// Asked only for answers another node served.
+    pub other_shard: &'a dyn Fn() -> bool,
 }
 
 impl Addressing<'_> {
     /// `served_by` as the body's `address`, when the rule above says so.
     fn address(&self, served_by: Option<&str>) -> Option<String> {
-        served_by.filter(|s| self.shows_address && *s != self.me).map(str::to_owned)
+        served_by.filter(|s| *s != self.me && (self.other_shard)()).map(str::to_owned)
+    }
+
+    /// The served-by header of an answer this node served: made once per
+    /// process (one process is one node), then cloned (a reference count).
+    fn my_header(&self) -> Option<HeaderValue> {
+        static ME: std::sync::OnceLock<HeaderValue> = std::sync::OnceLock::new();
+        match ME.get() {
+            Some(v) if v.as_bytes() == self.me.as_bytes() => Some(v.clone()),
+            _ => {
+                let v = HeaderValue::from_str(self.me).ok()?;
+                let _ = ME.set(v.clone());
+                Some(v)
+            }
+        }
+    }
+
+    fn header(&self, served_by: &str) -> Option<HeaderValue> {
+        if served_by == self.me { self.my_header() } else { HeaderValue::from_str(served_by).ok() }
     }
 }
 
@@ -96,7 +115,7 @@ impl Addressing<'_> {
 pub fn answer_response(method: &Method, answer: KvAnswer, addressing: Addressing<'_>) -> Response {
     let mut response = answer_body(method, answer, &addressing);
     if !response.headers().contains_key(SERVED_BY_HEADER)
-        && let Ok(me) = HeaderValue::from_str(addressing.me)
+        && let Some(me) = addressing.my_header()
     {
         response.headers_mut().insert(SERVED_BY_HEADER, me);
     }
@@ -105,7 +124,7 @@ pub fn answer_response(method: &Method, answer: KvAnswer, addressing: Addressing
 
 fn answer_body(method: &Method, answer: KvAnswer, addressing: &Addressing<'_>) -> Response {
     let served_by_header = |response: &mut Response, served_by: Option<&str>| {
-        if let Some(v) = served_by.and_then(|s| HeaderValue::from_str(s).ok()) {
+        if let Some(v) = served_by.and_then(|s| addressing.header(s)) {
             response.headers_mut().insert(SERVED_BY_HEADER, v);
         }
     };

@@ -30,6 +30,7 @@ pub struct FeatureReport {
     pub watch_delay: Latency,
 }
 
+#[derive(Clone)]
 pub struct FeatureArgs {
     pub nodes: Vec<String>,
     pub connections: usize,
@@ -154,7 +155,7 @@ pub async fn run(args: FeatureArgs) -> Result<FeatureReport, String> {
         loader.put(key, &serde_json::json!({"pad": "x".repeat(200)})).await.map_err(|e| format!("load {key}: {e}"))?;
     }
     // Warm the connection pools once each way.
-    let warm = FeatureArgs { seconds: 1.0, ..args_copy(&args) };
+    let warm = FeatureArgs { seconds: 1.0, ..args.clone() };
     let _ = reads(&client, &warm, &keys, true).await;
     let _ = reads(&client, &warm, &keys, false).await;
     let (snap_rate, snap_hist) = reads(&client, &args, &keys, true).await;
@@ -170,15 +171,4 @@ pub async fn run(args: FeatureArgs) -> Result<FeatureReport, String> {
         watch_events: events,
         watch_delay: Latency::of(&delay),
     })
-}
-
-fn args_copy(a: &FeatureArgs) -> FeatureArgs {
-    FeatureArgs {
-        nodes: a.nodes.clone(),
-        connections: a.connections,
-        seconds: a.seconds,
-        keys_per_read: a.keys_per_read,
-        watch_writes: a.watch_writes,
-        watch_rate: a.watch_rate,
-    }
 }

@@ -495,7 +495,7 @@ impl Node {
             return self.internal(req, e);
         }
         let served_by = self.served_by(req);
-        let revealed = outcome.record.as_ref().or(outcome.previous.as_ref());
+        let revealed = outcome.record.as_deref().or(outcome.previous.as_ref());
         let context = reply_context(cur.map.epoch(), ctx, revealed);
         let was_live = outcome.previous.as_ref().is_some_and(Record::is_live);
         let outcome = match (req.op, outcome.record.is_some()) {

@@ -68,10 +68,10 @@ fn size_of(r: &Record) -> usize {
 
 impl RecentWrites {
     /// Remembers an applied record (call under the store's state lock).
-    pub fn push(&self, record: &Record) {
+    pub fn push(&self, record: Arc<Record>) {
         let mut ring = self.ring.lock();
-        ring.bytes += size_of(record);
-        ring.entries.push_back(Arc::new(record.clone()));
+        ring.bytes += size_of(&record);
+        ring.entries.push_back(record);
         while ring.entries.len() > MAX_ENTRIES || ring.bytes > MAX_BYTES {
             let Some(old) = ring.entries.pop_front() else { break };
             ring.first += 1;
@@ -169,9 +169,9 @@ mod tests {
     #[test]
     fn finds_what_a_clock_does_not_cover_in_apply_order() {
         let r = RecentWrites::default();
-        r.push(&rec("a", 1, "x"));
-        r.push(&rec("b", 1, "y"));
-        r.push(&rec("a", 2, "x"));
+        r.push(Arc::new(rec("a", 1, "x")));
+        r.push(Arc::new(rec("b", 1, "y")));
+        r.push(Arc::new(rec("a", 2, "x")));
         let found = r.after(&clock(&[("a", 1)]), 0, 0, 10, |_| true).unwrap();
         let dots: Vec<(String, u64)> = found.records.iter().map(|r| (r.dot.origin.clone(), r.dot.seq)).collect();
         assert_eq!(dots, vec![("b".into(), 1), ("a".into(), 2)]);
@@ -179,7 +179,7 @@ mod tests {
         let only_y = r.after(&Clock::new(), 0, 0, 10, |r| r.key == "y").unwrap();
         assert_eq!(only_y.records.len(), 1);
         // From a position: only what came after it.
-        r.push(&rec("b", 2, "y"));
+        r.push(Arc::new(rec("b", 2, "y")));
         let more = r.after(&clock(&[("a", 1)]), 0, found.next, 10, |_| true).unwrap();
         assert_eq!(more.records.len(), 1);
         assert_eq!(more.records[0].dot.seq, 2);
@@ -194,7 +194,7 @@ mod tests {
     fn a_dropped_write_the_clock_does_not_cover_is_reported() {
         let r = RecentWrites::default();
         for seq in 1..=(MAX_ENTRIES as u64 + 5) {
-            r.push(&rec("a", seq, "k"));
+            r.push(Arc::new(rec("a", seq, "k")));
         }
         assert_eq!(r.after(&clock(&[("a", 2)]), 0, 0, 10, |_| true).unwrap_err(), HistoryGone);
         let found = r.after(&clock(&[("a", MAX_ENTRIES as u64)]), 0, 0, 100, |_| true).unwrap();

@@ -48,7 +48,7 @@ pub enum StoreError {
 #[derive(Debug)]
 pub struct WriteOutcome {
     /// The record written; `None` for a delete of a key that was not live.
-    pub record: Option<Record>,
+    pub record: Option<Arc<Record>>,
     /// The key's record before the write (live or tombstone), if any.
     pub previous: Option<Record>,
     /// Write generation to wait on for durability.
@@ -343,7 +343,8 @@ impl Store {
         st.counter = seq;
         st.applied.set(&self.me, seq);
         st.count_live(was_live, record.is_live());
-        self.recent.push(&record);
+        let record = Arc::new(record);
+        self.recent.push(record.clone());
         let generation = self.finish_batch(st, batch)?;
         Ok(WriteOutcome { record: Some(record), previous, generation })
     }
@@ -388,7 +389,7 @@ impl Store {
         let mut batch = WalBatch::default();
         let mut batch_applied: HashMap<String, u64> = HashMap::new();
         // Winners written in this batch, so LWW compares against them too.
-        let mut overlay: HashMap<String, Record> = HashMap::new();
+        let mut overlay: HashMap<String, Arc<Record>> = HashMap::new();
         loop {
             let mut progressed = false;
             let origins: Vec<String> = st.pending.keys().cloned().collect();
@@ -408,9 +409,11 @@ impl Store {
                         break;
                     };
                     st.pending_len -= 1;
+                    // Shared with the history (`recent`), not copied.
+                    let record = Arc::new(record);
                     let current = match overlay.get(&record.key) {
                         Some(r) => Some(r.clone()),
-                        None => self.get(&record.key)?,
+                        None => self.get(&record.key)?.map(Arc::new),
                     };
                     st.hlc.observe(record.hlc);
                     let encoded = record.encode();
@@ -421,10 +424,10 @@ impl Store {
                         st.counter = record.dot.seq;
                         batch.insert(keys::meta(keys::COUNTER), st.counter.to_be_bytes());
                     }
-                    self.recent.push(&record);
+                    self.recent.push(record.clone());
                     let wins = current.as_ref().is_none_or(|c| record.wins_over(c));
                     if wins {
-                        st.count_live(current.as_ref().is_some_and(Record::is_live), record.is_live());
+                        st.count_live(current.as_ref().is_some_and(|c| c.is_live()), record.is_live());
                         batch.insert(keys::record(&record.key), encoded);
                         if !record.is_live() {
                             batch.insert(keys::tombstone(&origin, record.dot.seq), record.key.as_bytes());
