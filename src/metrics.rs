@@ -71,6 +71,10 @@ pub struct Metrics {
     pub replication_lag: Family<PeerLabel, Gauge>,
     pub replication_batches: Counter,
     pub replication_failures: Counter,
+    /// Replication streams this node opened to its peers (one per peer while healthy).
+    pub replication_streams_opened: Counter,
+    /// Times a replication stream had its window full of unacknowledged batches.
+    pub replication_window_full: Counter,
     pub replicated_records: Counter,
     pub live_keys: Gauge,
     pub pending_records: Gauge,
@@ -143,6 +147,8 @@ impl Default for Metrics {
             replication_lag: Family::default(),
             replication_batches: Counter::default(),
             replication_failures: Counter::default(),
+            replication_streams_opened: Counter::default(),
+            replication_window_full: Counter::default(),
             replicated_records: Counter::default(),
             live_keys: Gauge::default(),
             pending_records: Gauge::default(),
@@ -206,6 +212,12 @@ impl Default for Metrics {
         registry.register("replication_lag_records", "Own durable writes not yet acknowledged, per peer", m.replication_lag.clone());
         registry.register("replication_batches", "Replication batches acknowledged", m.replication_batches.clone());
         registry.register("replication_failures", "Replication pushes that failed", m.replication_failures.clone());
+        registry.register("replication_streams_opened", "Replication streams opened to peers", m.replication_streams_opened.clone());
+        registry.register(
+            "replication_window_full",
+            "Times a replication stream waited with its window full of unacknowledged batches",
+            m.replication_window_full.clone(),
+        );
         registry.register("replicated_records", "Remote records applied", m.replicated_records.clone());
         registry.register("live_keys", "Live keys stored at this node", m.live_keys.clone());
         registry.register("pending_records", "Records waiting for predecessors", m.pending_records.clone());

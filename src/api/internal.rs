@@ -8,7 +8,7 @@ use std::time::Duration;
 use axum::Json;
 use axum::body::{Body, Bytes};
 use axum::extract::rejection::JsonRejection;
-use axum::extract::{ConnectInfo, Request, State};
+use axum::extract::{ConnectInfo, Extension, Request, State};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
@@ -16,7 +16,7 @@ use serde_json::json;
 
 use crate::faults::FaultSet;
 use crate::gossip::Message;
-use crate::gossip::auth::{AuthError, BODY_DIGEST_HEADER, Incoming, SIGNATURE_HEADER, TIMESTAMP_HEADER, TO_HEADER};
+use crate::gossip::auth::{AuthError, BODY_DIGEST_HEADER, Incoming, SIGNATURE_HEADER, TIMESTAMP_HEADER, TO_HEADER, Verified};
 use crate::metrics::PathLabel;
 use crate::node::Node;
 
@@ -37,6 +37,43 @@ pub async fn message(node: Arc<Node>, peer: Peer, kind: Message, body: Bytes) ->
             refuse(StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR), &why)
         }
     }
+}
+
+/// `POST /internal/stream` (authenticated like every internal request):
+/// upgrades the connection to a replication stream from a replica of this
+/// node's shard (`gossip::stream`). A newer stream from the same sender
+/// replaces an older one, so a node holds at most one per shard peer.
+pub async fn stream(
+    State(node): State<Arc<Node>>,
+    Extension(peer): Extension<Peer>,
+    Extension(verified): Extension<Verified>,
+    req: Request,
+) -> Response {
+    use crate::gossip::stream::{UPGRADE_TOKEN, receiver};
+    if node.faults.is_blocked(&peer.0) {
+        return refuse(StatusCode::SERVICE_UNAVAILABLE, "blocked");
+    }
+    if !node.current().gossip.shard().iter().any(|r| *r == peer.0) {
+        return refuse(StatusCode::FORBIDDEN, &format!("{} is not a replica of this node's shard", peer.0));
+    }
+    let upgrade = req.headers().get(header::UPGRADE).and_then(|v| v.to_str().ok());
+    if upgrade != Some(UPGRADE_TOKEN) {
+        return refuse(StatusCode::BAD_REQUEST, &format!("a stream needs `Upgrade: {UPGRADE_TOKEN}`"));
+    }
+    let on_upgrade = hyper::upgrade::on(req);
+    let key = node.auth.stream_key(&verified.request_mac);
+    let id = node.streams.open(&peer.0);
+    let host: Arc<dyn receiver::StreamHost> = node.clone();
+    tokio::spawn(async move {
+        match on_upgrade.await {
+            Ok(upgraded) => receiver::receive(host, peer.0, id, hyper_util::rt::TokioIo::new(upgraded), key).await,
+            Err(e) => tracing::debug!(sender = %peer.0, error = %e, "replication stream upgrade failed"),
+        }
+    });
+    let mut resp = StatusCode::SWITCHING_PROTOCOLS.into_response();
+    resp.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+    resp.headers_mut().insert(header::UPGRADE, HeaderValue::from_static(UPGRADE_TOKEN));
+    resp
 }
 
 pub async fn get_faults(State(node): State<Arc<Node>>) -> Response {
@@ -129,6 +166,7 @@ pub async fn authenticate(State(node): State<Arc<Node>>, req: Request, next: Nex
         return rejected(&node, &path, peer_ip(&parts), &e);
     }
     parts.extensions.insert(Peer(sender));
+    parts.extensions.insert(verified.clone());
     let response = next.run(Request::from_parts(parts, Body::from(bytes))).await;
     drop(permit);
     if !node.auth.has_key() {

@@ -74,6 +74,7 @@ pub fn router(node: Arc<Node>, client: reqwest::Client) -> Router {
         };
         internal_routes = internal_routes.route(kind.path(), post(handler));
     }
+    internal_routes = internal_routes.route(crate::gossip::stream::STREAM_PATH, post(internal::stream));
     // Every internal route is authenticated before its body is read.
     router = router.merge(internal_routes.route_layer(axum::middleware::from_fn_with_state(node.clone(), internal::authenticate)));
     router = router.merge(legacy::routes());

@@ -234,6 +234,12 @@ impl Auth {
         Self::response_mac(key, request_mac, responder, status, body).verify_slice(&sig).map_err(|_| AuthError::BadSignature)
     }
 
+    /// The frame key of a replication stream opened by the request whose
+    /// MAC is `request_mac` (None without a key).
+    pub fn stream_key(&self, request_mac: &[u8]) -> Option<[u8; 32]> {
+        super::stream::frame::session_key(self.key.as_deref(), request_mac)
+    }
+
     /// Signs a whole message (the Mycelium transport's frames, whose
     /// payload travels with its signature): `(timestamp, signature)`.
     pub fn sign_message(&self, kind: &str, receiver: &str, body: &[u8]) -> Option<(String, String)> {

@@ -12,6 +12,7 @@ use serde_json::value::RawValue;
 use super::Auth;
 use super::auth::SIGNATURE_HEADER;
 use super::refusals::PeerRefusals;
+use super::stream::{STREAM_PATH, StreamConn, UPGRADE_TOKEN};
 use super::{BoxFuture, GossipError, Message, Transport};
 use crate::metrics::Metrics;
 
@@ -74,7 +75,50 @@ impl HttpTransport {
     }
 }
 
+impl HttpTransport {
+    /// Opens a replication stream: a signed request the peer upgrades.
+    async fn stream(&self, peer: &str) -> Result<Option<StreamConn>, GossipError> {
+        let unreachable = |reason: String| GossipError::Unreachable { peer: peer.to_owned(), reason };
+        let signed = self.auth.sign("POST", STREAM_PATH, peer, b"");
+        let mut req = self
+            .client
+            .post(format!("{}://{peer}{STREAM_PATH}", crate::tls::scheme()))
+            .header(FROM_HEADER, &self.me)
+            .header(reqwest::header::CONNECTION, "upgrade")
+            .header(reqwest::header::UPGRADE, UPGRADE_TOKEN)
+            .header(reqwest::header::CONTENT_LENGTH, "0");
+        for (name, value) in signed.headers {
+            req = req.header(name, value);
+        }
+        // Not reqwest's own timeout: it would also bound the upgraded stream.
+        let resp = match tokio::time::timeout(super::EXCHANGE_TIMEOUT, req.body(Vec::new()).send()).await {
+            Ok(r) => r.map_err(|e| unreachable(e.to_string()))?,
+            Err(_) => return Err(unreachable("stream request timed out".into())),
+        };
+        let status = resp.status();
+        if status != reqwest::StatusCode::SWITCHING_PROTOCOLS {
+            if matches!(status.as_u16(), 401 | 403) {
+                let why = resp.text().await.unwrap_or_default();
+                self.refusals.refused(&self.metrics, peer, format!("answered {status}: {}", why.chars().take(200).collect::<String>()));
+            }
+            return Err(GossipError::Rejected { peer: peer.to_owned(), status: status.as_u16() });
+        }
+        let signature = resp.headers().get(SIGNATURE_HEADER).and_then(|v| v.to_str().ok()).map(str::to_owned);
+        if let Err(e) = self.auth.verify_response(&signed.request_mac, peer, status.as_u16(), signature.as_deref(), b"") {
+            self.refusals.refused(&self.metrics, peer, format!("its stream answer failed authentication: {e}"));
+            return Err(GossipError::Unauthentic { peer: peer.to_owned(), reason: e.to_string() });
+        }
+        self.refusals.accepted(peer);
+        let io = resp.upgrade().await.map_err(|e| unreachable(e.to_string()))?;
+        Ok(Some(StreamConn { io: Box::new(io), key: self.auth.stream_key(&signed.request_mac), cut: None }))
+    }
+}
+
 impl Transport for HttpTransport {
+    fn open_stream<'a>(&'a self, peer: &'a str) -> BoxFuture<'a, Result<Option<StreamConn>, GossipError>> {
+        Box::pin(self.stream(peer))
+    }
+
     fn call<'a>(
         &'a self,
         peer: &'a str,

@@ -2,10 +2,12 @@
 //! "Write path" steps 3–4, "Applying writes", "Read path" step 2, "Gossip,
 //! anti-entropy, failure detection").
 //!
-//! - **Push**: one [`replicator`] task per peer of the shard. The node's own
-//!   per-origin log *is* the send queue: the task ships durable records after
-//!   the seq the peer last acknowledged, in batches, one request in flight per
-//!   peer, retrying with backoff until acknowledged.
+//! - **Push**: one [`stream`] per peer of the shard: a persistent connection
+//!   carrying binary batches of durable records from the node's own
+//!   per-origin log (the send queue), several batches in flight, each
+//!   acknowledged with the peer's applied clock. Over a transport that cannot
+//!   stream (Mycelium, the simulator) the [`replicator`] pushes batches as
+//!   requests instead, one in flight per peer.
 //! - **Anti-entropy**: every [`ANTI_ENTROPY_INTERVAL`] each replica sends its
 //!   `applied` clock to every peer of its shard and gets back what it lacks
 //!   from the peer's logs — records of *every* origin, so writes reach every
@@ -38,6 +40,7 @@ mod messages;
 pub mod mycelium;
 pub mod refusals;
 mod replicator;
+pub mod stream;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -135,6 +138,12 @@ pub trait Transport: Send + Sync + 'static {
         body: Box<RawValue>,
         timeout: Duration,
     ) -> BoxFuture<'a, Result<Vec<u8>, GossipError>>;
+    /// Opens a replication stream to `peer` ([`stream`]); `None` when this
+    /// transport cannot stream (the replicator then pushes requests).
+    fn open_stream<'a>(&'a self, peer: &'a str) -> BoxFuture<'a, Result<Option<stream::StreamConn>, GossipError>> {
+        let _ = peer;
+        Box::pin(std::future::ready(Ok(None)))
+    }
     /// Starts the transport's own receiving, if it has any, as a task that
     /// ends when `shutdown` turns true. The HTTP transport has none: the
     /// `/internal/...` endpoints receive for it.
@@ -221,6 +230,20 @@ impl Transport for FaultyTransport {
             })));
         }
         self.inner.call(peer, kind, body, timeout)
+    }
+
+    fn open_stream<'a>(&'a self, peer: &'a str) -> BoxFuture<'a, Result<Option<stream::StreamConn>, GossipError>> {
+        Box::pin(async move {
+            if self.faults.is_blocked(peer) || self.faults.replication_paused(peer) {
+                return Err(GossipError::Unreachable { peer: peer.to_owned(), reason: "cut off by fault switch".into() });
+            }
+            let conn = self.inner.open_stream(peer).await?;
+            let (faults, peer) = (self.faults.clone(), peer.to_owned());
+            Ok(conn.map(|mut c| {
+                c.cut = Some(Arc::new(move || faults.is_blocked(&peer) || faults.replication_paused(&peer)));
+                c
+            }))
+        })
     }
 
     fn start_receiving(self: Arc<Self>, inbound: Arc<dyn Inbound>, shutdown: watch::Receiver<bool>) -> Option<JoinHandle<()>> {
@@ -394,30 +417,48 @@ impl Gossip {
     /// Applies a pushed batch and answers with the applied clock.
     pub async fn handle_replicate(&self, batch: ReplicateBatch) -> Result<ReplicateAck, GossipError> {
         self.check_epoch(batch.epoch)?;
-        self.detector.heard_from(&batch.from);
-        // Visibility: the record's HLC carries its origin's wall clock (ms)
-        // when it was written; exact on one host, skewed by clock offset across hosts.
-        let applied = self.store.applied();
-        let now_ms = self.wall.now_ms();
-        let ages: Vec<f64> = batch
-            .records
-            .iter()
-            .filter(|r| r.dot.seq > applied.get(&r.dot.origin))
-            .map(|r| now_ms.saturating_sub(r.hlc >> 16) as f64 / 1000.0)
-            .collect();
-        let outcome = self.store.apply_remote(batch.records, &self.shard)?;
-        for age in ages {
-            self.metrics.visibility_seconds.observe(age);
-        }
-        self.metrics.replicated_records.inc_by(outcome.applied_now as u64);
-        self.metrics.pending_dropped.inc_by(outcome.dropped as u64);
-        self.store.wait_durable(outcome.generation).await?;
-        if let Some(skew) = outcome.refused {
+        let (generation, refused) = self.apply_pushed(&batch.from, batch.records)?;
+        self.store.wait_durable(generation).await?;
+        if let Some(skew) = refused {
             // What came before the refused records is applied (and durable);
             // the sender learns how far from its next probe.
             return Err(StoreError::from(skew).into());
         }
         Ok(ReplicateAck { applied: self.store.applied() })
+    }
+
+    /// Applies a streamed batch from `from` (the stream checked its epoch
+    /// and sender); returns the write generation its ack waits for. Records
+    /// the clock guard refuses end the stream (the sender reopens it and
+    /// learns how far this replica got).
+    pub fn apply_streamed(&self, from: &str, records: Vec<crate::store::Record>) -> Result<u64, GossipError> {
+        let (generation, refused) = self.apply_pushed(from, records)?;
+        match refused {
+            Some(skew) => Err(StoreError::from(skew).into()),
+            None => Ok(generation),
+        }
+    }
+
+    /// Applies records pushed by `from`: the generation to wait for, and
+    /// what the clock guard refused.
+    fn apply_pushed(&self, from: &str, records: Vec<crate::store::Record>) -> Result<(u64, Option<crate::store::ClockSkew>), GossipError> {
+        self.detector.heard_from(from);
+        // Visibility: the record's HLC carries its origin's wall clock (ms)
+        // when it was written; exact on one host, skewed by clock offset across hosts.
+        let applied = self.store.applied();
+        let now_ms = self.wall.now_ms();
+        let ages: Vec<f64> = records
+            .iter()
+            .filter(|r| r.dot.seq > applied.get(&r.dot.origin))
+            .map(|r| now_ms.saturating_sub(r.hlc >> 16) as f64 / 1000.0)
+            .collect();
+        let outcome = self.store.apply_remote(records, &self.shard)?;
+        for age in ages {
+            self.metrics.visibility_seconds.observe(age);
+        }
+        self.metrics.replicated_records.inc_by(outcome.applied_now as u64);
+        self.metrics.pending_dropped.inc_by(outcome.dropped as u64);
+        Ok((outcome.generation, outcome.refused))
     }
 
     /// Answers a pull / anti-entropy exchange from the log.
@@ -629,7 +670,7 @@ impl Gossip {
     /// when `shutdown` turns true.
     pub fn spawn_tasks(self: &Arc<Self>, shutdown: watch::Receiver<bool>) -> Vec<JoinHandle<()>> {
         let mut tasks: Vec<JoinHandle<()>> =
-            self.peers().map(|peer| tokio::spawn(replicator::run(self.clone(), peer.clone(), shutdown.clone()))).collect();
+            self.peers().map(|peer| tokio::spawn(stream::sender::run(self.clone(), peer.clone(), shutdown.clone()))).collect();
         tasks.push(tokio::spawn(anti_entropy_loop(self.clone(), shutdown.clone())));
         tasks.push(tokio::spawn(heartbeat_loop(self.clone(), shutdown.clone())));
         tasks.push(tokio::spawn(compaction_loop(self.clone(), shutdown)));

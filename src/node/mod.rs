@@ -98,6 +98,8 @@ pub struct Node {
     /// here at once (long polls): bounded, whoever sends them.
     pub snapshot_slots: Arc<tokio::sync::Semaphore>,
     pub feed_slots: Arc<tokio::sync::Semaphore>,
+    /// Replication streams received, the current one per sender.
+    pub streams: crate::gossip::stream::receiver::Registry,
 }
 
 impl Node {
@@ -240,6 +242,7 @@ impl Node {
             watchers: Arc::new(AtomicUsize::new(0)),
             snapshot_slots: Arc::new(tokio::sync::Semaphore::new(snapshot::MAX_SNAPSHOT_READS)),
             feed_slots: Arc::new(tokio::sync::Semaphore::new(feed::MAX_FEED_REQUESTS)),
+            streams: Default::default(),
         });
         node.install_epoch(view);
         Ok(node)
@@ -352,4 +355,14 @@ impl Inbound for Node {
 async fn catch_up_then_ready(node: Arc<Node>) {
     node.current().gossip.pull_from_peers(STARTUP_CATCH_UP).await;
     node.ready.store(true, Ordering::Relaxed);
+}
+
+impl crate::gossip::stream::receiver::StreamHost for Node {
+    fn gossip(&self) -> Arc<Gossip> {
+        self.current().gossip.clone()
+    }
+
+    fn refuses(&self, sender: &str, id: u64) -> bool {
+        self.faults.is_blocked(sender) || !self.streams.is_current(sender, id)
+    }
 }

@@ -212,7 +212,8 @@ impl Connection {
                 Ok::<_, Infallible>(resp)
             }
         });
-        let conn = self.builder.serve_connection(io, service);
+        // With upgrades: replication streams (`gossip::stream`) take the connection over.
+        let conn = self.builder.serve_connection(io, service).with_upgrades();
         tokio::pin!(conn);
         let mut draining = false;
         loop {

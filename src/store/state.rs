@@ -460,6 +460,43 @@ impl Store {
         self.log_after(origin, after, limit).map(Some)
     }
 
+    /// The log entries of `origin` after `after` up to `up_to`, as stored
+    /// (the encoding the replication stream sends, never decoded here), at
+    /// most `limit` entries and about `max_bytes` (at least one entry);
+    /// `None` when entries after `after` were compacted away.
+    pub fn log_raw_after(
+        &self,
+        origin: &str,
+        after: u64,
+        up_to: u64,
+        limit: usize,
+        max_bytes: usize,
+    ) -> Result<Option<Vec<(u64, Vec<u8>)>>, StoreError> {
+        if after < self.state.lock().log_floor.get(origin) {
+            return Ok(None);
+        }
+        let mut out = Vec::new();
+        let mut bytes = 0;
+        if up_to <= after {
+            return Ok(Some(out));
+        }
+        for item in self.engine.scan(included(keys::log(origin, after.saturating_add(1)), keys::log(origin, up_to))).take(limit) {
+            let (k, v) = item?;
+            let seq = k
+                .len()
+                .checked_sub(8)
+                .and_then(|at| k[at..].try_into().ok())
+                .map(u64::from_be_bytes)
+                .ok_or(StoreError::Corrupt(super::record::DecodeError::Malformed))?;
+            bytes += v.len();
+            if bytes > max_bytes && !out.is_empty() {
+                break;
+            }
+            out.push((seq, v.to_vec()));
+        }
+        Ok(Some(out))
+    }
+
     /// Records of `origin` with seq in `after+1 ..`, at most `limit`, from the log.
     pub fn log_after(&self, origin: &str, after: u64, limit: usize) -> Result<Vec<Record>, StoreError> {
         let start = keys::log(origin, after.saturating_add(1));
