@@ -31,6 +31,9 @@ pub mod receiver;
 pub mod sender;
 pub mod window;
 
+#[cfg(test)]
+mod tests;
+
 use std::sync::Arc;
 
 use tokio::io::{AsyncRead, AsyncWrite};
