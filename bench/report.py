@@ -92,6 +92,7 @@ def aggregate(runs):
             row["server_nodes"] = [{"name": cpu[0]["processes"][i]["name"],
                                     "us_per_op": statistics.median(c["processes"][i]["us_per_op"] for c in cpu)} for i in range(n)]
         routing = next((r["routing"] for r in rs if r.get("routing")), None)
+        row["keys_used"] = rs[0]["config"].get("keys")
         if routing:
             row["keys_used"] = routing["keys_used"]
             row["shards"] = [{"id": sh["id"], "master": sh["master"], "keys": sh["keys"]} for sh in routing["shards"]]

@@ -216,10 +216,8 @@ pub async fn run(cfg: RunConfig) -> Result<RunReport, String> {
         }
         routes = Some(Arc::new(r));
     }
-    let routing = routes.as_ref().map(|r| Routing {
-        shards: r.shards.clone(),
-        keys_used: keys.as_ref().map_or(cfg.keys, |k| k.len() as u64),
-    });
+    let routing =
+        routes.as_ref().map(|r| Routing { shards: r.shards.clone(), keys_used: keys.as_ref().map_or(cfg.keys, |k| k.len() as u64) });
 
     // Every connection is opened before the clock starts.
     let mut sessions = Vec::with_capacity(cfg.connections);

@@ -76,7 +76,14 @@ impl Routes {
 }
 
 /// Learns the shards from `entry`'s status and probes the shard of every key.
-pub async fn discover(entry: &str, spec: &Arc<Spec>, keys: u64, key_size: usize, conns: usize, timeout: Duration) -> Result<Routes, String> {
+pub async fn discover(
+    entry: &str,
+    spec: &Arc<Spec>,
+    keys: u64,
+    key_size: usize,
+    conns: usize,
+    timeout: Duration,
+) -> Result<Routes, String> {
     let mut shards = status_shards(entry).await?;
     let workers = (conns.max(1) as u64).min(keys.max(1));
     let mut tasks = Vec::new();
@@ -98,7 +105,11 @@ pub async fn discover(entry: &str, spec: &Arc<Spec>, keys: u64, key_size: usize,
                             break String::from_utf8_lossy(s.served_by()).into_owned();
                         }
                         other if tries >= 3 => {
-                            return Err(format!("probing key {i} at {}: {other:?} (served-by {:?})", s.addr(), String::from_utf8_lossy(s.served_by())));
+                            return Err(format!(
+                                "probing key {i} at {}: {other:?} (served-by {:?})",
+                                s.addr(),
+                                String::from_utf8_lossy(s.served_by())
+                            ));
                         }
                         _ => tries += 1,
                     }
