@@ -107,13 +107,13 @@ async fn bench_against_the_ceiling_server() {
 
 /// `--route shard` and the key filters against 2 shards × 2: the other
 /// shard's keys only, each sent to its own shard, nothing forwarded; the
-/// node CPU is sampled (the nodes run in this test process).
+/// nodes' CPU is sampled.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bench_routes_keys_to_their_shard() {
     let cluster = Cluster::start(4, 2).await;
     let entry = cluster.addr(0).to_string();
     let before = cluster.get_json(0, "/kv-store/status").await.body;
-    let pid = format!("test={}", std::process::id());
+    let pids = (0..4).map(|i| format!("{}={}", cluster.addr(i), cluster.nodes[i].pid())).collect::<Vec<_>>().join(",");
     let e = entry.clone();
     let report = tokio::task::spawn_blocking(move || {
         bench(&[
@@ -134,7 +134,7 @@ async fn bench_routes_keys_to_their_shard() {
             "--only-keys-not-served-by",
             &e,
             "--server-pids",
-            &pid,
+            &pids,
         ])
     })
     .await
@@ -147,7 +147,9 @@ async fn bench_routes_keys_to_their_shard() {
     assert_eq!(total, 200, "every key has a shard: {routing}");
     let other = shards.iter().find(|s| !s["replicas"].as_array().unwrap().iter().any(|r| r == &Value::from(entry.clone()))).unwrap();
     assert_eq!(routing["keys_used"], other["keys"], "{routing}");
-    assert!(report["server_cpu"]["us_per_op"].as_f64().unwrap() > 0.0, "{report}");
+    let cpu = &report["server_cpu"];
+    assert_eq!(cpu["processes"].as_array().map(Vec::len), Some(4), "{cpu}");
+    assert!(cpu["us_per_op"].as_f64().unwrap() > 0.0, "the other shard's nodes did the work: {cpu}");
     // The entry node forwarded only the probe's GETs of the other shard's keys (one each): the run itself sent
     // it nothing, as its own shard's keys were left out and the others went to their shard.
     let after = cluster.get_json(0, "/kv-store/status").await.body;
