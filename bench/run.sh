@@ -1,9 +1,23 @@
 #!/usr/bin/env bash
-# The full benchmark: causalkv (1 node; 1 shard × 3 replicas; 3 shards × 2),
-# etcd (3 members), Redis (1 server) and the HTTP ceiling, all on loopback,
-# driven by causalkv-bench with the same code; then visibility latency,
-# hold-back share and footprint. Writes bench/results/<stamp>.{json,md,png}
+# The full benchmark: causalkv (1 node; 1 shard × 3 replicas; 2 shards × 2;
+# 3 shards × 2), etcd (3 members), Redis (1 server) and the HTTP ceiling, all
+# on loopback, driven by causalkv-bench with the same code; then visibility
+# latency, hold-back share and footprint. Writes bench/results/<stamp>.{json,md,png}
 # and refreshes the generated part of docs/BENCHMARKS.md.
+#
+# Replication speed (issue 15), at BENCH_ROUTE_CONNS connections:
+#   causalkv-3  put-master: every PUT sent to the shard's master (--route shard).
+#   causalkv-4  4 nodes, REPL_FACTOR=2 (2 shards × 2). put/get: every request at
+#               node 1 (at every BENCH_CONNS; about half the keys belong to the
+#               other shard and are forwarded); put-direct/get-direct: the same
+#               keys, each sent to a node of its own shard (PUT to the master, GET
+#               to a replica; --route shard); put-fwd/get-fwd: only the other
+#               shard's keys, at node 1 (all forwarded; --only-keys-not-served-by);
+#               put-fwd-direct/get-fwd-direct: those keys at their own shard.
+#   Every causalkv row samples the CPU time (/proc/<pid>/stat) of every node
+#   process at the start and end of its measured window (--server-pids):
+#   µs of server CPU per successful operation, per node and in total, apart
+#   from the load generator's own CPU ("bench CPU").
 #
 # Settings (environment):
 #   BENCH_SECONDS  measured seconds per run            (10)
@@ -11,7 +25,8 @@
 #   BENCH_RUNS     runs per row, the median is reported (3)
 #   BENCH_CONNS    connection counts                    ("1 16 64 256")
 #   BENCH_KEYS     distinct keys of the rows            (10000)
-#   BENCH_TARGETS  subset of: ceiling causalkv-1 causalkv-3 causalkv-6 etcd redis
+#   BENCH_TARGETS  subset of: ceiling causalkv-1 causalkv-3 causalkv-4 causalkv-6 etcd redis
+#   BENCH_ROUTE_CONNS connections of the routing rows above (64)
 #   BENCH_EXTRAS   subset of: visibility holdback footprint
 #   BENCH_VIS_SECONDS measured seconds of the visibility run (15)
 #   FOOTPRINT_KEYS keys loaded for the footprint        (1000000)
@@ -30,8 +45,9 @@ BENCH_WARMUP=${BENCH_WARMUP:-2}
 BENCH_RUNS=${BENCH_RUNS:-3}
 BENCH_CONNS=${BENCH_CONNS:-"1 16 64 256"}
 BENCH_KEYS=${BENCH_KEYS:-10000}
-BENCH_TARGETS=${BENCH_TARGETS:-"ceiling causalkv-1 causalkv-3 causalkv-6 etcd redis"}
-BENCH_EXTRAS=${BENCH_EXTRAS:-"visibility holdback footprint"}
+BENCH_TARGETS=${BENCH_TARGETS:-"ceiling causalkv-1 causalkv-3 causalkv-4 causalkv-6 etcd redis"}
+BENCH_ROUTE_CONNS=${BENCH_ROUTE_CONNS:-64}
+BENCH_EXTRAS=${BENCH_EXTRAS-"visibility holdback footprint"}
 FOOTPRINT_KEYS=${FOOTPRINT_KEYS:-1000000}
 BENCH_VIS_SECONDS=${BENCH_VIS_SECONDS:-15}
 BENCH_TMP=${BENCH_TMP:-/var/tmp}
@@ -155,6 +171,7 @@ attempt() {
 # start_causalkv NAME NODES RF [ENV...]: NODES causalkv processes; sets NODES_CSV.
 NODES_CSV=
 NODE_PIDS=()
+SERVER_PIDS= # ADDRESS=PID,... of the nodes, for --server-pids
 start_causalkv() {
     local name=$1 n=$2 rf=$3
     shift 3
@@ -162,13 +179,16 @@ start_causalkv() {
     for p in $(ports "$n"); do addrs+=("127.0.0.1:$p"); done
     NODES_CSV=$(IFS=,; echo "${addrs[*]}")
     NODE_PIDS=()
+    local named=()
     for a in "${addrs[@]}"; do
         rm -rf "$WORK/data/$name-$i"
         start "$name-$i" env ADDRESS="$a" VIEW="$NODES_CSV" REPL_FACTOR="$rf" DATA_DIR="$WORK/data/$name-$i" \
             DURABILITY=fsync RUST_LOG=warn "$@" "$BIN"
         NODE_PIDS+=("$LAST_PID")
+        named+=("$a=$LAST_PID")
         i=$((i + 1))
     done
+    SERVER_PIDS=$(IFS=,; echo "${named[*]}")
     for a in "${addrs[@]}"; do wait_for "causalkv $a" http_ok "http://$a/ready" || return 1; done
 }
 
@@ -240,14 +260,15 @@ wait_quiet() {
 # ---------------------------------------------------------------- rows
 COMMON=(--keys "$BENCH_KEYS" --key-size 16 --value-size 256 --duration "$BENCH_SECONDS" --warmup "$BENCH_WARMUP")
 
-# series SERIES KIND NODES OP [ARGS...]: every connection count, BENCH_RUNS times.
+# series SERIES KIND NODES OP [ARGS...]: every connection count (SERIES_CONNS
+# if set, else BENCH_CONNS), BENCH_RUNS times. OP put* writes, any other reads.
 series() {
     local name=$1 kind=$2 nodes=$3 op=$4
     shift 4
     local ratio=0
-    [[ $op == put ]] && ratio=1
+    [[ $op == put* ]] && ratio=1
     local c r line
-    for c in $BENCH_CONNS; do
+    for c in ${SERIES_CONNS:-$BENCH_CONNS}; do
         for r in $(seq "$BENCH_RUNS"); do
             wait_quiet "$name/$op/c$c/r$r"
             line=$("$BENCH" --target "$kind" --nodes "$nodes" -c "$c" --put-ratio "$ratio" "${COMMON[@]}" --seed "$r" \
@@ -286,9 +307,9 @@ fi
 
 kv_target() { # NAME NODES RF
     attempt start_causalkv "$1" "$2" "$3"
-    series "$1" causalkv "$NODES_CSV" put
+    series "$1" causalkv "$NODES_CSV" put --server-pids "$SERVER_PIDS"
     preload causalkv "$NODES_CSV"
-    series "$1" causalkv "$NODES_CSV" get
+    series "$1" causalkv "$NODES_CSV" get --server-pids "$SERVER_PIDS"
 }
 
 if has causalkv-1 "$BENCH_TARGETS"; then
@@ -299,6 +320,9 @@ fi
 if has causalkv-3 "$BENCH_TARGETS"; then
     kv_target causalkv-3 3 3
     IFS=, read -r master w1 w2 <<<"$NODES_CSV"
+    # Every write at the master (learnt from its /kv-store/status): the cost of
+    # replication without forwarding.
+    SERIES_CONNS=$BENCH_ROUTE_CONNS series causalkv-3 causalkv "$master" put-master --route shard --server-pids "$SERVER_PIDS"
     if has holdback "$BENCH_EXTRAS"; then
         log "hold-back: sessions write at the master and read at a worker right after"
         wait_quiet holdback
@@ -314,6 +338,24 @@ if has causalkv-3 "$BENCH_TARGETS"; then
         "$BENCH" visibility --master "$master" --workers "$w1,$w2" --rate "$rate" -c 64 --duration "$BENCH_VIS_SECONDS" \
             --warmup "$BENCH_WARMUP" --json "$RAW/visibility.json" | tee -a "$WORK/logs/bench.log" >&2
     fi
+    stop_all
+fi
+
+if has causalkv-4 "$BENCH_TARGETS"; then
+    # 2 shards × 2. Node 1 (first in VIEW) takes every request of the "at node 1"
+    # rows; the routed rows send each key to its own shard instead.
+    attempt start_causalkv causalkv-4 4 2
+    IFS=, read -r n1 _ <<<"$NODES_CSV"
+    cpu=(--server-pids "$SERVER_PIDS")
+    series causalkv-4 causalkv "$n1" put "${cpu[@]}"
+    SERIES_CONNS=$BENCH_ROUTE_CONNS series causalkv-4 causalkv "$n1" put-direct --route shard "${cpu[@]}"
+    SERIES_CONNS=$BENCH_ROUTE_CONNS series causalkv-4 causalkv "$n1" put-fwd --only-keys-not-served-by "$n1" "${cpu[@]}"
+    SERIES_CONNS=$BENCH_ROUTE_CONNS series causalkv-4 causalkv "$n1" put-fwd-direct --only-keys-not-served-by "$n1" --route shard "${cpu[@]}"
+    preload causalkv "$NODES_CSV"
+    series causalkv-4 causalkv "$n1" get "${cpu[@]}"
+    SERIES_CONNS=$BENCH_ROUTE_CONNS series causalkv-4 causalkv "$n1" get-direct --route shard "${cpu[@]}"
+    SERIES_CONNS=$BENCH_ROUTE_CONNS series causalkv-4 causalkv "$n1" get-fwd --only-keys-not-served-by "$n1" "${cpu[@]}"
+    SERIES_CONNS=$BENCH_ROUTE_CONNS series causalkv-4 causalkv "$n1" get-fwd-direct --only-keys-not-served-by "$n1" --route shard "${cpu[@]}"
     stop_all
 fi
 
@@ -388,6 +430,7 @@ M_NPROC=$(nproc) M_CPU=$cpu M_MEM=$((mem_kb * 1024)) M_KERNEL=$(uname -r) M_FS=$
     M_ETCD=$(etcd --version 2>/dev/null | head -1) M_REDIS=$(redis-server --version 2>/dev/null) \
     M_LOADAVG="$LOADAVG (after: $(cut -d' ' -f1-3 /proc/loadavg))" M_RUSTC=$(rustc --version) M_COMMIT=$(git rev-parse --short HEAD 2>/dev/null || true) \
     S_SECONDS=$BENCH_SECONDS S_WARMUP=$BENCH_WARMUP S_RUNS=$BENCH_RUNS S_CONNS=$BENCH_CONNS S_KEYS=$BENCH_KEYS \
+    S_ROUTE_CONNS=$BENCH_ROUTE_CONNS \
     "$PY" - "$RAW/machine.json" <<'EOF'
 import json, os, sys
 e = os.environ
@@ -397,6 +440,7 @@ json.dump({
     "loadavg": e["M_LOADAVG"], "rustc": e["M_RUSTC"], "commit": e["M_COMMIT"],
     "settings": {"seconds": float(e["S_SECONDS"]), "warmup": float(e["S_WARMUP"]), "runs": int(e["S_RUNS"]),
                  "connections": [int(c) for c in e["S_CONNS"].split()], "keys": int(e["S_KEYS"]),
+                 "route_connections": int(e["S_ROUTE_CONNS"]),
                  "key_bytes": 16, "value_bytes": 256},
 }, open(sys.argv[1], "w"), indent=1)
 EOF

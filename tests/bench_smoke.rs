@@ -104,3 +104,55 @@ async fn bench_against_the_ceiling_server() {
     check_summary(&report, "put");
     assert_eq!(report["config"]["target"].as_str(), Some("ceiling"));
 }
+
+/// `--route shard` and the key filters against 2 shards × 2: the other
+/// shard's keys only, each sent to its own shard, nothing forwarded; the
+/// nodes' CPU is sampled.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bench_routes_keys_to_their_shard() {
+    let cluster = Cluster::start(4, 2).await;
+    let entry = cluster.addr(0).to_string();
+    let before = cluster.get_json(0, "/kv-store/status").await.body;
+    let pids = (0..4).map(|i| format!("{}={}", cluster.addr(i), cluster.nodes[i].pid())).collect::<Vec<_>>().join(",");
+    let e = entry.clone();
+    let report = tokio::task::spawn_blocking(move || {
+        bench(&[
+            "--nodes",
+            &e,
+            "--connections",
+            "4",
+            "--duration",
+            "1",
+            "--warmup",
+            "0.2",
+            "--keys",
+            "200",
+            "--put-ratio",
+            "0.5",
+            "--route",
+            "shard",
+            "--only-keys-not-served-by",
+            &e,
+            "--server-pids",
+            &pids,
+        ])
+    })
+    .await
+    .expect("bench thread");
+    check_summary(&report, "put");
+    let routing = &report["routing"];
+    let shards = routing["shards"].as_array().expect("routing.shards");
+    assert_eq!(shards.len(), 2, "{routing}");
+    let total: u64 = shards.iter().map(|s| s["keys"].as_u64().unwrap()).sum();
+    assert_eq!(total, 200, "every key has a shard: {routing}");
+    let other = shards.iter().find(|s| !s["replicas"].as_array().unwrap().iter().any(|r| r == &Value::from(entry.clone()))).unwrap();
+    assert_eq!(routing["keys_used"], other["keys"], "{routing}");
+    let cpu = &report["server_cpu"];
+    assert_eq!(cpu["processes"].as_array().map(Vec::len), Some(4), "{cpu}");
+    assert!(cpu["us_per_op"].as_f64().unwrap() > 0.0, "the other shard's nodes did the work: {cpu}");
+    // The entry node forwarded only the probe's GETs of the other shard's keys (one each): the run itself sent
+    // it nothing, as its own shard's keys were left out and the others went to their shard.
+    let after = cluster.get_json(0, "/kv-store/status").await.body;
+    let forwarded = after["forwarded"].as_u64().unwrap() - before["forwarded"].as_u64().unwrap();
+    assert_eq!(Some(forwarded), other["keys"].as_u64(), "{after}");
+}

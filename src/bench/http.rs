@@ -22,6 +22,10 @@ pub struct HttpConn {
     pub body: Vec<u8>,
     /// The server asked to close the connection after the last response.
     pub closed: bool,
+    /// When set, the `x-causalkv-served-by` header of each response is kept
+    /// in `served_by` (empty when absent).
+    pub record_served_by: bool,
+    pub served_by: Vec<u8>,
 }
 
 impl HttpConn {
@@ -35,6 +39,8 @@ impl HttpConn {
             wbuf: Vec::with_capacity(1024),
             body: Vec::with_capacity(1024),
             closed: false,
+            record_served_by: false,
+            served_by: Vec::new(),
         })
     }
 
@@ -73,7 +79,11 @@ impl HttpConn {
                     let status = resp.code.unwrap_or(0);
                     let mut framing = Framing::UntilClose;
                     let mut close = resp.version == Some(0);
+                    self.served_by.clear();
                     for h in resp.headers.iter() {
+                        if self.record_served_by && h.name.eq_ignore_ascii_case("x-causalkv-served-by") {
+                            self.served_by.extend_from_slice(h.value);
+                        }
                         if h.name.eq_ignore_ascii_case("content-length") {
                             let len = std::str::from_utf8(h.value)
                                 .ok()

@@ -9,7 +9,9 @@ use serde::Serialize;
 use tokio::time::Instant;
 
 use super::keyspace::{Dist, KeyChooser, Rng, key_into, value_bytes};
+use super::procstat::{self, ServerCpu, Watched};
 use super::promtext::{self, HoldbackCounters};
+use super::route::{self, KeyFilter, Route, Routes};
 use super::session::{Outcome, Session, Spec, TargetKind};
 use super::stats::{OpStats, Summary};
 
@@ -48,6 +50,12 @@ pub struct RunConfig {
     pub metrics: bool,
     pub timeout: Duration,
     pub seed: u64,
+    /// causalkv: where each request goes (`node`: connection i to node i mod n).
+    pub route: Route,
+    /// causalkv: draw only the keys of one side of a node's shard.
+    pub key_filter: Option<KeyFilter>,
+    /// Processes (the nodes) whose CPU is sampled around the measured window.
+    pub server_pids: Vec<Watched>,
 }
 
 #[derive(Serialize, Debug)]
@@ -86,6 +94,17 @@ pub struct RunReport {
     pub error_samples: Vec<String>,
     pub preload: Option<Preload>,
     pub holdback: Option<Holdback>,
+    /// The shards learnt for `--route shard` or a key filter.
+    pub routing: Option<Routing>,
+    /// CPU of the `--server-pids` processes in the measured window.
+    pub server_cpu: Option<ServerCpu>,
+}
+
+#[derive(Serialize, Debug)]
+pub struct Routing {
+    pub shards: Vec<route::Shard>,
+    /// Distinct keys the run draws from (after the filter).
+    pub keys_used: u64,
 }
 
 impl RunReport {
@@ -131,6 +150,20 @@ impl RunReport {
                 h.unsatisfied
             ));
         }
+        if let Some(r) = &self.routing {
+            let shards: Vec<String> = r.shards.iter().map(|s| format!("shard {} (master {}): {} keys", s.id, s.master, s.keys)).collect();
+            out.push_str(&format!("routing {:?}: {} keys used; {}\n", self.config.route, r.keys_used, shards.join(", ")));
+        }
+        if let Some(c) = &self.server_cpu {
+            let each: Vec<String> = c.processes.iter().map(|p| format!("{} {:.0} µs", p.name, p.us_per_op)).collect();
+            out.push_str(&format!(
+                "server CPU: {:.2} s ({:.0}% of all cores), {:.1} µs per operation ({})\n",
+                c.cpu_seconds,
+                c.share * 100.0,
+                c.us_per_op,
+                each.join(", ")
+            ));
+        }
         for e in self.error_samples.iter().take(5) {
             out.push_str(&format!("error: {e}\n"));
         }
@@ -144,6 +177,10 @@ pub async fn run(cfg: RunConfig) -> Result<RunReport, String> {
     }
     if cfg.pattern == Pattern::WriteRead && (cfg.target != TargetKind::Causalkv || cfg.nodes.len() < 2) {
         return Err("--pattern write-read needs --target causalkv and at least 2 nodes (master first)".into());
+    }
+    let routed = cfg.route == Route::Shard || cfg.key_filter.is_some();
+    if routed && (cfg.target != TargetKind::Causalkv || cfg.pattern != Pattern::Mixed) {
+        return Err("--route shard and --only-keys-* need --target causalkv and --pattern mixed".into());
     }
     let spec = Spec::new(cfg.target, cfg.serializable, cfg.with_context, value_bytes(cfg.value_size, cfg.seed));
     let cfg = Arc::new(cfg);
@@ -164,12 +201,32 @@ pub async fn run(cfg: RunConfig) -> Result<RunReport, String> {
             error_samples: Vec::new(),
             preload,
             holdback: None,
+            routing: None,
+            server_cpu: None,
         });
     }
+
+    // Where keys live: learnt before any connection of the run is opened.
+    let mut routes: Option<Arc<Routes>> = None;
+    let mut keys: Option<Arc<Vec<u64>>> = None;
+    if routed {
+        let r = route::discover(&cfg.nodes[0], &spec, cfg.keys, cfg.key_size, cfg.connections.min(32), cfg.timeout).await?;
+        if let Some(f) = &cfg.key_filter {
+            keys = Some(Arc::new(r.filter(f)?));
+        }
+        routes = Some(Arc::new(r));
+    }
+    let routing =
+        routes.as_ref().map(|r| Routing { shards: r.shards.clone(), keys_used: keys.as_ref().map_or(cfg.keys, |k| k.len() as u64) });
 
     // Every connection is opened before the clock starts.
     let mut sessions = Vec::with_capacity(cfg.connections);
     for i in 0..cfg.connections {
+        if let (Route::Shard, Some(r)) = (cfg.route, &routes) {
+            let (conns, plan) = shard_conns(&spec, r, i).await?;
+            sessions.push((Conns::new(conns), None, Some(plan)));
+            continue;
+        }
         let mut main = Session::new(spec.clone(), &cfg.nodes[i % cfg.nodes.len()]);
         let mut reader = None;
         if cfg.pattern == Pattern::WriteRead {
@@ -180,7 +237,7 @@ pub async fn run(cfg: RunConfig) -> Result<RunReport, String> {
             reader = Some(r);
         }
         main.connect().await.map_err(|e| format!("connect {}: {e}", main.addr()))?;
-        sessions.push((main, reader));
+        sessions.push((Conns::new(vec![main]), reader, None));
     }
 
     let scrape = cfg.metrics || cfg.pattern == Pattern::WriteRead;
@@ -190,13 +247,17 @@ pub async fn run(cfg: RunConfig) -> Result<RunReport, String> {
     let counted = Arc::new(AtomicU64::new(0));
     let mut before: Option<HoldbackCounters> = None;
     let mut tasks = Vec::with_capacity(sessions.len());
-    for (i, (main, reader)) in sessions.into_iter().enumerate() {
+    for (i, (conns, reader, plan)) in sessions.into_iter().enumerate() {
         let cfg = cfg.clone();
         let counted = counted.clone();
-        tasks.push(tokio::spawn(session_loop(cfg, i, main, reader, measure_start, end, counted)));
+        let keys = keys.clone();
+        let routes = routes.clone();
+        let ways = Ways { keys, routes, plan };
+        tasks.push(tokio::spawn(session_loop(cfg, i, conns, reader, ways, measure_start, end, counted)));
     }
     tokio::time::sleep_until(measure_start).await;
     let cpu_before = cpu_seconds();
+    let servers_before = procstat::sample(&cfg.server_pids);
     if scrape {
         before = Some(promtext::scrape(&cfg.nodes).await.map_err(|e| format!("scraping /metrics: {e}"))?);
     }
@@ -211,6 +272,7 @@ pub async fn run(cfg: RunConfig) -> Result<RunReport, String> {
     }
     let seconds = Instant::now().saturating_duration_since(measure_start).as_secs_f64();
     let client_cpu_seconds = cpu_seconds() - cpu_before;
+    let servers_after = procstat::sample(&cfg.server_pids);
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
     let holdback = match before {
         Some(before) => {
@@ -228,6 +290,8 @@ pub async fn run(cfg: RunConfig) -> Result<RunReport, String> {
     };
     let mut all = get.clone();
     all.merge(&put);
+    let server_cpu = (!cfg.server_pids.is_empty())
+        .then(|| procstat::server_cpu(&cfg.server_pids, &servers_before, &servers_after, all.ok + all.misses, seconds));
     let mut error_samples = get.error_samples.clone();
     error_samples.extend(put.error_samples.iter().cloned());
     Ok(RunReport {
@@ -243,19 +307,91 @@ pub async fn run(cfg: RunConfig) -> Result<RunReport, String> {
         error_samples,
         preload,
         holdback,
+        routing,
+        server_cpu,
     })
 }
 
+/// The connections of one session: one, or (with `--route shard`) one per
+/// node the session sends to. The causal context moves with the session from
+/// connection to connection, as one client's would.
+struct Conns {
+    list: Vec<Session>,
+    last: usize,
+}
+
+impl Conns {
+    fn new(list: Vec<Session>) -> Conns {
+        Conns { list, last: 0 }
+    }
+
+    fn pick(&mut self, i: usize) -> &mut Session {
+        if i != self.last {
+            let ctx = std::mem::take(&mut self.list[self.last].ctx);
+            self.list[i].ctx = ctx;
+            self.last = i;
+        }
+        &mut self.list[i]
+    }
+
+    fn reconnects(&self) -> u64 {
+        self.list.iter().map(|s| s.reconnects).sum()
+    }
+}
+
+/// For `--route shard`: index into the session's connections of each shard's
+/// master (PUT) and of the replica this session reads from (GET).
+struct Plan {
+    put: Vec<usize>,
+    get: Vec<usize>,
+}
+
+/// Opens session `i`'s connections for `--route shard`.
+async fn shard_conns(spec: &Arc<Spec>, routes: &Routes, i: usize) -> Result<(Vec<Session>, Plan), String> {
+    let mut addrs: Vec<String> = Vec::new();
+    let mut index = |addr: &str| match addrs.iter().position(|a| a == addr) {
+        Some(p) => p,
+        None => {
+            addrs.push(addr.to_string());
+            addrs.len() - 1
+        }
+    };
+    let mut plan = Plan { put: Vec::new(), get: Vec::new() };
+    for s in &routes.shards {
+        plan.put.push(index(&s.master));
+        let reader = if s.replicas.is_empty() { &s.master } else { &s.replicas[i % s.replicas.len()] };
+        plan.get.push(index(reader));
+    }
+    let mut conns = Vec::with_capacity(addrs.len());
+    for a in &addrs {
+        let mut s = Session::new(spec.clone(), a);
+        s.connect().await.map_err(|e| format!("connect {a}: {e}"))?;
+        conns.push(s);
+    }
+    Ok((conns, plan))
+}
+
+/// How a session picks keys and connections: the filtered keys (else
+/// `0..keys`), and with `--route shard` the shard of each key and the plan.
+struct Ways {
+    keys: Option<Arc<Vec<u64>>>,
+    routes: Option<Arc<Routes>>,
+    plan: Option<Plan>,
+}
+
+#[allow(clippy::too_many_arguments)]
 async fn session_loop(
     cfg: Arc<RunConfig>,
     index: usize,
-    mut main: Session,
+    mut conns: Conns,
     mut reader: Option<Session>,
+    ways: Ways,
     measure_start: Instant,
     end: Option<Instant>,
     counted: Arc<AtomicU64>,
 ) -> (OpStats, OpStats, u64) {
-    let chooser = KeyChooser::new(cfg.dist, cfg.keys, cfg.zipf_theta);
+    let n = ways.keys.as_ref().map_or(cfg.keys, |k| k.len() as u64);
+    let chooser = KeyChooser::new(cfg.dist, n, cfg.zipf_theta);
     let mut rng = Rng::new(cfg.seed.wrapping_mul(1_000_003).wrapping_add(index as u64));
     let mut get = OpStats::default();
     let mut put = OpStats::default();
@@ -274,10 +410,20 @@ async fn session_loop(
         {
             break;
         }
-        key_into(&mut key, "k", chooser.next(&mut rng), cfg.key_size);
+        let drawn = chooser.next(&mut rng);
+        let k = ways.keys.as_ref().map_or(drawn, |keys| keys[drawn as usize]);
+        key_into(&mut key, "k", k, cfg.key_size);
         match reader.as_mut() {
             None => {
                 let is_put = cfg.put_ratio >= 1.0 || (cfg.put_ratio > 0.0 && rng.f64() < cfg.put_ratio);
+                let conn = match (&ways.plan, &ways.routes) {
+                    (Some(plan), Some(routes)) => {
+                        let shard = routes.key_shard[k as usize] as usize;
+                        if is_put { plan.put[shard] } else { plan.get[shard] }
+                    }
+                    _ => 0,
+                };
+                let main = conns.pick(conn);
                 let t0 = Instant::now();
                 let outcome = if is_put { timed(cfg.timeout, main.put(&key)).await } else { timed(cfg.timeout, main.get(&key)).await };
                 let latency = t0.elapsed();
@@ -286,6 +432,7 @@ async fn session_loop(
                 }
             }
             Some(reader) => {
+                let main = conns.pick(0);
                 let t0 = Instant::now();
                 let outcome = timed(cfg.timeout, main.put(&key)).await;
                 let t1 = Instant::now();
@@ -305,7 +452,7 @@ async fn session_loop(
             }
         }
     }
-    let reconnects = main.reconnects + reader.map_or(0, |r| r.reconnects);
+    let reconnects = conns.reconnects() + reader.map_or(0, |r| r.reconnects);
     (get, put, reconnects)
 }
 

@@ -67,6 +67,8 @@ pub struct Session {
     path: String,
     body: Vec<u8>,
     pub reconnects: u64,
+    /// Keep each answer's `x-causalkv-served-by` header (see [`Session::served_by`]).
+    pub record_served_by: bool,
 }
 
 #[derive(Deserialize)]
@@ -85,6 +87,7 @@ impl Session {
             path: String::with_capacity(64),
             body: Vec::with_capacity(1024),
             reconnects: 0,
+            record_served_by: false,
         }
     }
 
@@ -97,7 +100,11 @@ impl Session {
         if self.conn.is_none() {
             self.conn = Some(match self.spec.kind {
                 TargetKind::Redis => Conn::Redis(RespConn::connect(&self.addr).await?),
-                _ => Conn::Http(HttpConn::connect(&self.addr).await?),
+                _ => {
+                    let mut c = HttpConn::connect(&self.addr).await?;
+                    c.record_served_by = self.record_served_by;
+                    Conn::Http(c)
+                }
             });
         }
         Ok(())
@@ -109,6 +116,15 @@ impl Session {
 
     pub async fn get(&mut self, key: &[u8]) -> Outcome {
         self.op(false, key, self.spec.with_context).await
+    }
+
+    /// The `x-causalkv-served-by` header of the last answer (empty when
+    /// absent or when `record_served_by` is off).
+    pub fn served_by(&self) -> &[u8] {
+        match &self.conn {
+            Some(Conn::Http(c)) => &c.served_by,
+            _ => &[],
+        }
     }
 
     /// A GET that sends no causal context (a fresh client).

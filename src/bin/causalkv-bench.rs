@@ -4,6 +4,7 @@
 //!
 //! ```text
 //! causalkv-bench --target causalkv --nodes 127.0.0.1:13800 -c 64 -d 10 --put-ratio 0.5
+//! causalkv-bench --nodes NODE1 --route shard --put-ratio 1 --server-pids A=1234,B=1235
 //! causalkv-bench ceiling-server --port 18080
 //! causalkv-bench visibility --master A --workers B,C --rate 2000
 //! causalkv-bench fsync-probe --dir /var/tmp
@@ -19,6 +20,8 @@ mod bench;
 
 use bench::keyspace::Dist;
 use bench::load::{Pattern, RunConfig};
+use bench::procstat::Watched;
+use bench::route::{KeyFilter, Route};
 use bench::session::TargetKind;
 use bench::visibility::VisConfig;
 
@@ -153,6 +156,23 @@ struct RunArgs {
     /// Name of this run in reports.
     #[arg(long)]
     label: Option<String>,
+    /// causalkv: `node` sends connection i's requests to node i mod n of
+    /// --nodes (other shards' keys are forwarded); `shard` sends each key to
+    /// a node of its own shard (PUT to the master, GET to a replica), learnt
+    /// from the first node's /kv-store/status and a served-by probe.
+    #[arg(long, value_enum, default_value = "node")]
+    route: Route,
+    /// causalkv: draw only the keys of the shard this node is a replica of.
+    #[arg(long, value_name = "NODE", conflicts_with = "only_keys_not_served_by")]
+    only_keys_served_by: Option<String>,
+    /// causalkv: draw only the keys of the shards this node is not a replica of.
+    #[arg(long, value_name = "NODE")]
+    only_keys_not_served_by: Option<String>,
+    /// Processes (NAME=PID or PID, comma-separated) whose CPU time
+    /// (/proc/<pid>/stat) is sampled at the start and end of the measured
+    /// window and reported per successful operation.
+    #[arg(long, value_delimiter = ',')]
+    server_pids: Vec<Watched>,
     #[command(flatten)]
     output: Output,
 }
@@ -271,6 +291,13 @@ fn main() -> ExitCode {
                 metrics: a.metrics,
                 timeout: Duration::from_millis(a.timeout_ms.max(1)),
                 seed: a.seed,
+                route: a.route,
+                key_filter: match (a.only_keys_served_by, a.only_keys_not_served_by) {
+                    (Some(n), _) => Some(KeyFilter::ServedBy(n)),
+                    (None, Some(n)) => Some(KeyFilter::NotServedBy(n)),
+                    (None, None) => None,
+                },
+                server_pids: a.server_pids,
             };
             let rt = runtime(a.output.threads);
             match rt.block_on(bench::load::run(cfg)) {
