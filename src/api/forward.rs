@@ -289,9 +289,7 @@ fn build_request(me: &str, target: &str, fwd: &Forward<'_>) -> Result<Request<Fu
     let req = fwd.request;
     let body = match &req.raw_body {
         Some(raw) => raw.clone(),
-        None => serde_json::to_vec(&ForwardBody { value: req.value.as_deref(), context: &req.context })
-            .map_err(|e| e.to_string())?
-            .into(),
+        None => serde_json::to_vec(&ForwardBody { value: req.value.as_deref(), context: &req.context }).map_err(|e| e.to_string())?.into(),
     };
     let method = match req.op {
         KvOp::Put => Method::PUT,

@@ -108,18 +108,7 @@ pub struct KvRequest {
 impl KvRequest {
     /// A client request (hop 0) with this node's hold-back bound.
     pub fn client(op: KvOp, key: impl Into<String>, value: Option<Box<RawValue>>, context: CausalContext, wait: Duration) -> Self {
-        Self {
-            op,
-            key: key.into(),
-            value,
-            context,
-            hop: 0,
-            wait,
-            sender: None,
-            sender_epoch: None,
-            deadline_ms: None,
-            raw_body: None,
-        }
+        Self { op, key: key.into(), value, context, hop: 0, wait, sender: None, sender_epoch: None, deadline_ms: None, raw_body: None }
     }
 }
 
