@@ -339,19 +339,22 @@ mod tests {
         Vanish,
     }
 
+    /// Every request a test target read: its head and its body.
+    type Seen = Arc<Mutex<Vec<(String, Vec<u8>)>>>;
+
     /// A target on a minimal HTTP/1.1 server: counts connections, keeps
     /// every request (head and body) it reads.
     struct Target {
         addr: String,
         connections: Arc<AtomicUsize>,
-        requests: Arc<Mutex<Vec<(String, Vec<u8>)>>>,
+        requests: Seen,
     }
 
     async fn target(behaviour: Behaviour) -> Target {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap().to_string();
         let connections = Arc::new(AtomicUsize::new(0));
-        let requests = Arc::new(Mutex::new(Vec::new()));
+        let requests: Seen = Arc::default();
         let (count, seen) = (connections.clone(), requests.clone());
         tokio::spawn(async move {
             loop {
