@@ -361,6 +361,18 @@ mod tests {
     }
 
     #[test]
+    fn a_context_from_the_query_is_marked() {
+        // The body alone does not say the request then: it cannot be relayed as sent.
+        let q = Some(r#"{"epoch":1,"clock":{"q":2}}"#);
+        assert!(parse_body(b"", q).unwrap().context_from_query);
+        assert!(parse_body(br#"{"value": 1}"#, q).unwrap().context_from_query);
+        assert!(parse_body(br#"{"causal-context": null}"#, q).unwrap().context_from_query);
+        assert!(!parse_body(br#"{"causal-context": {}}"#, q).unwrap().context_from_query);
+        assert!(!parse_body(b"", None).unwrap().context_from_query);
+        assert!(!parse_body(b"", Some(" ")).unwrap().context_from_query);
+    }
+
+    #[test]
     fn plain_contexts_are_parsed_in_place() {
         let body = br#"{"value": 1, "causal-context": {"epoch": 2, "clock": {"a": 3}}}"#;
         assert!(matches!(read_object(body), Ok((Some(_), BodyContext::Parsed(_)))));
