@@ -7,6 +7,7 @@ use std::sync::Arc;
 use axum::extract::{Request, State};
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
+use bytes::Bytes;
 use serde_json::Value;
 use tokio::time::Instant;
 
@@ -54,7 +55,7 @@ fn parse(
     headers: &HeaderMap,
     path: &str,
     query: Option<&str>,
-    body: Result<Vec<u8>, ApiError>,
+    body: Result<Bytes, ApiError>,
 ) -> Result<KvRequest, Box<ErrorReply>> {
     let reject = |e, ctx| Box::new(ErrorReply::new(method, e, ctx));
     let key = parse_key(path, node.config.max_key_length).map_err(|e| reject(e, empty()))?;
@@ -70,7 +71,10 @@ fn parse(
         _ => node.config.causal_wait,
     };
     let sender = if hop > 0 { sender(headers).map(str::to_owned) } else { None };
-    Ok(KvRequest { op, key, value, context: parsed.context, hop, wait, sender, sender_epoch, deadline_ms: deadline })
+    // Passed on as sent when the body says all: the value and the context.
+    let raw_body = if parsed.context_from_query { None } else { Some(bytes.clone()) };
+    let context = parsed.context;
+    Ok(KvRequest { op, key, value, context, hop, wait, sender, sender_epoch, deadline_ms: deadline, raw_body })
 }
 
 /// Which node an answer names, and where.

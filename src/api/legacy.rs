@@ -200,7 +200,7 @@ async fn read(node: &Node, headers: &HeaderMap, body: Body) -> Result<(Option<Bo
         _ => node.config.max_value_bytes.saturating_mul(FORM_EXPANSION),
     };
     let bytes = read_body(body, max_value.saturating_add(super::BODY_OVERHEAD)).await;
-    Ok((declared?, bytes?))
+    Ok((declared?, Vec::from(bytes?)))
 }
 
 /// The `X-Causal-Context` header: absent or blank is the empty context;

@@ -7,6 +7,7 @@ use std::time::Duration;
 use axum::body::Body as RequestBody;
 use axum::extract::Query;
 use axum::http::{HeaderMap, HeaderName, Uri};
+use bytes::Bytes;
 use futures_util::StreamExt;
 use serde::Deserialize;
 use serde_json::Value;
@@ -69,6 +70,8 @@ enum BodyContext<'a> {
 pub struct ParsedBody<'a> {
     pub value: Option<Box<RawValue>>,
     pub context: CausalContext,
+    /// The context came from the query, not from the body.
+    pub context_from_query: bool,
     bytes: &'a [u8],
     query: Option<&'a str>,
 }
@@ -92,9 +95,11 @@ impl ParsedBody<'_> {
 /// the 413 instead of a reset connection; beyond this the connection closes.
 const DRAIN_LIMIT: usize = 64 * 1024 * 1024;
 
-/// Reads a request body of at most `limit` bytes.
-pub async fn read_body(body: RequestBody, limit: usize) -> Result<Vec<u8>, ApiError> {
+/// Reads a request body of at most `limit` bytes. A body that came in one
+/// chunk (the common case) is that chunk, not a copy.
+pub async fn read_body(body: RequestBody, limit: usize) -> Result<Bytes, ApiError> {
     let mut stream = body.into_data_stream();
+    let mut first: Option<Bytes> = None;
     let mut buf = Vec::new();
     let mut total = 0usize;
     while let Some(chunk) = stream.next().await {
@@ -104,10 +109,16 @@ pub async fn read_body(body: RequestBody, limit: usize) -> Result<Vec<u8>, ApiEr
             return Err(ApiError::ValueTooLarge);
         }
         if total <= limit {
-            buf.extend_from_slice(&chunk);
+            match first.take() {
+                None if buf.is_empty() => first = Some(chunk),
+                earlier => {
+                    buf.extend_from_slice(earlier.as_deref().unwrap_or_default());
+                    buf.extend_from_slice(&chunk);
+                }
+            }
         }
     }
-    if total > limit { Err(ApiError::ValueTooLarge) } else { Ok(buf) }
+    if total > limit { Err(ApiError::ValueTooLarge) } else { Ok(first.unwrap_or_else(|| Bytes::from(buf))) }
 }
 
 /// Parses an optional JSON body and the `causal-context` query parameter
@@ -120,15 +131,15 @@ pub fn parse_body<'a>(bytes: &'a [u8], query: Option<&'a str>) -> Result<ParsedB
         // serde would also accept an array as a struct (fields by position).
         Some(_) => return Err(ApiError::BadBody),
     };
-    let context = match context {
-        BodyContext::Parsed(ctx) => ctx,
-        BodyContext::Raw(text) => CausalContext::parse_json(text).map_err(|_| ApiError::InvalidContext)?,
+    let (context, context_from_query) = match context {
+        BodyContext::Parsed(ctx) => (ctx, false),
+        BodyContext::Raw(text) => (CausalContext::parse_json(text).map_err(|_| ApiError::InvalidContext)?, false),
         BodyContext::Absent => match nonblank(query) {
-            Some(text) => CausalContext::parse_json(text).map_err(|_| ApiError::InvalidContext)?,
-            None => CausalContext::default(),
+            Some(text) => (CausalContext::parse_json(text).map_err(|_| ApiError::InvalidContext)?, true),
+            None => (CausalContext::default(), false),
         },
     };
-    Ok(ParsedBody { value, context, bytes, query })
+    Ok(ParsedBody { value, context, context_from_query, bytes, query })
 }
 
 /// A JSON object body: first with a plain context parsed in place; a body
@@ -347,6 +358,18 @@ mod tests {
         };
         let context = CausalContext::from_json(&raw_context).map_err(|_| "InvalidContext")?;
         Ok((parsed.value.map(|v| v.get().to_owned()), context, raw_context))
+    }
+
+    #[test]
+    fn a_context_from_the_query_is_marked() {
+        // The body alone does not say the request then: it cannot be relayed as sent.
+        let q = Some(r#"{"epoch":1,"clock":{"q":2}}"#);
+        assert!(parse_body(b"", q).unwrap().context_from_query);
+        assert!(parse_body(br#"{"value": 1}"#, q).unwrap().context_from_query);
+        assert!(parse_body(br#"{"causal-context": null}"#, q).unwrap().context_from_query);
+        assert!(!parse_body(br#"{"causal-context": {}}"#, q).unwrap().context_from_query);
+        assert!(!parse_body(b"", None).unwrap().context_from_query);
+        assert!(!parse_body(b"", Some(" ")).unwrap().context_from_query);
     }
 
     #[test]

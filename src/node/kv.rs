@@ -23,6 +23,9 @@
 //!   (`Unreachable::NotSent`); after a timeout the client gets 503 and
 //!   decides (a retry is a new request). A forwarded write that reaches its
 //!   deadline unexecuted is dropped as well.
+//! - A request is passed on as it came: its value and context are never
+//!   changed here, so the client's body ([`KvRequest::raw_body`]) still
+//!   says what the forwarded request says.
 //! - A write that reaches a replica which passes it to its master is
 //!   answered once that replica holds it too (bounded by `CAUSAL_WAIT_MS`),
 //!   so reading again at the same node finds it without the context.
@@ -94,12 +97,18 @@ pub struct KvRequest {
     pub sender_epoch: Option<u64>,
     /// When the forwarding node gives up on this request (unix ms).
     pub deadline_ms: Option<u64>,
+    /// The body as the client sent it, when it says exactly what `value`
+    /// and `context` say (a context sent in the query is not in it): a
+    /// forwarder sends these bytes instead of serialising the request.
+    /// `None` for requests made in the process. Whoever changes `value` or
+    /// `context` of a request must clear it.
+    pub raw_body: Option<bytes::Bytes>,
 }
 
 impl KvRequest {
     /// A client request (hop 0) with this node's hold-back bound.
     pub fn client(op: KvOp, key: impl Into<String>, value: Option<Box<RawValue>>, context: CausalContext, wait: Duration) -> Self {
-        Self { op, key: key.into(), value, context, hop: 0, wait, sender: None, sender_epoch: None, deadline_ms: None }
+        Self { op, key: key.into(), value, context, hop: 0, wait, sender: None, sender_epoch: None, deadline_ms: None, raw_body: None }
     }
 }
 

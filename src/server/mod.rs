@@ -94,7 +94,8 @@ pub async fn start(config: Config) -> Result<NodeHandle, StartError> {
     };
     // The test fault switches (CAUSALKV_FAULTS=1) sit around whichever transport.
     let transport = crate::gossip::FaultyTransport::wrap(transport, faults.clone());
-    let forwarder = crate::api::forward::HttpForwarder::new(client.clone());
+    // Idle forwarding connections are given up before peers close them, as the client's.
+    let forwarder = crate::api::forward::HttpForwarder::new(tls.as_ref().map(|t| t.client.clone()), config.server.idle_timeout / 2);
     let admin_client = client.clone();
     let parts = NodeParts { config, store, transport, forwarder, wall: crate::time::system(), faults, auth, metrics, refusals };
     let node = Node::new(parts)?;

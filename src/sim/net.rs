@@ -286,6 +286,7 @@ fn forwarded(target: &Node, from: &str, fwd: &Forward<'_>) -> KvRequest {
         sender: Some(from.to_owned()),
         sender_epoch: Some(fwd.epoch),
         deadline_ms: Some(fwd.deadline_ms),
+        raw_body: None,
         ..fwd.request.clone()
     }
 }
