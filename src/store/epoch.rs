@@ -106,6 +106,7 @@ impl Store {
         st.pending.clear();
         st.pending_len = 0;
         st.log_floor = Clock::new();
+        self.outbox.clear();
         st.live = kept.len() as u64;
         self.epoch.store(new_epoch, Ordering::Release);
         self.keeps_log.store(keeps_log, Ordering::Release);

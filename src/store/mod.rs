@@ -50,6 +50,7 @@ mod durability;
 mod engine;
 mod epoch;
 mod keys;
+pub mod outbox;
 pub mod recent;
 mod record;
 mod state;

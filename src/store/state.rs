@@ -14,6 +14,7 @@ use serde_json::value::RawValue;
 use super::clock_guard::{ClockGuard, ClockSkew, Screened};
 use super::engine::{self, Engine, EngineError, MemoryDisk, MemoryEngine, SledEngine};
 use super::keys;
+use super::outbox::RawRecord;
 use super::wal::{self, ReplayError, Wal, WalBatch, WalDir, WalError};
 use super::{Dot, Durability, DurabilityMode, MAX_PENDING_RECORDS, Record};
 use crate::causal::gate::Gate;
@@ -109,6 +110,8 @@ pub struct Store {
     pub(super) keeps_log: AtomicBool,
     /// The writes applied most recently, in apply order (`recent.rs`).
     pub recent: super::recent::RecentWrites,
+    /// This node's own recent writes as logged, for the replication stream.
+    pub(super) outbox: super::outbox::Outbox,
 }
 
 /// Write-ahead log counters since start (exported in `/metrics`).
@@ -246,6 +249,7 @@ impl Store {
             stats: WalStats::default(),
             keeps_log: AtomicBool::new(true),
             recent: Default::default(),
+            outbox: Default::default(),
         };
         // What was applied before this start is not in the history.
         store.recent.start(store.epoch(), &store.applied(), store.clock.now_ms().saturating_mul(1_000_000));
@@ -330,7 +334,8 @@ impl Store {
         let encoded = record.encode();
         let mut batch = WalBatch::default();
         batch.insert(keys::record(key), &encoded);
-        if self.keeps_log.load(Ordering::Acquire) {
+        let keeps_log = self.keeps_log.load(Ordering::Acquire);
+        if keeps_log {
             batch.insert(keys::log(&self.me, seq), &encoded);
         }
         // The counter goes to sled only at checkpoints (and replays), and the
@@ -345,7 +350,12 @@ impl Store {
         st.count_live(was_live, record.is_live());
         let record = Arc::new(record);
         self.recent.push(record.clone());
-        let generation = self.finish_batch(st, batch)?;
+        let generation = self.apply_logged(&mut st, batch)?;
+        if keeps_log {
+            self.outbox.push(seq, encoded.into());
+        }
+        drop(st);
+        self.gate.notify();
         Ok(WriteOutcome { record: Some(record), previous, generation })
     }
 
@@ -463,7 +473,8 @@ impl Store {
     /// The log entries of `origin` after `after` up to `up_to`, as stored
     /// (the encoding the replication stream sends, never decoded here), at
     /// most `limit` entries and about `max_bytes` (at least one entry);
-    /// `None` when entries after `after` were compacted away.
+    /// `None` when entries after `after` were compacted away. This node's
+    /// own recent writes come from memory (`outbox`), the rest from the log.
     pub fn log_raw_after(
         &self,
         origin: &str,
@@ -471,15 +482,20 @@ impl Store {
         up_to: u64,
         limit: usize,
         max_bytes: usize,
-    ) -> Result<Option<Vec<(u64, Vec<u8>)>>, StoreError> {
+    ) -> Result<Option<Vec<(u64, RawRecord)>>, StoreError> {
+        if up_to <= after {
+            return Ok(Some(Vec::new()));
+        }
+        if origin == self.me
+            && let Some(found) = self.outbox.read(after, up_to, limit, max_bytes)
+        {
+            return Ok(Some(found));
+        }
         if after < self.state.lock().log_floor.get(origin) {
             return Ok(None);
         }
         let mut out = Vec::new();
         let mut bytes = 0;
-        if up_to <= after {
-            return Ok(Some(out));
-        }
         for item in self.engine.scan(included(keys::log(origin, after.saturating_add(1)), keys::log(origin, up_to))).take(limit) {
             let (k, v) = item?;
             let seq = k
@@ -492,7 +508,7 @@ impl Store {
             if bytes > max_bytes && !out.is_empty() {
                 break;
             }
-            out.push((seq, v.to_vec()));
+            out.push((seq, RawRecord::from(v)));
         }
         Ok(Some(out))
     }

@@ -29,6 +29,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 use crate::causal::Clock;
 use crate::store::Record;
+use crate::store::outbox::RawRecord;
 
 /// Largest frame accepted: a full batch plus room for framing.
 pub const MAX_FRAME_BYTES: usize = crate::gossip::MAX_BATCH_BYTES + 1024 * 1024;
@@ -47,7 +48,7 @@ pub enum Frame {
     Batch {
         batch: u64,
         epoch: u64,
-        records: Vec<Vec<u8>>,
+        records: Vec<RawRecord>,
     },
     Ack {
         batch: u64,
@@ -236,7 +237,7 @@ fn decode_body(body: &[u8]) -> Option<Frame> {
             let mut records = Vec::with_capacity(count);
             for _ in 0..count {
                 let len = c.u32()? as usize;
-                records.push(c.take(len)?.to_vec());
+                records.push(RawRecord::from(c.take(len)?));
             }
             Frame::Batch { batch, epoch, records }
         }
@@ -266,7 +267,7 @@ fn decode_body(body: &[u8]) -> Option<Frame> {
 }
 
 /// Decodes a batch's records (the receiver's side of [`Frame::Batch`]).
-pub fn decode_records(raw: &[Vec<u8>]) -> Result<Vec<Record>, FrameError> {
+pub fn decode_records(raw: &[RawRecord]) -> Result<Vec<Record>, FrameError> {
     raw.iter().map(|r| Record::decode(r).map_err(|_| FrameError::Malformed)).collect()
 }
 
@@ -279,7 +280,7 @@ mod tests {
         applied.set("10.0.0.1:13800", 42);
         applied.set("10.0.0.2:13800", 7);
         vec![
-            Frame::Batch { batch: 3, epoch: 1, records: vec![b"abc".to_vec(), Vec::new()] },
+            Frame::Batch { batch: 3, epoch: 1, records: vec![RawRecord::from(&b"abc"[..]), RawRecord::from(&b""[..])] },
             Frame::Batch { batch: 4, epoch: 1, records: Vec::new() },
             Frame::Ack { batch: 3, applied },
             Frame::Refused { epoch: 2, reason: "wrong epoch".into() },

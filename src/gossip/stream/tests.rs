@@ -14,6 +14,7 @@ use crate::causal::Clock;
 use crate::gossip::{BoxFuture, EpochHint, FailureDetector, Gossip, GossipDeps, GossipError, Message, Transport, ViewConflicts};
 use crate::metrics::Metrics;
 use crate::shard::{ShardMap, View};
+use crate::store::outbox::RawRecord;
 use crate::store::{DurabilityMode, MemoryDisk, Store};
 use crate::time::SystemClock;
 
@@ -64,7 +65,7 @@ fn receiver_host() -> Arc<Host> {
 }
 
 /// `n` writes at the origin, as its log stores them (seq 1..=n).
-fn origin_records(n: u64) -> Vec<Vec<u8>> {
+fn origin_records(n: u64) -> Vec<RawRecord> {
     let origin = store(ORIGIN);
     for i in 0..n {
         let value = RawValue::from_string(format!("{i}")).expect("json");
@@ -93,7 +94,7 @@ impl Peer {
         Peer { io: ours, writer: Framer::new(key, Direction::ToReceiver), reader: Framer::new(key, Direction::ToReceiver), epoch }
     }
 
-    async fn send(&mut self, batch: u64, records: &[Vec<u8>]) {
+    async fn send(&mut self, batch: u64, records: &[RawRecord]) {
         let frame = Frame::Batch { batch, epoch: self.epoch, records: records.to_vec() };
         self.writer.write(&mut self.io, &frame).await.expect("send");
     }
