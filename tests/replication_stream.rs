@@ -54,7 +54,7 @@ async fn live_keys_reach(c: &Cluster, i: usize, n: u64, limit: Duration) -> bool
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_worker_restarted_mid_stream_gets_every_write() {
-    let mut c = Cluster::start(3, 3).await;
+    let c = Cluster::start(3, 3).await;
     let master = master_of(&c).await;
     let worker = (master + 1) % 3;
     assert!(

@@ -53,7 +53,7 @@ pub async fn stream(
     if node.faults.is_blocked(&peer.0) {
         return refuse(StatusCode::SERVICE_UNAVAILABLE, "blocked");
     }
-    if !node.current().gossip.shard().iter().any(|r| *r == peer.0) {
+    if !node.current().gossip.shard().contains(&peer.0) {
         return refuse(StatusCode::FORBIDDEN, &format!("{} is not a replica of this node's shard", peer.0));
     }
     let upgrade = req.headers().get(header::UPGRADE).and_then(|v| v.to_str().ok());
