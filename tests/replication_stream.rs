@@ -91,7 +91,11 @@ async fn a_worker_restarted_mid_stream_gets_every_write() {
         wait_until(Duration::from_secs(10), || async { status(worker).await == status(master).await }).await,
         "the restarted worker's applied clock equals the master's"
     );
-    assert!(c.metric(master, STREAMS_OPENED).await > before, "the master reopened its stream to the restarted worker");
+    // The master retries with backoff (at most 2 s between attempts).
+    assert!(
+        wait_until(Duration::from_secs(10), || async { c.metric(master, STREAMS_OPENED).await > before }).await,
+        "the master reopened its stream to the restarted worker"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

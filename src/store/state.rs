@@ -486,13 +486,16 @@ impl Store {
         if up_to <= after {
             return Ok(Some(Vec::new()));
         }
+        // Below the log floor the peer needs a snapshot, whatever the outbox
+        // still holds: records compacted away may have been followed by
+        // tombstones since purged, which the outbox cannot send any more.
+        if after < self.state.lock().log_floor.get(origin) {
+            return Ok(None);
+        }
         if origin == self.me
             && let Some(found) = self.outbox.read(after, up_to, limit, max_bytes)
         {
             return Ok(Some(found));
-        }
-        if after < self.state.lock().log_floor.get(origin) {
-            return Ok(None);
         }
         let mut out = Vec::new();
         let mut bytes = 0;
