@@ -679,7 +679,7 @@ impl Gossip {
 }
 
 /// Sleeps `d`; true when shutdown was requested meanwhile.
-async fn sleep_or_shutdown(shutdown: &mut watch::Receiver<bool>, d: Duration) -> bool {
+pub(crate) async fn sleep_or_shutdown(shutdown: &mut watch::Receiver<bool>, d: Duration) -> bool {
     let stopped = tokio::select! {
         biased;
         _ = tokio::time::sleep(d) => false,

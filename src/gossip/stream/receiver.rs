@@ -19,6 +19,8 @@ use crate::gossip::Gossip;
 
 /// Applied batches waiting for their flush before their ack.
 pub const ACK_QUEUE: usize = 64;
+/// A stream that sends no frame for this long is closed (senders probe every second).
+pub const IDLE_LIMIT: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// What a receiving stream needs from its node.
 pub trait StreamHost: Send + Sync + 'static {
@@ -78,7 +80,13 @@ async fn read_batches(
     tx: &mpsc::Sender<Pending>,
 ) -> Result<(), FrameError> {
     loop {
-        let frame = reader.read(rd).await?;
+        // A live sender probes every second: a stream silent for longer
+        // (replaced, or held open by a peer that sends nothing) is closed,
+        // so idle upgraded connections cannot pile up.
+        let Ok(frame) = tokio::time::timeout(IDLE_LIMIT, reader.read(rd)).await else {
+            return Ok(());
+        };
+        let frame = frame?;
         let Frame::Batch { batch, epoch, records } = frame else {
             return Err(FrameError::Malformed);
         };

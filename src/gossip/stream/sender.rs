@@ -57,18 +57,10 @@ pub async fn run(gossip: Arc<Gossip>, peer: String, mut shutdown: watch::Receive
                 gossip.metrics.replication_failures.inc();
             }
         }
-        if sleep_or_shutdown(&mut shutdown, backoff).await {
+        if crate::gossip::sleep_or_shutdown(&mut shutdown, backoff).await {
             return;
         }
         backoff = (backoff * 2).min(MAX_BACKOFF);
-    }
-}
-
-async fn sleep_or_shutdown(shutdown: &mut watch::Receiver<bool>, d: Duration) -> bool {
-    tokio::select! {
-        biased;
-        () = stopped(shutdown) => true,
-        () = tokio::time::sleep(d) => *shutdown.borrow(),
     }
 }
 
