@@ -117,18 +117,14 @@ impl Addressing<'_> {
 /// status and body). Every answer names the node that served it in
 /// [`SERVED_BY_HEADER`].
 pub fn answer_response(method: &Method, answer: KvAnswer, addressing: Addressing<'_>) -> Response {
-    let mut response = answer_body(method, answer, &addressing);
-    if !response.headers().contains_key(SERVED_BY_HEADER)
-        && let Some(me) = addressing.my_header()
-    {
-        response.headers_mut().insert(SERVED_BY_HEADER, me);
-    }
-    response
-}
-
-fn answer_body(method: &Method, answer: KvAnswer, addressing: &Addressing<'_>) -> Response {
+    // Every branch below inserts the header exactly once (an answer without a
+    // `served_by` was served here): one header-map insert per answer.
     let served_by_header = |response: &mut Response, served_by: Option<&str>| {
-        if let Some(v) = served_by.and_then(|s| addressing.header(s)) {
+        let value = match served_by {
+            Some(s) => addressing.header(s),
+            None => addressing.my_header(),
+        };
+        if let Some(v) = value {
             response.headers_mut().insert(SERVED_BY_HEADER, v);
         }
     };

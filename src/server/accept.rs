@@ -201,7 +201,12 @@ impl Connection {
                 let resp = match refuse_oversized(&req) {
                     Some(resp) => resp,
                     None => {
-                        req.extensions_mut().insert(ConnectInfo(peer));
+                        // Only internal handlers read it (to log rejected
+                        // peers); an extension costs every key request an
+                        // allocation.
+                        if req.uri().path().starts_with("/internal/") {
+                            req.extensions_mut().insert(ConnectInfo(peer));
+                        }
                         match router.call(req).await {
                             Ok(resp) => resp,
                             Err(never) => match never {},
