@@ -9,11 +9,12 @@
 //! `header_read_timeout` of its first byte (slowloris); a connection waiting
 //! for a request is closed after `idle_timeout`. Shutdown stops accepting,
 //! lets requests in flight finish for at most [`DRAIN_DEADLINE`], then drops
-//! whatever is left, so no client can delay the process's exit. Handlers see
-//! the peer's address as `ConnectInfo<SocketAddr>`; oversized request heads
-//! get the API's JSON error (`api::limits`). With TLS on, every connection
-//! is TLS (`crate::tls`); a handshake counts as part of the first request's
-//! head for the header-read timeout.
+//! whatever is left, so no client can delay the process's exit. Handlers
+//! under `/internal/` see the peer's address as `ConnectInfo<SocketAddr>`
+//! (nothing else reads it, so key requests do not pay for it); oversized
+//! request heads get the API's JSON error (`api::limits`). With TLS on,
+//! every connection is TLS (`crate::tls`); a handshake counts as part of the
+//! first request's head for the header-read timeout.
 
 use std::convert::Infallible;
 use std::io;
