@@ -38,7 +38,7 @@ use tokio::time::Instant;
 use tokio_rustls::TlsAcceptor;
 use tower_service::Service;
 
-use crate::api::limits::{HYPER_MAX_HEAD_BYTES, HYPER_MAX_HEADERS, refuse_oversized};
+use crate::api::limits::{HYPER_MAX_HEAD_BYTES, refuse_oversized};
 use crate::config::ServerLimits;
 use crate::metrics::Metrics;
 
@@ -78,12 +78,10 @@ pub async fn serve(
     let mut builder = http1::Builder::new();
     // hyper's header timer runs from the moment a connection waits for a
     // request, so it is the idle timeout; the header-read timeout proper runs
-    // from a request's first byte (`watch_connection`).
-    builder
-        .timer(TokioTimer::new())
-        .header_read_timeout(limits.idle_timeout)
-        .max_buf_size(HYPER_MAX_HEAD_BYTES)
-        .max_headers(HYPER_MAX_HEADERS);
+    // from a request's first byte (`watch_connection`). hyper's header count
+    // is left at its default (`api::limits::HYPER_MAX_HEADERS`): setting it
+    // costs two arrays per request.
+    builder.timer(TokioTimer::new()).header_read_timeout(limits.idle_timeout).max_buf_size(HYPER_MAX_HEAD_BYTES);
     let builder = Arc::new(builder);
     let refused_answer: Arc<[u8]> = crate::api::connection_refused_answer().into();
     let (drain_tx, drain_rx) = watch::channel(false);
