@@ -75,7 +75,7 @@ pub struct NodeArgs {
     /// Replicas per shard.
     #[arg(long, env = "REPL_FACTOR", default_value_t = 1)]
     pub repl_factor: usize,
-    /// sled directory (default: ./data/<address>).
+    /// sled directory (default: `./data/<address>`).
     #[arg(long, env = "DATA_DIR")]
     pub data_dir: Option<PathBuf>,
     /// How long a read or write waits for its causal dependencies.

@@ -169,7 +169,7 @@ struct RunArgs {
     #[arg(long, value_name = "NODE")]
     only_keys_not_served_by: Option<String>,
     /// Processes (NAME=PID or PID, comma-separated) whose CPU time
-    /// (/proc/<pid>/stat) is sampled at the start and end of the measured
+    /// (/proc/PID/stat) is sampled at the start and end of the measured
     /// window and reported per successful operation.
     #[arg(long, value_delimiter = ',')]
     server_pids: Vec<Watched>,

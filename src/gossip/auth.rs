@@ -280,7 +280,7 @@ pub fn token_matches(token: &str, expected: &str) -> bool {
 /// modules). Also the HTTP client's resolver (`reqwest::dns::Resolve`), so
 /// forwarding and gossip resolve the same way.
 ///
-/// Answers are kept at most [`RESOLVE_EVERY`] and failures at most 1 s:
+/// Answers are kept at most `RESOLVE_EVERY` and failures at most 1 s:
 /// reqwest's own hickory resolver keeps them for their full TTL, which for a
 /// missing name can be a day (the root zone's SOA), so a peer that looked a
 /// container up while it was stopped would not find it again after it

@@ -6,7 +6,7 @@
 //!   carrying binary batches of durable records from the node's own
 //!   per-origin log (the send queue), several batches in flight, each
 //!   acknowledged with the peer's applied clock. Over a transport that cannot
-//!   stream (Mycelium, the simulator) the [`replicator`] pushes batches as
+//!   stream (Mycelium, the simulator) the `replicator` pushes batches as
 //!   requests instead, one in flight per peer.
 //! - **Anti-entropy**: every [`ANTI_ENTROPY_INTERVAL`] each replica sends its
 //!   `applied` clock to every peer of its shard and gets back what it lacks
@@ -14,7 +14,7 @@
 //!   replica even if their origin died after reaching only one. A replica too
 //!   far behind for the logs (they were compacted) fetches a snapshot.
 //! - **Pull**: a held-back request runs the same exchange at once.
-//! - **Compaction** ([`compaction`]): log entries every replica applied are
+//! - **Compaction** (`compaction`): log entries every replica applied are
 //!   dropped; tombstones go once every replica applied them and every write
 //!   concurrent with them.
 //! - **Failure detector** ([`detector`]): heartbeats to every node of the

@@ -39,7 +39,7 @@
 //!   retry (pulls and heartbeats are resent by their loops); a duplicate
 //!   request is applied again
 //!   harmlessly (apply is idempotent by seq); the store's seqs give order.
-//! - **Still over HTTP:** view-change steps ([`Transport::view`]) and client
+//! - **Still over HTTP:** view-change steps (`view`) and client
 //!   forwarding use HTTP to the VIEW addresses (over the overlay when VIEW
 //!   holds overlay addresses and the daemon runs its TUN interface).
 

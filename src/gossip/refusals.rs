@@ -2,9 +2,9 @@
 //! wrong receiver, an answer that fails its signature). Such a peer is alive
 //! but useless: replication to it silently stops. It must be loud, so every
 //! refusal is counted per peer (`causalkv_peer_refusals_total`), logged at
-//! error level (once per peer every [`LOG_EVERY`]) and shown by `/health`
+//! error level (once per peer every `LOG_EVERY`) and shown by `/health`
 //! while it lasts (until the peer accepts a request again or
-//! [`SHOWN_FOR`] passes without a refusal).
+//! `SHOWN_FOR` passes without a refusal).
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};

@@ -7,7 +7,7 @@
 //! (`server::start`) supplies HTTP or Mycelium for them, the simulator
 //! (`sim`) supplies in-memory ones. Key requests enter at
 //! [`Node::serve_key`] ([`kv`]), peer messages at `Gossip::dispatch` and the
-//! view-change steps ([`view_change`]).
+//! view-change steps ([`crate::viewchange`]).
 //!
 //! The view, its shard map and the gossip tasks form one [`Epoch`], swapped
 //! as a whole when a view change commits (`view_change`).

@@ -4,7 +4,7 @@
 //!
 //! The node itself ([`Node`]) owns no socket; everything that touches the
 //! network or the process is made here and handed to it. The accept loop
-//! and each connection's limits are in [`accept`].
+//! and each connection's limits are in `accept`.
 //!
 //! Invariant: the signal handlers are installed before the listener binds
 //! (see [`ShutdownSignals`]); shutdown stops accepting, drains requests in
