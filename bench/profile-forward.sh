@@ -13,33 +13,21 @@ OP=${1:-get}
 SECS=${2:-6}
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 cd "$ROOT"
+# shellcheck source=bench/ports.sh
+source "$ROOT/bench/ports.sh"
+# shellcheck source=bench/cluster.sh
+source "$ROOT/bench/cluster.sh"
 cargo build --release --bins --quiet
-BIN=$ROOT/target/release/causalkv
 BENCH=$ROOT/target/release/causalkv-bench
-PORT=${PORT:-17600}
-D=$(mktemp -d "${BENCH_TMP:-/var/tmp}/causalkv-profile-fwd.XXXXXX")
-VIEW=$(for i in 0 1 2 3; do printf '127.0.0.1:%s,' $((PORT + i)); done)
-VIEW=${VIEW%,}
-N1=127.0.0.1:$PORT
-PIDS=()
-cleanup() { kill "${PIDS[@]}" 2>/dev/null || true; sleep 1; kill -9 "${PIDS[@]}" 2>/dev/null || true; rm -rf "$D"; }
-trap cleanup EXIT
-for i in 0 1 2 3; do
-    env ADDRESS=127.0.0.1:$((PORT + i)) VIEW=$VIEW REPL_FACTOR=2 DATA_DIR=$D/n$i DURABILITY=fsync RUST_LOG=warn "$BIN" >"$D/log$i" 2>&1 &
-    PIDS+=($!)
-done
-for _ in $(seq 1 100); do
-    ok=1
-    for j in 0 1 2 3; do curl -fs "http://127.0.0.1:$((PORT + j))/ready" >/dev/null 2>&1 || ok=0; done
-    [[ $ok == 1 ]] && break
-    sleep 0.1
-done
+trap stop_cluster EXIT
+start_cluster "$ROOT/target/release/causalkv" 4 2
+D=$CLUSTER_DIR
+N1=${ADDRS[0]}
 ratio=0
 [[ $OP == put ]] && ratio=1
 COMMON=(--keys 10000 --key-size 16 --value-size 256 -c 64 --warmup 1 --put-ratio "$ratio" --only-keys-not-served-by "$N1")
 "$BENCH" --target causalkv --nodes "$N1" -c 64 --keys 10000 --key-size 16 --value-size 256 --preload-only >/dev/null
 sleep 1
-cpu() { local p; for p in "${PIDS[@]}"; do set -- $(cut -d' ' -f14,15 "/proc/$p/stat"); printf '%s ' $(($1 + $2)); done; }
 per_op() { # BEFORE AFTER OPS: µs of CPU per request, per node and in all
     local -a a=($1) b=($2)
     local i t=0 out=""
@@ -53,7 +41,7 @@ run() { # LABEL PERF ARGS...: one measured run, its rate and CPU per request
     local label=$1 perf=$2
     shift 2
     local c0 c1 out ops perf_pid=
-    c0=$(cpu)
+    c0=$(node_cpu)
     if [[ $perf == 1 && -z ${NO_PERF:-} ]]; then
         perf record -F 999 -g -p "${PIDS[0]}" -o "$D/perf.data" -- sleep "$((SECS + 1))" >/dev/null 2>&1 &
         perf_pid=$!
@@ -61,7 +49,7 @@ run() { # LABEL PERF ARGS...: one measured run, its rate and CPU per request
     out=$("$BENCH" --target causalkv --nodes "$N1" -d "$SECS" "${COMMON[@]}" "$@")
     # Only perf: the nodes are background jobs of this shell too.
     [[ -n $perf_pid ]] && wait "$perf_pid"
-    c1=$(cpu)
+    c1=$(node_cpu)
     ops=$(echo "$out" | awk '/^all/ {print $2}')
     # The window includes the warm-up second: count its requests too (same rate).
     echo "$label: $ops req/s; $(per_op "$c0" "$c1" $((ops * (SECS + 1))))"

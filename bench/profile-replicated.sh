@@ -9,33 +9,28 @@ set -euo pipefail
 SECS=${1:-8}
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 cd "$ROOT"
+# shellcheck source=bench/ports.sh
+source "$ROOT/bench/ports.sh"
+# shellcheck source=bench/cluster.sh
+source "$ROOT/bench/cluster.sh"
 cargo build --release --bins --quiet
-BIN=$ROOT/target/release/causalkv
 BENCH=$ROOT/target/release/causalkv-bench
-PORT=${PORT:-17500}
-D=$(mktemp -d "${BENCH_TMP:-/var/tmp}/causalkv-profile3.XXXXXX")
-VIEW=127.0.0.1:$PORT,127.0.0.1:$((PORT + 1)),127.0.0.1:$((PORT + 2))
-PIDS=()
-cleanup() { kill "${PIDS[@]}" 2>/dev/null || true; sleep 1; kill -9 "${PIDS[@]}" 2>/dev/null || true; rm -rf "$D"; }
-trap cleanup EXIT
-for i in 0 1 2; do
-    env ADDRESS=127.0.0.1:$((PORT + i)) VIEW=$VIEW REPL_FACTOR=3 DATA_DIR=$D/n$i RUST_LOG=warn "$BIN" >"$D/log$i" 2>&1 &
-    PIDS+=($!)
-done
-for _ in $(seq 1 100); do
-    ok=1
-    for j in 0 1 2; do curl -fs "http://127.0.0.1:$((PORT + j))/ready" >/dev/null 2>&1 || ok=0; done
-    [[ $ok == 1 ]] && break
-    sleep 0.1
-done
-cpu() { local t=0 p; for p in "${PIDS[@]}"; do set -- $(cut -d' ' -f14,15 "/proc/$p/stat"); t=$((t + $1 + $2)); done; echo $t; }
+trap stop_cluster EXIT
+start_cluster "$ROOT/target/release/causalkv" 3 3
+D=$CLUSTER_DIR
+cpu() { sum $(node_cpu); }
 sched() { local t=0 f; for p in "${PIDS[@]}"; do for f in /proc/$p/task/*/schedstat; do set -- $(cat "$f" 2>/dev/null || echo 0 0 0); t=$((t + $2)); done; done; echo $t; }
 c0=$(cpu); w0=$(sched)
+PERF_PIDS=()
 if [[ -z ${NO_PERF:-} ]]; then
-    for i in 0 1 2; do perf record -F 999 -p "${PIDS[$i]}" -o "$D/perf$i.data" -- sleep "$SECS" >/dev/null 2>&1 & done
+    for i in 0 1 2; do
+        perf record -F 999 -p "${PIDS[$i]}" -o "$D/perf$i.data" -- sleep "$SECS" >/dev/null 2>&1 &
+        PERF_PIDS+=($!)
+    done
 fi
-OUT=$("$BENCH" --nodes 127.0.0.1:$PORT -c 64 -d "$SECS" --warmup 0 --put-ratio 1.0 --value-size 256)
-wait
+OUT=$("$BENCH" --nodes "${ADDRS[0]}" -c 64 -d "$SECS" --warmup 0 --put-ratio 1.0 --value-size 256)
+# Only perf: the nodes are background jobs of this shell too.
+for p in "${PERF_PIDS[@]}"; do wait "$p"; done
 c1=$(cpu); w1=$(sched)
 echo "$OUT" | grep -E "^(op|put)"
 ops=$(echo "$OUT" | awk '/^put/ {print $2}')
