@@ -1,16 +1,28 @@
-# Sourced by the profile scripts (after bench/ports.sh): a causalkv cluster on
-# free loopback ports, DURABILITY=fsync, data and logs in one temporary
-# directory under BENCH_TMP (a real disk).
+# Sourced by the profile scripts, with ROOT set to the repository: a causalkv
+# cluster on free loopback ports, DURABILITY=fsync, data and logs in one
+# temporary directory under BENCH_TMP (a real disk).
 #
+#   profile_cluster N RF     build the release binaries, set BENCH, start the
+#                            cluster (below) and stop it when the script exits
 #   start_cluster BIN N RF   start N nodes; sets CLUSTER_DIR, ADDRS and PIDS
 #                            (arrays, node 1 first) and returns once every node
 #                            answers /ready (30 s at most)
 #   stop_cluster             SIGTERM, SIGKILL after 1 s, remove CLUSTER_DIR
 #   node_cpu                 user + system ticks of each node, space-separated
 #   sum N...                 the sum of its arguments
+# shellcheck source=bench/ports.sh
+source "$ROOT/bench/ports.sh"
+
 CLUSTER_DIR=
 ADDRS=()
 PIDS=()
+
+profile_cluster() {
+    cargo build --release --bins --quiet
+    BENCH=$ROOT/target/release/causalkv-bench
+    trap stop_cluster EXIT
+    start_cluster "$ROOT/target/release/causalkv" "$1" "$2"
+}
 
 start_cluster() {
     local bin=$1 n=$2 rf=$3 p i a ok view

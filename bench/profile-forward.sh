@@ -13,14 +13,9 @@ OP=${1:-get}
 SECS=${2:-6}
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 cd "$ROOT"
-# shellcheck source=bench/ports.sh
-source "$ROOT/bench/ports.sh"
 # shellcheck source=bench/cluster.sh
 source "$ROOT/bench/cluster.sh"
-cargo build --release --bins --quiet
-BENCH=$ROOT/target/release/causalkv-bench
-trap stop_cluster EXIT
-start_cluster "$ROOT/target/release/causalkv" 4 2
+profile_cluster 4 2
 D=$CLUSTER_DIR
 N1=${ADDRS[0]}
 ratio=0

@@ -9,14 +9,9 @@ set -euo pipefail
 SECS=${1:-8}
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 cd "$ROOT"
-# shellcheck source=bench/ports.sh
-source "$ROOT/bench/ports.sh"
 # shellcheck source=bench/cluster.sh
 source "$ROOT/bench/cluster.sh"
-cargo build --release --bins --quiet
-BENCH=$ROOT/target/release/causalkv-bench
-trap stop_cluster EXIT
-start_cluster "$ROOT/target/release/causalkv" 3 3
+profile_cluster 3 3
 D=$CLUSTER_DIR
 cpu() { sum $(node_cpu); }
 sched() { local t=0 f; for p in "${PIDS[@]}"; do for f in /proc/$p/task/*/schedstat; do set -- $(cat "$f" 2>/dev/null || echo 0 0 0); t=$((t + $2)); done; done; echo $t; }
