@@ -3,7 +3,8 @@
 # temporary directory under BENCH_TMP (a real disk).
 #
 #   profile_cluster N RF     build the release binaries, set BENCH, start the
-#                            cluster (below) and stop it when the script exits
+#                            cluster (below) and stop it when the script exits;
+#                            CAUSALKV_BIN names another node binary (an A/B)
 #   start_cluster BIN N RF   start N nodes; sets CLUSTER_DIR, ADDRS and PIDS
 #                            (arrays, node 1 first) and returns once every node
 #                            answers /ready (30 s at most)
@@ -21,7 +22,7 @@ profile_cluster() {
     cargo build --release --bins --quiet
     BENCH=$ROOT/target/release/causalkv-bench
     trap stop_cluster EXIT
-    start_cluster "$ROOT/target/release/causalkv" "$1" "$2"
+    start_cluster "${CAUSALKV_BIN:-$ROOT/target/release/causalkv}" "$1" "$2"
 }
 
 start_cluster() {

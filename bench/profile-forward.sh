@@ -8,6 +8,8 @@
 #
 #   bench/profile-forward.sh [get|put] [SECONDS]   (default get 6; needs perf; builds first)
 #   NO_PERF=1 bench/profile-forward.sh             # only CPU per request
+#   ONLY_FWD=1 ...                                 # only the forwarded run
+#   CAUSALKV_BIN=path ...                          # another node binary (bench/ab-forward.sh)
 set -euo pipefail
 OP=${1:-get}
 SECS=${2:-6}
@@ -50,7 +52,7 @@ run() { # LABEL PERF ARGS...: one measured run, its rate and CPU per request
     echo "$label: $ops req/s; $(per_op "$c0" "$c1" $((ops * (SECS + 1))))"
 }
 run "forwarded (at node 1)" 1
-run "direct (at a replica of the key's shard)" 0 --route shard
+[[ -n ${ONLY_FWD:-} ]] || run "direct (at a replica of the key's shard)" 0 --route shard
 if [[ -z ${NO_PERF:-} ]]; then
     echo "=== node 1 (the forwarding node), share of samples per object (kernel, causalkv, libc)"
     perf report -i "$D/perf.data" --no-children --sort dso --stdio 2>/dev/null | grep -E "^ +[0-9]" | head -6
