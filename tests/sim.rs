@@ -4,13 +4,19 @@
 //! protocol bug when one is injected.
 
 use causalkv::faults::Bug;
-use causalkv::sim::{SeedOutcome, SimConfig, combined_digest, run_seed, run_seeds};
+use causalkv::sim::{SeedOutcome, SimConfig, SimReplication, combined_digest, run_seed, run_seeds};
 
 fn failures(outcomes: &[SeedOutcome]) -> Vec<String> {
     outcomes
         .iter()
         .filter(|o| !o.is_clean())
-        .map(|o| format!("seed {}: {} {:?} (replay: cargo run --bin causalkv-sim -- --seed {})", o.seed, o.summary, o.problems, o.seed))
+        .map(|o| {
+            let path = if o.streams_opened > 0 { "stream" } else { "push" };
+            format!(
+                "seed {}: {} {:?} (replay: cargo run --bin causalkv-sim -- --seed {} --replication {path})",
+                o.seed, o.summary, o.problems, o.seed
+            )
+        })
         .collect()
 }
 
@@ -34,6 +40,24 @@ fn two_hundred_seeded_fault_schedules_keep_causality() {
     assert!(ops >= 200 * config.ops * 9 / 10, "only {ops} operations recorded");
     assert!(failed > 0 && failed < ops / 4, "{failed} of {ops} operations failed");
     assert!(outcomes.iter().any(|o| o.final_epoch > 0), "no seed ran its view change to the end");
+    // Both replication paths ran: streams on odd seeds, pushes on even ones.
+    for o in &outcomes {
+        assert_eq!(o.streams_opened > 0, o.seed % 2 == 1, "seed {}: {} streams opened", o.seed, o.streams_opened);
+    }
+}
+
+/// Every seed replicating over streams (in-memory pipes that break on
+/// partitions, crashes and at random while messages are lost): the stream
+/// path keeps causality and loses nothing acknowledged.
+#[test]
+fn replication_streams_hold_under_seeded_faults() {
+    let config = SimConfig { watchers: 1, replication: SimReplication::Stream, ..SimConfig::default() };
+    let outcomes = run_seeds(&config, 1000, 100, 2, |_| {});
+    let bad = failures(&outcomes);
+    assert!(bad.is_empty(), "{} of 100 seeds failed:\n{}", bad.len(), bad.join("\n"));
+    assert!(outcomes.iter().all(|o| o.streams_opened > 0), "a run replicated without streams");
+    let ops: usize = outcomes.iter().map(|o| o.operations).sum();
+    assert!(ops >= 100 * config.ops * 9 / 10, "only {ops} operations recorded");
 }
 
 /// The same seed and settings give the same history and digest.

@@ -12,7 +12,7 @@ use std::process::ExitCode;
 
 use clap::Parser;
 
-use causalkv::sim::{ALL_FAULTS, SimConfig, combined_digest, run_seeds};
+use causalkv::sim::{ALL_FAULTS, SimConfig, SimReplication, combined_digest, run_seeds};
 
 #[derive(Parser, Debug)]
 #[command(name = "causalkv-sim", about = "Deterministic simulation of a causalkv cluster under faults")]
@@ -57,6 +57,11 @@ struct Args {
     /// `feed-ignores-deps` sends feed events without their cross-shard deps.
     #[arg(long)]
     bug: Option<String>,
+    /// Replication path: `stream` (replication streams over simulated pipes),
+    /// `push` (request/response batches, as over Mycelium), or `by-seed`
+    /// (streams on odd seeds, pushes on even ones).
+    #[arg(long, default_value = "by-seed")]
+    replication: String,
     /// Print every seed's summary, not only failures.
     #[arg(long)]
     verbose: bool,
@@ -95,7 +100,12 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    let Some(replication) = SimReplication::parse(&args.replication) else {
+        eprintln!("causalkv-sim: --replication must be stream, push or by-seed");
+        return ExitCode::from(2);
+    };
     let config = SimConfig {
+        replication,
         nodes: args.nodes,
         repl_factor: args.repl_factor,
         ops: args.ops,
@@ -113,7 +123,8 @@ fn main() -> ExitCode {
     let threads = args.threads.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
     let replay = |seed: u64| {
         format!(
-            "causalkv-sim --seed {seed} --nodes {} --repl-factor {} --ops {} --sessions {} --watchers {} --fault-rate {} --faults {}",
+            "causalkv-sim --seed {seed} --replication {} --nodes {} --repl-factor {} --ops {} --sessions {} --watchers {} --fault-rate {} --faults {}",
+            args.replication,
             args.nodes,
             args.repl_factor,
             args.ops,

@@ -5,12 +5,13 @@
 //! A run builds N real [`Node`]s — the same `Node::serve_key`, gossip,
 //! replication, anti-entropy, failure detector and view change the process
 //! runs — over in-memory storage ([`MemoryDisk`]) and the simulated network
-//! ([`net`]), on a current-thread tokio runtime with paused time: virtual
-//! time jumps to the next timer whenever every task waits, so a run of
-//! minutes of cluster time takes milliseconds, and the order of everything
-//! is fixed by the seed. Client sessions ([`workload`]) send PUT/GET/DELETE
-//! across shards to random nodes, carrying their contexts; a fault schedule
-//! drops, delays, duplicates and reorders messages, partitions and heals,
+//! ([`net`]; replicas replicate over in-memory streams or by pushes, chosen
+//! per seed by [`SimReplication`]), on a current-thread tokio runtime with
+//! paused time: virtual time jumps to the next timer whenever every task
+//! waits, so a run of minutes of cluster time takes milliseconds, and the
+//! order of everything is fixed by the seed. Client sessions ([`workload`])
+//! send PUT/GET/DELETE across shards to random nodes, carrying their
+//! contexts; a fault schedule drops, delays, duplicates and reorders messages, partitions and heals,
 //! crashes nodes (losing what was not synced) and restarts them, skews and
 //! steps their clocks, and runs a view change in the middle of the traffic.
 //! At the end the network heals, every node restarts, the cluster settles,
@@ -71,6 +72,40 @@ pub struct SimConfig {
     pub fault_rate: f64,
     /// Change-feed watchers following every key while the sessions run.
     pub watchers: usize,
+    /// How replicas replicate: over streams, by request/response pushes (the
+    /// Mycelium transport's way), or one or the other by seed.
+    pub replication: SimReplication,
+}
+
+/// The replication path a run takes (`--replication`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SimReplication {
+    /// Replication streams over simulated pipes (the HTTP transport's way).
+    Stream,
+    /// Request/response pushes (the replicator; Mycelium's way).
+    Push,
+    /// Streams on odd seeds, pushes on even ones: both paths in every batch
+    /// of seeds.
+    BySeed,
+}
+
+impl SimReplication {
+    pub fn streams(self, seed: u64) -> bool {
+        match self {
+            Self::Stream => true,
+            Self::Push => false,
+            Self::BySeed => seed % 2 == 1,
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<Self> {
+        match text {
+            "stream" => Some(Self::Stream),
+            "push" => Some(Self::Push),
+            "by-seed" => Some(Self::BySeed),
+            _ => None,
+        }
+    }
 }
 
 impl Default for SimConfig {
@@ -85,6 +120,7 @@ impl Default for SimConfig {
             bug: None,
             fault_rate: 0.02,
             watchers: 2,
+            replication: SimReplication::BySeed,
         }
     }
 }
@@ -114,6 +150,9 @@ pub struct SeedOutcome {
     pub failed: usize,
     /// The epoch of the view the cluster ended in (0: no view change).
     pub final_epoch: u64,
+    /// Replication streams the nodes' last incarnations opened (0 when the
+    /// run replicated by pushes).
+    pub streams_opened: u64,
     /// One line: operations, failures, what went wrong.
     pub summary: String,
     /// Descriptions of the first few problems.
@@ -162,7 +201,7 @@ impl SimCluster {
     /// `nodes` in the first view plus one spare outside it (added by the
     /// view change, when that fault is on).
     pub fn new(config: SimConfig, seed: u64) -> Arc<Self> {
-        let net = SimNet::new(seed, NetFaults::default());
+        let net = SimNet::new(seed, NetFaults::default(), config.replication.streams(seed));
         let total = config.nodes + usize::from(config.has("viewchange"));
         let addresses: Vec<String> = (0..total).map(|i| format!("10.0.0.{}:13800", i + 1)).collect();
         let first_view = View::new(addresses[..config.nodes].to_vec(), config.repl_factor, 1).expect("the simulated view is valid");
@@ -432,10 +471,12 @@ async fn simulate(config: SimConfig, seed: u64) -> SeedOutcome {
     problems.extend(watch_issues.iter().take(5).cloned());
     problems.extend(report.violations.iter().take(5).map(|v| v.description.clone()));
     problems.extend(report.lost_writes.iter().take(5).cloned());
+    let streams_opened = cluster.addresses.iter().filter_map(|a| cluster.node(a)).map(|n| n.metrics.replication_streams_opened.get()).sum();
     for a in &cluster.addresses {
         cluster.crash(a);
     }
     SeedOutcome {
+        streams_opened,
         seed,
         violations: report.violations.len(),
         lost: report.lost_writes.len(),
@@ -448,7 +489,7 @@ async fn simulate(config: SimConfig, seed: u64) -> SeedOutcome {
         watch_events,
         watch_gaps,
         summary: format!(
-            "{} divergent={divergent} epoch={} watch: events={watch_events} problems={} gaps={watch_gaps}",
+            "{} divergent={divergent} epoch={} streams={streams_opened} watch: events={watch_events} problems={} gaps={watch_gaps}",
             report.summary(),
             view.epoch,
             watch_issues.len()

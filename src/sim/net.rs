@@ -11,6 +11,14 @@
 //! [`Node::dispatch`] — the same dispatcher HTTP and Mycelium feed — in a
 //! task of the receiver's current incarnation, so a crash aborts it midway.
 //!
+//! Replication streams (`gossip::stream`) run over in-memory pipes when the
+//! run streams ([`SimNet::new`]'s `streams`): opening one is a message with
+//! a fate like any other; once open, its bytes arrive in order, and the
+//! stream breaks when a partition separates the two ends, when either end
+//! crashes, or (while message loss is on) at a random time drawn at
+//! opening, as a reset connection would. The sender then reopens it and resumes after
+//! what the receiver acknowledged.
+//!
 //! Invariants: a node's incarnation that has crashed sends nothing (its
 //! zombie tasks see every call fail) and receives nothing; every random
 //! choice comes from the seeded generator, in an order fixed by the
@@ -27,7 +35,9 @@ use rand::{Rng, SeedableRng};
 use serde_json::value::RawValue;
 use tokio::task::AbortHandle;
 
-use crate::gossip::{BoxFuture, GossipError, Message, Transport};
+use crate::gossip::stream::StreamConn;
+use crate::gossip::stream::receiver::{self, StreamHost};
+use crate::gossip::{BoxFuture, EXCHANGE_TIMEOUT, GossipError, Message, Transport};
 use crate::node::Node;
 use crate::node::kv::{Forward, Forwarder, KvAnswer, KvRequest, Unreachable};
 
@@ -94,7 +104,16 @@ pub struct SimNet {
     cuts: Mutex<BTreeSet<(String, String)>>,
     /// The current incarnation of every node (`None`: down).
     nodes: Mutex<BTreeMap<String, Option<Arc<Incarnation>>>>,
+    /// Whether replication runs over streams (else the request/response
+    /// replicator pushes batches).
+    streams: bool,
 }
+
+/// Bytes a simulated stream's pipe holds before the writer waits.
+const STREAM_PIPE_BYTES: usize = 256 * 1024;
+/// Longest life of a simulated stream before a random reset (with message
+/// loss on); each stream draws its own.
+const MAX_STREAM_LIFE: Duration = Duration::from_secs(6);
 
 /// What happens to one message.
 enum Fate {
@@ -109,12 +128,15 @@ fn pair(a: &str, b: &str) -> (String, String) {
 }
 
 impl SimNet {
-    pub fn new(seed: u64, faults: NetFaults) -> Arc<Self> {
+    /// `streams`: replication runs over simulated streams instead of the
+    /// request/response replicator.
+    pub fn new(seed: u64, faults: NetFaults, streams: bool) -> Arc<Self> {
         Arc::new(Self {
             rng: Mutex::new(SmallRng::seed_from_u64(seed)),
             faults: Mutex::new(faults),
             cuts: Mutex::new(BTreeSet::new()),
             nodes: Mutex::new(BTreeMap::new()),
+            streams,
         })
     }
 
@@ -274,6 +296,46 @@ impl SimNet {
     }
 }
 
+impl SimNet {
+    /// Opens a replication stream from `from` to `to`, as the HTTP
+    /// transport's upgrade does: the receiver refuses a sender outside its
+    /// shard, and serves the stream as work of its current incarnation.
+    async fn open_stream(self: &Arc<Self>, sender: &Arc<Incarnation>, from: &str, to: &str) -> Result<Option<StreamConn>, GossipError> {
+        let unreachable = |reason: &str| GossipError::Unreachable { peer: to.to_owned(), reason: reason.to_owned() };
+        if !sender.is_alive() {
+            return Err(unreachable("the sender crashed"));
+        }
+        let there = match self.fate(from, to) {
+            Fate::Cut | Fate::LostThere | Fate::LostBack => {
+                tokio::time::sleep(EXCHANGE_TIMEOUT).await;
+                return Err(unreachable("stream request lost"));
+            }
+            Fate::Delivered { there, .. } => there,
+        };
+        tokio::time::sleep(there).await;
+        let target = self.incarnation(to).ok_or_else(|| unreachable("down"))?;
+        if !target.node.current().gossip.shard().iter().any(|p| p == from) {
+            return Err(GossipError::Rejected { peer: to.to_owned(), status: 403 });
+        }
+        // Drawn for every stream; it breaks only while message loss is on.
+        let life = self.with_rng(|r| r.random_range(Duration::from_millis(200)..MAX_STREAM_LIFE));
+        let breaks_at = tokio::time::Instant::now() + life;
+        let (ours, theirs) = tokio::io::duplex(STREAM_PIPE_BYTES);
+        let id = target.node.streams.open(from);
+        let host: Arc<dyn StreamHost> = target.node.clone();
+        let (serving, sender_name) = (target.clone(), from.to_owned());
+        tokio::spawn(async move { serving.run(receiver::receive(host, sender_name, id, theirs, None)).await });
+        let (net, from, to) = (self.clone(), from.to_owned(), to.to_owned());
+        let (sender, target) = (Arc::downgrade(sender), Arc::downgrade(&target));
+        let cut = move || {
+            let alive = |inc: &std::sync::Weak<Incarnation>| inc.upgrade().is_some_and(|i| i.is_alive());
+            let reset = tokio::time::Instant::now() >= breaks_at && net.faults.lock().drop_request > 0.0;
+            net.is_cut(&from, &to) || !alive(&sender) || !alive(&target) || reset
+        };
+        Ok(Some(StreamConn { io: Box::new(ours), key: None, cut: Some(Arc::new(cut)) }))
+    }
+}
+
 /// The request as the target parses it from a forward (see `api::key_requests`).
 fn forwarded(target: &Node, from: &str, fwd: &Forward<'_>) -> KvRequest {
     let wait = match (fwd.hop, fwd.wait) {
@@ -322,6 +384,16 @@ impl Transport for SimTransport {
             let body = Box::<str>::from(body).into_string().into_bytes();
             let raw = self.net.call(&sender, &self.me, peer, kind, body, timeout).await?;
             Ok(Box::<str>::from(raw).into_string().into_bytes())
+        })
+    }
+
+    fn open_stream<'a>(&'a self, peer: &'a str) -> BoxFuture<'a, Result<Option<StreamConn>, GossipError>> {
+        Box::pin(async move {
+            if !self.net.streams {
+                return Ok(None);
+            }
+            let sender = self.sender().ok_or_else(|| GossipError::Unreachable { peer: peer.to_owned(), reason: "not started".into() })?;
+            self.net.open_stream(&sender, &self.me, peer).await
         })
     }
 }

@@ -8,8 +8,10 @@
 //!   (`POST /internal/stream`, authenticated like all internal traffic) that
 //!   the receiver upgrades to the stream; frames are then authenticated with
 //!   a key derived from that request's MAC ([`frame::session_key`]). A
-//!   transport that cannot stream (Mycelium, the simulator's network) opens
-//!   none, and the request/response replicator (`replicator`) runs instead.
+//!   transport that cannot stream (Mycelium; the simulator's network when a
+//!   run replicates by pushes) opens none, and the request/response
+//!   replicator (`replicator`) runs instead. The simulator's streams are
+//!   in-memory pipes (`sim::net`).
 //! - **Sending** ([`sender`]): the node's own per-origin log is the send
 //!   queue; what is sent is read from it as stored (no decode, no JSON).
 //!   Backpressure is the window: at most [`WINDOW_BATCHES`] unacknowledged
@@ -20,6 +22,9 @@
 //!   they come; acknowledgements go out in the same order, each after the
 //!   group-commit flush that covers its batch, so several batches share one
 //!   flush. One stream per sender: a newer one replaces an older one.
+//!
+//! Time is tokio's ([`tokio::time::Instant`]), never the OS clock, so the
+//! simulator's paused clock drives the window's timeouts and probes.
 //!
 //! Invariants: the same as the pushes this replaces — a record leaves its
 //! origin only once durable; an acknowledgement covers only what is applied

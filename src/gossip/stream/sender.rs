@@ -3,9 +3,10 @@
 //! above for the protocol, [`super::window`] for the rules).
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use tokio::sync::{mpsc, watch};
+use tokio::time::Instant;
 
 use super::frame::{Direction, Frame, FrameError, Framer};
 use super::window::{AckOutcome, Window};
@@ -168,7 +169,7 @@ async fn stream_to(gossip: &Gossip, peer: &str, conn: StreamConn, shutdown: &mut
                 None => return Err(FrameError::Io(std::io::ErrorKind::UnexpectedEof.into()).into()),
             },
             _ = durable.changed(), if may_send => {}
-            _ = tokio::time::sleep_until(wake.into()) => {
+            _ = tokio::time::sleep_until(wake) => {
                 let now = Instant::now();
                 if window.overdue(now, PUSH_TIMEOUT) {
                     return Err(StreamEnd::AckTimeout(PUSH_TIMEOUT));
