@@ -7,6 +7,8 @@
 #
 # Replication speed (issue 15), at BENCH_ROUTE_CONNS connections:
 #   causalkv-3  put-master: every PUT sent to the shard's master (--route shard).
+#   etcd        put-leader: every PUT sent to the leader (its counterpart, as in
+#               issue 15's table).
 #   causalkv-4  4 nodes, REPL_FACTOR=2 (2 shards × 2). put/get: every request at
 #               node 1 (at every BENCH_CONNS; about half the keys belong to the
 #               other shard and are forwarded); put-direct/get-direct: the same
@@ -221,6 +223,20 @@ start_etcd() {
     ETCD="127.0.0.1:$c0,127.0.0.1:$c1,127.0.0.1:$c2"
 }
 
+etcd_leader() { # the client address of the member that leads now (v3 JSON gateway status)
+    local a
+    for a in ${ETCD//,/ }; do
+        if curl -fsS -m 2 -X POST "http://$a/v3/maintenance/status" -d '{}' 2>/dev/null | python3 -c '
+import json, sys
+s = json.load(sys.stdin)
+sys.exit(0 if s["header"]["member_id"] == s["leader"] else 1)'; then
+            echo "$a"
+            return 0
+        fi
+    done
+    return 1
+}
+
 REDIS=
 start_redis() {
     local p
@@ -367,6 +383,11 @@ fi
 if has etcd "$BENCH_TARGETS"; then
     attempt start_etcd
     series etcd etcd "$ETCD" put
+    if leader=$(etcd_leader); then
+        SERIES_CONNS=$BENCH_ROUTE_CONNS series etcd etcd "$leader" put-leader
+    else
+        log "no etcd leader found: the PUT-at-the-leader row is skipped"
+    fi
     preload etcd "$ETCD"
     series etcd etcd "$ETCD" get
     series etcd etcd "$ETCD" get-serializable --serializable
