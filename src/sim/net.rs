@@ -13,11 +13,12 @@
 //!
 //! Replication streams (`gossip::stream`) run over in-memory pipes when the
 //! run streams ([`SimNet::new`]'s `streams`): opening one is a message with
-//! a fate like any other; once open, its bytes arrive in order, and the
-//! stream breaks when a partition separates the two ends, when either end
-//! crashes, or (while message loss is on) at a random time drawn at
-//! opening, as a reset connection would. The sender then reopens it and resumes after
-//! what the receiver acknowledged.
+//! a fate like any other; once open, its bytes arrive in order, each write
+//! after a delay drawn like a message's, and the stream breaks when a
+//! partition separates the two ends, when either end crashes, or (while
+//! message loss is on) at a random time drawn at opening, as a reset
+//! connection would. The sender then reopens it and resumes after what the
+//! receiver acknowledged.
 //!
 //! Invariants: a node's incarnation that has crashed sends nothing (its
 //! zombie tasks see every call fail) and receives nothing; every random
@@ -33,6 +34,7 @@ use parking_lot::Mutex;
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 use serde_json::value::RawValue;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, DuplexStream};
 use tokio::task::AbortHandle;
 
 use crate::gossip::stream::StreamConn;
@@ -111,6 +113,8 @@ pub struct SimNet {
 
 /// Bytes a simulated stream's pipe holds before the writer waits.
 const STREAM_PIPE_BYTES: usize = 256 * 1024;
+/// Writes a simulated stream carries at once, one way (each up to 16 KiB).
+const STREAM_CHUNKS_IN_FLIGHT: usize = 64;
 /// Longest life of a simulated stream before a random reset (with message
 /// loss on); each stream draws its own.
 const MAX_STREAM_LIFE: Duration = Duration::from_secs(6);
@@ -297,6 +301,55 @@ impl SimNet {
 }
 
 impl SimNet {
+    /// The two ends of a simulated stream: bytes written at one end reach
+    /// the other in order, each write after a delay drawn like a message's
+    /// (so stream batches and acks interleave with other messages as they
+    /// would on a network).
+    fn stream_pipe(self: &Arc<Self>) -> (DuplexStream, DuplexStream) {
+        let (ours, our_net) = tokio::io::duplex(STREAM_PIPE_BYTES);
+        let (their_net, theirs) = tokio::io::duplex(STREAM_PIPE_BYTES);
+        let (our_rd, our_wr) = tokio::io::split(our_net);
+        let (their_rd, their_wr) = tokio::io::split(their_net);
+        self.delay_line(our_rd, their_wr);
+        self.delay_line(their_rd, our_wr);
+        (ours, theirs)
+    }
+
+    /// Carries one direction of a stream: a reader takes what is written and
+    /// stamps it with when it arrives (never before what was written
+    /// earlier), a writer hands it on at that time. Ends when either side
+    /// closes; what was in flight is still delivered first.
+    fn delay_line(self: &Arc<Self>, mut from: impl AsyncRead + Unpin + Send + 'static, mut to: impl AsyncWrite + Unpin + Send + 'static) {
+        // Bounded: a receiver that stops reading stops the sender, as TCP would.
+        let (tx, mut rx) = tokio::sync::mpsc::channel::<(tokio::time::Instant, Vec<u8>)>(STREAM_CHUNKS_IN_FLIGHT);
+        let net = self.clone();
+        tokio::spawn(async move {
+            let mut arrives = tokio::time::Instant::now();
+            let mut buf = vec![0u8; 16 * 1024];
+            loop {
+                let n = match from.read(&mut buf).await {
+                    Ok(0) | Err(_) => return,
+                    Ok(n) => n,
+                };
+                let max = net.faults.lock().max_delay.as_micros() as u64;
+                let delay = if max == 0 { Duration::ZERO } else { Duration::from_micros(net.with_rng(|r| r.random_range(0..=max))) };
+                arrives = arrives.max(tokio::time::Instant::now() + delay);
+                if tx.send((arrives, buf[..n].to_vec())).await.is_err() {
+                    return;
+                }
+            }
+        });
+        tokio::spawn(async move {
+            while let Some((at, bytes)) = rx.recv().await {
+                tokio::time::sleep_until(at).await;
+                if to.write_all(&bytes).await.is_err() {
+                    return;
+                }
+            }
+            let _ = to.shutdown().await;
+        });
+    }
+
     /// Opens a replication stream from `from` to `to`, as the HTTP
     /// transport's upgrade does: the receiver refuses a sender outside its
     /// shard, and serves the stream as work of its current incarnation.
@@ -320,7 +373,7 @@ impl SimNet {
         // Drawn for every stream; it breaks only while message loss is on.
         let life = self.with_rng(|r| r.random_range(Duration::from_millis(200)..MAX_STREAM_LIFE));
         let breaks_at = tokio::time::Instant::now() + life;
-        let (ours, theirs) = tokio::io::duplex(STREAM_PIPE_BYTES);
+        let (ours, theirs) = self.stream_pipe();
         let id = target.node.streams.open(from);
         let host: Arc<dyn StreamHost> = target.node.clone();
         let (serving, sender_name) = (target.clone(), from.to_owned());

@@ -251,10 +251,15 @@ pub struct Seen {
 /// Watches every key (`k…`) from the start of the first epoch, through a
 /// random node; moves to another node when its node dies or a feed ends,
 /// and now and then on purpose, resuming from the last context it received.
+/// After a `history-gone` end it watches from now, and drops the events the
+/// end's context covers (as API.md tells clients to): it had them already,
+/// and a replica that lags behind the one it read before sends them again.
 pub async fn watcher(cluster: Arc<SimCluster>, id: usize, stop: Arc<std::sync::atomic::AtomicBool>, log: Arc<Mutex<WatchLog>>) {
     use crate::node::feed::{EndReason, WatchEvent};
     use std::sync::atomic::Ordering;
     let mut from = Some(CausalContext { epoch: cluster.current_view().epoch, clock: Default::default() });
+    // What the watcher had when its last feed said `history-gone`.
+    let mut before_gap: Option<CausalContext> = None;
     while !stop.load(Ordering::Relaxed) {
         let (target, leave_after) = cluster.net.with_rng(|r| (r.random_range(0..cluster.addresses.len()), r.random_range(5..60)));
         let address = cluster.addresses[target].clone();
@@ -294,6 +299,13 @@ pub async fn watcher(cluster: Arc<SimCluster>, id: usize, stop: Arc<std::sync::a
                 Ok(None) => break,
                 Ok(Some(WatchEvent::Write { record, context })) => {
                     received += 1;
+                    let had = before_gap
+                        .as_ref()
+                        .is_some_and(|c| c.epoch == record.dot.epoch && c.clock.get(&record.dot.origin) >= record.dot.seq);
+                    if had {
+                        from = Some(context);
+                        continue;
+                    }
                     let value =
                         record.value.as_ref().map(|v| serde_json::from_str::<String>(v.get()).unwrap_or_else(|_| v.get().to_owned()));
                     log.lock().events.push(Seen {
@@ -310,6 +322,15 @@ pub async fn watcher(cluster: Arc<SimCluster>, id: usize, stop: Arc<std::sync::a
                     tracing::debug!(at = ?cluster.elapsed(), watcher = id, ?reason, "sim: feed ended");
                     if reason == EndReason::HistoryGone {
                         log.lock().gaps += 1;
+                        // Joined with an earlier gap's: a feed from now may
+                        // start below what the watcher had then.
+                        before_gap = Some(match before_gap.take() {
+                            Some(mut had) if had.epoch == context.epoch => {
+                                had.clock.merge(&context.clock);
+                                had
+                            }
+                            _ => context,
+                        });
                         from = None;
                     } else {
                         from = Some(context);
