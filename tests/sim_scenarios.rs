@@ -156,3 +156,42 @@ fn a_view_change_adds_a_node_and_moves_its_keys_to_it() {
         }
     });
 }
+
+/// A node takes a replication stream only from a replica of its own shard
+/// that the fault switches do not cut off; a newer stream from the same
+/// sender replaces the older one (the master then opens a new one, which
+/// carries its next write to the worker).
+#[test]
+fn streams_are_admitted_only_from_the_shard_and_carry_the_writes() {
+    use causalkv::faults::FaultSet;
+    use causalkv::node::StreamRefusal;
+    use causalkv::sim::SimReplication;
+    let config = SimConfig { replication: SimReplication::Stream, ..config(4, 2, &[]) };
+    run_scenario(config, 3, |c: Arc<SimCluster>| async move {
+        let view = c.current_view();
+        let key = "streamed";
+        let (master, worker) = {
+            let r = replicas_of(&view, key);
+            (r[0].clone(), r[1].clone())
+        };
+        let outsider = c.addresses[..4].iter().find(|a| **a != master && **a != worker).expect("a node of the other shard").clone();
+        let node = c.node(&worker).expect("the worker is up");
+        assert_eq!(node.admit_stream(&outsider), Err(StreamRefusal::NotInShard));
+        let older = node.admit_stream(&master).expect("the master may stream to its worker");
+        let newer = node.admit_stream(&master).expect("and again");
+        assert!(!node.streams.is_current(&master, older) && node.streams.is_current(&master, newer), "the newer stream replaces the older");
+        node.faults.replace(FaultSet { blocked: [master.clone()].into(), ..FaultSet::default() });
+        assert_eq!(node.admit_stream(&master), Err(StreamRefusal::Blocked));
+        node.faults.replace(FaultSet::default());
+
+        // The stream the master opened at start is no longer the current
+        // one: the worker refuses its next frame, and the master opens anew.
+        let opened = || c.node(&master).map_or(0, |n| n.metrics.replication_streams_opened.get());
+        assert_eq!(opened(), 1, "one stream from the master to its only peer");
+        let reopened = c.wait_until(Duration::from_secs(5), || opened() >= 2).await;
+        assert!(reopened, "the master kept a stream its worker no longer takes");
+        ok(c.request(&master, KvOp::Put, key, Some("v1"), &CausalContext::default()).await);
+        let arrived = c.wait_until(Duration::from_secs(5), || stored(&c, &worker, key).as_deref() == Some("v1")).await;
+        assert!(arrived, "the write never reached the worker");
+    });
+}

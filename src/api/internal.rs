@@ -50,19 +50,20 @@ pub async fn stream(
     req: Request,
 ) -> Response {
     use crate::gossip::stream::{UPGRADE_TOKEN, receiver};
-    if node.faults.is_blocked(&peer.0) {
-        return refuse(StatusCode::SERVICE_UNAVAILABLE, "blocked");
-    }
-    if !node.current().gossip.shard().contains(&peer.0) {
-        return refuse(StatusCode::FORBIDDEN, &format!("{} is not a replica of this node's shard", peer.0));
-    }
+    use crate::node::StreamRefusal;
     let upgrade = req.headers().get(header::UPGRADE).and_then(|v| v.to_str().ok());
     if upgrade != Some(UPGRADE_TOKEN) {
         return refuse(StatusCode::BAD_REQUEST, &format!("a stream needs `Upgrade: {UPGRADE_TOKEN}`"));
     }
+    let id = match node.admit_stream(&peer.0) {
+        Ok(id) => id,
+        Err(StreamRefusal::Blocked) => return refuse(StatusCode::SERVICE_UNAVAILABLE, "blocked"),
+        Err(StreamRefusal::NotInShard) => {
+            return refuse(StatusCode::FORBIDDEN, &format!("{} is not a replica of this node's shard", peer.0));
+        }
+    };
     let on_upgrade = hyper::upgrade::on(req);
     let key = node.auth.stream_key(&verified.request_mac);
-    let id = node.streams.open(&peer.0);
     let host: Arc<dyn receiver::StreamHost> = node.clone();
     tokio::spawn(async move {
         match on_upgrade.await {

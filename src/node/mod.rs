@@ -357,6 +357,31 @@ async fn catch_up_then_ready(node: Arc<Node>) {
     node.ready.store(true, Ordering::Relaxed);
 }
 
+/// Why a node will not take a replication stream from a sender.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StreamRefusal {
+    /// The fault switches cut the sender off.
+    Blocked,
+    /// The sender is not a replica of this node's shard.
+    NotInShard,
+}
+
+impl Node {
+    /// Admits a replication stream from `sender`, whatever carries it (the
+    /// HTTP upgrade, the simulator's pipes): the sender must be a replica of
+    /// this node's shard and not cut off. Returns the stream's id; it
+    /// replaces any older stream from the same sender.
+    pub fn admit_stream(&self, sender: &str) -> Result<u64, StreamRefusal> {
+        if self.faults.is_blocked(sender) {
+            return Err(StreamRefusal::Blocked);
+        }
+        if !self.current().gossip.shard().iter().any(|p| p == sender) {
+            return Err(StreamRefusal::NotInShard);
+        }
+        Ok(self.streams.open(sender))
+    }
+}
+
 impl crate::gossip::stream::receiver::StreamHost for Node {
     fn gossip(&self) -> Arc<Gossip> {
         self.current().gossip.clone()

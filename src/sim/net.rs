@@ -40,8 +40,8 @@ use tokio::task::AbortHandle;
 use crate::gossip::stream::StreamConn;
 use crate::gossip::stream::receiver::{self, StreamHost};
 use crate::gossip::{BoxFuture, EXCHANGE_TIMEOUT, GossipError, Message, Transport};
-use crate::node::Node;
 use crate::node::kv::{Forward, Forwarder, KvAnswer, KvRequest, Unreachable};
+use crate::node::{Node, StreamRefusal};
 
 /// How likely each network fault is, per message.
 #[derive(Clone, Debug, Default)]
@@ -351,8 +351,9 @@ impl SimNet {
     }
 
     /// Opens a replication stream from `from` to `to`, as the HTTP
-    /// transport's upgrade does: the receiver refuses a sender outside its
-    /// shard, and serves the stream as work of its current incarnation.
+    /// transport's upgrade does: the receiver admits it as it admits an
+    /// upgrade (`Node::admit_stream`) and serves it as work of its current
+    /// incarnation.
     async fn open_stream(self: &Arc<Self>, sender: &Arc<Incarnation>, from: &str, to: &str) -> Result<Option<StreamConn>, GossipError> {
         let unreachable = |reason: &str| GossipError::Unreachable { peer: to.to_owned(), reason: reason.to_owned() };
         if !sender.is_alive() {
@@ -367,14 +368,17 @@ impl SimNet {
         };
         tokio::time::sleep(there).await;
         let target = self.incarnation(to).ok_or_else(|| unreachable("down"))?;
-        if !target.node.current().gossip.shard().iter().any(|p| p == from) {
-            return Err(GossipError::Rejected { peer: to.to_owned(), status: 403 });
-        }
+        let id = target.node.admit_stream(from).map_err(|refusal| {
+            let status = match refusal {
+                StreamRefusal::Blocked => 503,
+                StreamRefusal::NotInShard => 403,
+            };
+            GossipError::Rejected { peer: to.to_owned(), status }
+        })?;
         // Drawn for every stream; it breaks only while message loss is on.
         let life = self.with_rng(|r| r.random_range(Duration::from_millis(200)..MAX_STREAM_LIFE));
         let breaks_at = tokio::time::Instant::now() + life;
         let (ours, theirs) = self.stream_pipe();
-        let id = target.node.streams.open(from);
         let host: Arc<dyn StreamHost> = target.node.clone();
         let (serving, sender_name) = (target.clone(), from.to_owned());
         tokio::spawn(async move { serving.run(receiver::receive(host, sender_name, id, theirs, None)).await });
